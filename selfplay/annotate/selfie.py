@@ -1,0 +1,77 @@
+"""Selfie / SPA judge: the policy scores its own samples by the implicit DPO reward.
+
+score(y) = logp_policy(y | x) - logp_reference(y | x), both SUMMED over the response tokens
+(ALGORITHMS.md), with a FIXED reference (the SFT model in SPA). The prompt is the user turn
+rendered with the policy tokenizer's chat template plus the generation prompt; the response is
+its tokens followed by the end-of-sequence token, as TRL's DPO tokenization (and a generation
+that stopped by itself) has it. Both models must share that tokenizer.
+
+A prompt that alone fills the context (the smaller max_position_embeddings of the two models)
+is rejected; a response that does not fit after its prompt is cut at the end (the TRL
+convention of selfplay.train.logps.pad_sequences), so only its beginning is scored. Rows are
+batched by a token budget across prompts; each batch runs through the policy, then the reference.
+"""
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from selfplay.annotate.base import Judge, Judgment
+from selfplay.annotate.judge_inputs import (check_inputs, check_model_folder, require_chat_template,
+                                            token_budget_batches)
+from selfplay.train.logps import pad_sequences, response_logps
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+class SelfieJudge(Judge):
+    def __init__(self, policy_path: str, reference_path: str, batch_tokens: int = 8192, device: str = "cpu",
+                 dtype: str = "float32"):
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        if dtype not in DTYPES:
+            raise ValueError(f"selfie dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+        self.policy_path = check_model_folder(policy_path, "selfie policy")
+        self.reference_path = check_model_folder(reference_path, "selfie reference")
+        self.batch_tokens = batch_tokens
+        self.device = device
+        self.tokenizer = AutoTokenizer.from_pretrained(self.policy_path)
+        require_chat_template(self.tokenizer, self.policy_path, "selfie policy")
+        if AutoTokenizer.from_pretrained(self.reference_path).get_vocab() != self.tokenizer.get_vocab():
+            raise ValueError(f"selfie reference: the tokenizer in {self.reference_path} differs from the policy's "
+                             f"in {self.policy_path}; the log-ratio needs one tokenization")
+        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
+        self.eos = [] if self.tokenizer.eos_token_id is None else [self.tokenizer.eos_token_id]
+        self.policy = AutoModelForCausalLM.from_pretrained(self.policy_path, dtype=DTYPES[dtype]).to(device).eval()
+        self.reference = AutoModelForCausalLM.from_pretrained(self.reference_path, dtype=DTYPES[dtype]).to(device).eval()
+        self.max_length = min(model.config.max_position_embeddings for model in (self.policy, self.reference))
+
+    def _prompt_ids(self, row: int, prompt: str) -> list[int]:
+        text = self.tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                                  add_generation_prompt=True)
+        ids = self.tokenizer(text, add_special_tokens=False).input_ids
+        if len(ids) >= self.max_length:
+            raise ValueError(f"judge: prompts[{row}] has {len(ids)} tokens with its chat template; "
+                             f"no room for a response in the models' context of {self.max_length}")
+        return ids
+
+    def judge(self, prompts: list[str], responses: list[list[str]]) -> list[Judgment]:
+        check_inputs(prompts, responses)
+        prompt_ids = [self._prompt_ids(row, prompt) for row, prompt in enumerate(prompts)]
+        rows = [(p, k) for p, group in enumerate(responses) for k in range(len(group))]
+        response_ids = [self.tokenizer(responses[p][k], add_special_tokens=False).input_ids + self.eos for p, k in rows]
+        lengths = [min(len(prompt_ids[p]) + len(ids), self.max_length) for (p, _), ids in zip(rows, response_ids)]
+        scores = [np.zeros(len(group)) for group in responses]
+        progress = tqdm(total=len(rows), desc="selfie", unit="response")
+        with torch.inference_mode():
+            for batch in token_budget_batches(lengths, self.batch_tokens):
+                tensors = pad_sequences([prompt_ids[rows[r][0]] for r in batch], [response_ids[r] for r in batch],
+                                        self.pad_id, max_length=self.max_length)
+                tensors = [t.to(self.device) for t in tensors]
+                log_ratio = response_logps(self.policy, *tensors) - response_logps(self.reference, *tensors)
+                for r, value in zip(batch, log_ratio.cpu().numpy()):
+                    p, k = rows[r]
+                    scores[p][k] = value
+                progress.update(len(batch))
+        progress.close()
+        return [Judgment(scores=group_scores) for group_scores in scores]

@@ -1,0 +1,61 @@
+"""Model references in recipes: a local HF folder, or `tiny:<kind>` built here on first use.
+
+`tiny:llama` (the quickstart policy), and the judges' tiny models registered in TINY_BUILDERS.
+Built models are cached under $SELFPLAY_CACHE (default ~/.cache/selfplay)/models, keyed by
+kind and seed, written to a temporary folder and renamed into place.
+"""
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+
+def _build_llama(out_dir, seed):
+    from selfplay.models.tiny_policy import build_tiny_policy
+    return build_tiny_policy(out_dir, seed=seed)
+
+
+def _build_pairrm(out_dir, seed):
+    from selfplay.models.tiny_pairrm import build_tiny_pairrm
+    return build_tiny_pairrm(out_dir, seed=seed)
+
+
+def _build_reward(out_dir, seed):
+    from selfplay.models.tiny_reward import build_tiny_reward
+    return build_tiny_reward(out_dir, seed=seed)
+
+
+TINY_BUILDERS = {"llama": _build_llama, "pairrm": _build_pairrm, "reward": _build_reward}
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("SELFPLAY_CACHE", Path.home() / ".cache" / "selfplay"))
+
+
+def is_tiny(spec: str) -> bool:
+    return spec.startswith("tiny:")
+
+
+def resolve_model(spec: str, seed: int = 0) -> Path:
+    """Return a local folder for `spec`, building a tiny model into the cache if needed."""
+    if not is_tiny(spec):
+        return Path(spec).expanduser().resolve()
+    kind = spec.split(":", 1)[1]
+    if kind not in TINY_BUILDERS:
+        raise ValueError(f"unknown tiny model {spec!r}; allowed: {', '.join('tiny:' + k for k in TINY_BUILDERS)}")
+    target = cache_dir() / "models" / f"tiny-{kind}-seed{seed}"
+    if target.exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".tiny-{kind}-", dir=target.parent))
+    try:
+        TINY_BUILDERS[kind](tmp, seed)
+        try:
+            tmp.rename(target)
+        except OSError:  # another process built it first
+            if not target.exists():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target

@@ -1,0 +1,28 @@
+"""Curry-DPO pair rule (Pattnaik et al. 2024): the best sample against each of the others.
+
+Samples are ranked by score (or, without scalar scores, by mean win rate
+Phat(y_i) = (1/K) * sum_j P[i, j], self term included). The best sample is paired with every
+other sample whose score is strictly lower (ties with the best are dropped), giving up to
+K - 1 pairs. Each carries `gap` = score(best) - score(other) and `rank`, ordered easy to hard:
+rank 0 is the largest gap (best vs worst), the last rank the smallest (best vs runner-up).
+Equal gaps keep the lower sample index first, so ranks are always 0, 1, ..., n-1 and the
+k-th curriculum set is "every prompt's rank-k pair". The list comes back sorted by rank.
+"""
+
+import numpy as np
+
+
+def curriculum_pairs(win_matrix: np.ndarray, scores: np.ndarray | None = None) -> list[dict]:
+    win_matrix = np.asarray(win_matrix, dtype=np.float64)
+    win_rates = win_matrix.mean(axis=1)
+    ranking = win_rates if scores is None else np.asarray(scores, dtype=np.float64)
+    best = int(np.argmax(ranking))
+    others = [i for i in range(len(ranking)) if ranking[i] < ranking[best]]
+    # Largest gap first (= lowest score first); a stable sort keeps index order within ties.
+    others.sort(key=lambda i: ranking[best] - ranking[i], reverse=True)
+    return [{"chosen": best, "rejected": other, "rank": rank,
+             "gap": float(ranking[best] - ranking[other]),
+             "chosen_score": float(ranking[best]), "rejected_score": float(ranking[other]),
+             "chosen_win_rate": float(win_rates[best]), "rejected_win_rate": float(win_rates[other]),
+             "chosen_beats_rejected": float(win_matrix[best, other])}
+            for rank, other in enumerate(others)]

@@ -1,0 +1,17 @@
+"""SPPO pair rule (uclaml/SPPO): best vs worst sample, with their estimated win rates.
+
+Phat(y_i) = (1/K) * sum_j P[i, j], the self term 0.5 included. chosen = argmax, rejected =
+argmin; the other samples only enter through Phat. A group whose samples all tie is dropped.
+"""
+
+import numpy as np
+
+
+def sppo_pairs(win_matrix: np.ndarray, scores: np.ndarray | None = None) -> list[dict]:
+    win_rates = np.asarray(win_matrix, dtype=np.float64).mean(axis=1)
+    chosen, rejected = int(np.argmax(win_rates)), int(np.argmin(win_rates))
+    if win_rates[chosen] == win_rates[rejected]:
+        return []
+    return [{"chosen": chosen, "rejected": rejected,
+             "chosen_win_rate": float(win_rates[chosen]), "rejected_win_rate": float(win_rates[rejected]),
+             "chosen_beats_rejected": float(win_matrix[chosen, rejected])}]

@@ -1,0 +1,230 @@
+"""The recipe: a pydantic schema with defaults, YAML loading, key=value overrides, clear errors.
+
+A recipe is data. `load_recipe(path, overrides)` returns a validated `Recipe` or raises
+`RecipeError` whose message is one line naming the field and what is allowed; the CLI turns
+that into exit code 2 before any work starts.
+"""
+
+import importlib
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class RecipeError(ValueError):
+    """A user mistake in a recipe or its overrides (one line, names the field)."""
+
+
+def load_function(spec: str):
+    """Import 'package.module:callable'; errors name the spec and what failed."""
+    if ":" not in spec:
+        raise ValueError(f"annotate.function must look like 'package.module:callable', got {spec!r}")
+    module_name, attr = spec.split(":", 1)
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as error:  # any import failure is the user's module, not ours
+        raise ValueError(f"annotate.function {spec!r}: cannot import {module_name!r} ({type(error).__name__}: {error})")
+    fn = getattr(module, attr, None)
+    if not callable(fn):
+        raise ValueError(f"annotate.function {spec!r}: {module_name!r} has no callable {attr!r}")
+    return fn
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class PolicyConfig(Strict):
+    path: str = Field("tiny:llama", description="HF model folder, or tiny:llama (built locally on first use)")
+    seed: int = Field(0, description="seed for building a tiny: model")
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+
+
+class PromptsConfig(Strict):
+    path: str = Field(description="JSONL, Parquet, or a local HF datasets folder")
+    field: str = Field("prompt", description="column holding the user prompt text")
+    per_iteration: int = Field(64, gt=0, description="prompts per iteration (disjoint slices)")
+    eval_size: int = Field(32, gt=0, description="held-out prompts for evaluation")
+    shuffle_seed: int = 0
+    reuse: bool = Field(False, description="wrap around when the pool runs out instead of failing")
+
+
+class GenerateConfig(Strict):
+    samples_per_prompt: int = Field(5, ge=2, description="K samples per prompt (K >= 2)")
+    temperature: float = Field(0.7, ge=0.0)
+    top_p: float = Field(0.9, gt=0.0, le=1.0)
+    max_tokens: int = Field(256, gt=0)
+    replicas: int = Field(1, ge=1, description="vLLM engine actors (data parallel)")
+    tensor_parallel_size: int = Field(1, ge=1)
+    num_gpus_per_replica: float = Field(0.0, ge=0.0, description="0 on CPU")
+    gpu_memory_utilization: float = Field(0.5, gt=0.0, le=1.0)
+    kv_cache_gib: float = Field(0.25, gt=0.0, description="CPU KV cache size")
+    max_model_len: int = Field(1024, gt=0)
+    keep_engine: bool = Field(True, description="keep engines alive across iterations and reload weights in place")
+
+
+class AnnotateConfig(Strict):
+    type: Literal["function", "pairrm", "reward_model", "selfie"] = "function"
+    function: str | None = Field(None, description="'package.module:callable' for type=function")
+    path: str | None = Field(None, description="judge checkpoint folder (pairrm, reward_model) or tiny:<kind>")
+    backend: Literal["native", "llm-blender"] = "native"
+    reference: str | None = Field(None, description="fixed reference model for type=selfie")
+    win_matrix: Literal["aggregated", "direct"] = "aggregated"
+    temperature: float = Field(1.0, gt=0.0, description="Bradley-Terry temperature for scalar scores")
+    batch_tokens: int = Field(8192, gt=0)
+    num_gpus: float = Field(0.0, ge=0.0)
+
+    @model_validator(mode="after")
+    def _check_type_fields(self):
+        if self.type == "function":
+            if not self.function:
+                raise ValueError("annotate.function is required when annotate.type is 'function'")
+            load_function(self.function)
+        if self.type in ("pairrm", "reward_model") and not self.path:
+            raise ValueError(f"annotate.path is required when annotate.type is '{self.type}'")
+        return self
+
+
+class PairsConfig(Strict):
+    type: str = Field("sppo", description="pair builder name (selfplay.pairs.PAIR_BUILDERS)")
+
+
+class TrainConfig(Strict):
+    loss: str = Field("sppo", description="loss name (selfplay.train.losses.LOSSES)")
+    beta: float = Field(0.001, gt=0.0)
+    learning_rate: float = Field(5e-7, gt=0.0)
+    optimizer: Literal["rmsprop", "adamw"] = "rmsprop"
+    weight_decay: float = Field(0.0, ge=0.0)
+    scheduler: Literal["linear", "cosine", "constant"] = "linear"
+    warmup_ratio: float = Field(0.1, ge=0.0, lt=1.0)
+    epochs: int = Field(1, ge=1)
+    global_batch_size: int = Field(64, ge=1)
+    micro_batch_size: int = Field(1, ge=1)
+    max_length: int = Field(1024, gt=0)
+    max_prompt_length: int = Field(512, gt=0)
+    world_size: int = Field(1, ge=1, description="DeepSpeed ranks (Ray actors)")
+    zero_stage: Literal[0, 1, 2, 3] = 0
+    offload_optimizer: bool = False
+    precision: Literal["fp32", "bf16"] = "fp32"
+    gradient_checkpointing: bool = False
+    max_grad_norm: float = Field(1.0, ge=0.0)
+    num_gpus_per_rank: float = Field(0.0, ge=0.0)
+    reference: Literal["previous", "initial"] = "previous"
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _check_batch(self):
+        from selfplay.train.losses import LOSSES
+
+        if self.loss not in LOSSES:
+            raise ValueError(f"train.loss must be one of {', '.join(sorted(LOSSES))}, got {self.loss!r}")
+        per_step = self.micro_batch_size * self.world_size
+        if self.global_batch_size % per_step:
+            raise ValueError(f"train.global_batch_size ({self.global_batch_size}) must be a multiple of "
+                             f"micro_batch_size * world_size ({per_step})")
+        if self.max_prompt_length >= self.max_length:
+            raise ValueError("train.max_prompt_length must be smaller than train.max_length")
+        return self
+
+
+class EvaluateConfig(Strict):
+    samples_per_prompt: int = Field(2, ge=1, description="samples per eval prompt for each policy")
+    temperature: float = Field(0.7, ge=0.0)
+    top_p: float = Field(0.9, gt=0.0, le=1.0)
+    max_tokens: int | None = Field(None, description="defaults to generate.max_tokens")
+
+
+class TrackingConfig(Strict):
+    wandb: bool = True
+    project: str = "selfplay"
+    group: str | None = None
+    entity: str | None = None
+
+
+class Recipe(Strict):
+    name: str = "selfplay-run"
+    seed: int = 0
+    iterations: int = Field(3, ge=1)
+    policy: PolicyConfig = PolicyConfig()
+    prompts: PromptsConfig
+    generate: GenerateConfig = GenerateConfig()
+    annotate: AnnotateConfig = Field(default_factory=lambda: AnnotateConfig(function="selfplay.judges:letter_e_count"))
+    pairs: PairsConfig = PairsConfig()
+    train: TrainConfig = TrainConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
+    tracking: TrackingConfig = TrackingConfig()
+
+    @model_validator(mode="after")
+    def _check_pairs(self):
+        from selfplay.pairs import PAIR_BUILDERS
+
+        if self.pairs.type not in PAIR_BUILDERS:
+            raise ValueError(f"pairs.type must be one of {', '.join(sorted(PAIR_BUILDERS))}, got {self.pairs.type!r}")
+        return self
+
+
+def _parse_value(text: str):
+    return yaml.safe_load(text) if text != "" else ""
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """Apply 'a.b.c=value' overrides (values parsed as YAML scalars/lists)."""
+    for item in overrides:
+        if "=" not in item:
+            raise RecipeError(f"override {item!r} must look like key=value (e.g. train.beta=0.01)")
+        key, value = item.split("=", 1)
+        node = data
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise RecipeError(f"override {key!r}: {part!r} is not a section")
+        node[parts[-1]] = _parse_value(value)
+    return data
+
+
+def _format_error(error: ValidationError) -> str:
+    first = error.errors()[0]
+    where = ".".join(str(p) for p in first["loc"]) or "recipe"
+    message = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "extra_forbidden":
+        message = "unknown key (check the spelling; `selfplay validate` lists the schema in docs/recipes.md)"
+    elif first["type"] == "missing":
+        message = "required field is missing"
+    return message if where == "recipe" or message.startswith(where) else f"{where}: {message}"
+
+
+def parse_recipe(data: dict, base_dir: Path | None = None) -> Recipe:
+    try:
+        recipe = Recipe.model_validate(data)
+    except ValidationError as error:
+        raise RecipeError(_format_error(error)) from None
+    prompts = Path(recipe.prompts.path)
+    if not prompts.is_absolute() and base_dir is not None and not prompts.exists():
+        # relative paths resolve against the working directory first, then the recipe's folder
+        candidate = base_dir / prompts
+        if candidate.exists():
+            prompts = candidate
+    if not prompts.exists():
+        raise RecipeError(f"prompts.path: file or folder not found: {recipe.prompts.path}")
+    recipe.prompts.path = str(prompts.resolve())
+    return recipe
+
+
+def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
+    path = Path(path)
+    if not path.is_file():
+        raise RecipeError(f"recipe file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise RecipeError(f"{path}: not valid YAML ({str(error).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise RecipeError(f"{path}: a recipe must be a mapping of sections")
+    return parse_recipe(apply_overrides(data, list(overrides)), base_dir=path.parent)
+
+
+def recipe_to_yaml(recipe: Recipe) -> str:
+    return yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False)

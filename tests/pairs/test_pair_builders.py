@@ -1,0 +1,97 @@
+"""Pair builders on hand-checked win matrices.
+
+P3 (K = 3), P[i, j] = P(i beats j):
+    [[0.5, 0.8, 0.9],
+     [0.2, 0.5, 0.6],
+     [0.1, 0.4, 0.5]]
+Phat = row means with the self term 0.5: (0.5+0.8+0.9)/3 = 2.2/3, (0.2+0.5+0.6)/3 = 1.3/3,
+(0.1+0.4+0.5)/3 = 1/3. (Without the self term sample 0 would get 0.85.)
+"""
+
+import numpy as np
+import pytest
+
+from selfplay.annotate.win_matrix import bradley_terry
+from selfplay.pairs import PAIR_BUILDERS, best_worst_pairs, curriculum_pairs, sppo_pairs
+
+P3 = np.array([[0.5, 0.8, 0.9],
+               [0.2, 0.5, 0.6],
+               [0.1, 0.4, 0.5]])
+TIED = np.full((3, 3), 0.5)
+
+
+def test_registry():
+    assert PAIR_BUILDERS["sppo"] is sppo_pairs
+    assert PAIR_BUILDERS["best_worst"] is best_worst_pairs
+    assert PAIR_BUILDERS["curriculum"] is curriculum_pairs
+
+
+def test_sppo_pairs_self_term_included():
+    [pair] = sppo_pairs(P3)
+    assert (pair["chosen"], pair["rejected"]) == (0, 2)
+    assert pair["chosen_win_rate"] == pytest.approx(2.2 / 3)
+    assert pair["rejected_win_rate"] == pytest.approx(1 / 3)
+    assert pair["chosen_beats_rejected"] == pytest.approx(0.9)
+
+
+def test_sppo_pairs_drops_ties():
+    assert sppo_pairs(TIED) == []
+
+
+def test_sppo_pairs_follow_scores_through_bradley_terry():
+    # Phat is monotone in the score under Bradley-Terry, so argmax/argmin score win.
+    [pair] = sppo_pairs(bradley_terry(np.array([1.0, 3.0, -2.0, 0.5])))
+    assert (pair["chosen"], pair["rejected"]) == (1, 2)
+
+
+def test_best_worst_by_scores():
+    scores = np.array([1.0, 3.0, -2.0, 0.5])
+    [pair] = best_worst_pairs(bradley_terry(scores), scores)
+    assert (pair["chosen"], pair["rejected"]) == (1, 2)
+    assert (pair["chosen_score"], pair["rejected_score"]) == (3.0, -2.0)
+    assert pair["chosen_beats_rejected"] == pytest.approx(0.9933071490757153)  # sigmoid(3 - (-2))
+
+
+def test_best_worst_scores_take_precedence_over_matrix():
+    [pair] = best_worst_pairs(P3, np.array([0.0, 1.0, 2.0]))
+    assert (pair["chosen"], pair["rejected"]) == (2, 0)
+    assert pair["chosen_beats_rejected"] == pytest.approx(0.1)  # P3[2, 0]
+
+
+def test_best_worst_by_mean_win_rate():
+    [pair] = best_worst_pairs(P3)
+    assert (pair["chosen"], pair["rejected"]) == (0, 2)
+    assert pair["chosen_score"] == pytest.approx(2.2 / 3) and pair["rejected_score"] == pytest.approx(1 / 3)
+
+
+def test_best_worst_ties():
+    assert best_worst_pairs(TIED) == []
+    assert best_worst_pairs(TIED, np.array([2.0, 2.0, 2.0])) == []
+    # ties for first or last place: the lowest index
+    [pair] = best_worst_pairs(bradley_terry(np.array([3.0, 1.0, 3.0, 1.0])), np.array([3.0, 1.0, 3.0, 1.0]))
+    assert (pair["chosen"], pair["rejected"]) == (0, 1)
+
+
+def test_curriculum_easy_to_hard():
+    # best = sample 1 (5.0); gaps: sample 2 -> 4, sample 0 -> 3, sample 3 -> 1
+    scores = np.array([2.0, 5.0, 1.0, 4.0])
+    pairs = curriculum_pairs(bradley_terry(scores), scores)
+    assert [(p["chosen"], p["rejected"], p["rank"], p["gap"]) for p in pairs] == [
+        (1, 2, 0, 4.0), (1, 0, 1, 3.0), (1, 3, 2, 1.0)]
+    assert pairs[0]["chosen_beats_rejected"] == pytest.approx(0.9820137900379085)  # sigmoid(4)
+
+
+def test_curriculum_ties():
+    # sample 1 ties the best (0) and is dropped; equal gaps keep index order
+    scores = np.array([5.0, 5.0, 1.0, 1.0])
+    pairs = curriculum_pairs(bradley_terry(scores), scores)
+    assert [(p["chosen"], p["rejected"], p["rank"], p["gap"]) for p in pairs] == [(0, 2, 0, 4.0), (0, 3, 1, 4.0)]
+    assert curriculum_pairs(TIED) == []
+
+
+def test_curriculum_by_mean_win_rate():
+    # Phat = (2.2/3, 1.3/3, 1/3): gaps 0.4 (sample 2) then 0.3 (sample 1)
+    pairs = curriculum_pairs(P3)
+    assert [(p["chosen"], p["rejected"], p["rank"]) for p in pairs] == [(0, 2, 0), (0, 1, 1)]
+    assert [p["gap"] for p in pairs] == pytest.approx([0.4, 0.3])
+    assert pairs[1]["chosen_beats_rejected"] == pytest.approx(0.8)
