@@ -15,6 +15,9 @@ PIP=("$VENV/bin/python" -m pip --disable-pip-version-check -q)
 "${PIP[@]}" uninstall -y torchvision torchaudio torchcodec triton >/dev/null 2>&1 || true
 "${PIP[@]}" install setuptools wheel ninja
 "${PIP[@]}" install --no-build-isolation deepspeed==0.19.8
+# PairRM's own library pins old dependencies; it runs on our stack through
+# selfplay/annotate/blender_compat.py, so it is installed without them.
+"${PIP[@]}" install --no-deps llm-blender==0.0.2
 "${PIP[@]}" install --no-deps -e .
 if [ "${1:-}" = "--dev" ]; then
   "${PIP[@]}" install -r requirements/dev.txt torch==2.13.0

@@ -138,6 +138,7 @@ class EvaluateConfig(Strict):
 
 class TrackingConfig(Strict):
     wandb: bool = True
+    mode: Literal["online", "offline"] = Field("online", description="W&B mode; WANDB_MODE in the environment wins")
     project: str = "selfplay"
     group: str | None = None
     entity: str | None = None

@@ -24,10 +24,10 @@ from selfplay.models.tiny_policy import STDLIB_FILES
 
 # Real PairRM: source_maxlength 1224, candidate_maxlength 412. Small here so tests truncate.
 RANKER_CONFIG = {"ranker_type": "pairranker", "model_type": "deberta", "model_name": "backbone",
-                 "cache_dir": None, "load_checkpoint": None, "source_maxlength": 96, "candidate_maxlength": 48,
+                 "source_maxlength": 96, "candidate_maxlength": 48,
                  "n_tasks": 1, "num_pos": 5, "num_neg": 5, "sub_sampling_mode": "all_pair",
                  "sub_sampling_ratio": 0.4, "loss_type": "instructgpt", "reduce_type": "linear",
-                 "inference_mode": "bubble", "drop_out": 0.05, "fp16": True, "device": None}
+                 "inference_mode": "bubble", "drop_out": 0.05, "fp16": True}
 
 
 def build_deberta_tokenizer(vocab_size: int = 1000):

@@ -17,6 +17,7 @@ class Tracker:
             import wandb
 
             os.environ.setdefault("WANDB_SILENT", "true")
+            os.environ.setdefault("WANDB_MODE", recipe.tracking.mode)
             self.wandb_run = wandb.init(project=recipe.tracking.project, entity=recipe.tracking.entity,
                                         group=recipe.tracking.group or run_info["name"], name=run_info["name"],
                                         id=run_info["wandb_run_id"], resume="allow", dir=str(run_dir),

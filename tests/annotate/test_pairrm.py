@@ -2,7 +2,8 @@
 
 The key check: the native backend gives the same pairwise logits as llm-blender itself on the
 same folder, truncation included. The tiny ranker has source_maxlength 96 and
-candidate_maxlength 48, so the long prompt and responses below are cut.
+candidate_maxlength 48, so the long prompt is cut, and LONG_RESPONSE is cut both after the long
+prompt (budget 48) and after a short one (budget 48 + half the unused source budget).
 """
 
 import shutil
@@ -22,7 +23,7 @@ LONG_PROMPT = "Explain how a hash table handles collisions, with an example in P
 LONG_RESPONSE = "A hash table maps keys to buckets; colliding keys share a bucket and are chained. " * 6
 PROMPTS = ["What is the capital of France?", LONG_PROMPT, "Name a prime number."]
 RESPONSES = [
-    ["Paris.", "It is Paris, on the Seine.", "London", "The capital [SEP] is Paris."],
+    ["Paris.", "It is Paris, on the Seine.", LONG_RESPONSE, "The capital [SEP] is Paris."],
     [LONG_RESPONSE, "Open addressing probes the next slot.", "I do not know."],
     ["7", "Four"],
 ]

@@ -1,0 +1,29 @@
+"""Shared test setup: tiny models cached once per machine, W&B offline, no hub access."""
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("SELFPLAY_CACHE", str(Path.home() / ".cache" / "selfplay-tests"))
+os.environ["WANDB_MODE"] = "offline"
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def tiny_policy() -> Path:
+    from selfplay.models import resolve_model
+
+    return resolve_model("tiny:llama", seed=0)
+
+
+@pytest.fixture
+def prompts_file(tmp_path) -> Path:
+    import json
+
+    path = tmp_path / "prompts.jsonl"
+    path.write_text("".join(json.dumps({"prompt": f"Say something about topic {i}."}) + "\n" for i in range(40)))
+    return path

