@@ -7,6 +7,7 @@ records timings; the science lives in the stage modules.
 """
 
 import logging
+import shutil
 import time
 import uuid
 from pathlib import Path
@@ -23,6 +24,14 @@ class RecipeChangedError(ValueError):
     pass
 
 
+def _is_worker_failure(error: Exception) -> bool:
+    """A dead actor or worker process (preemption, OOM kill): worth a bounded retry."""
+    import ray.exceptions
+
+    return isinstance(error, (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError,
+                              ray.exceptions.NodeDiedError))
+
+
 def _flatten(data: dict, prefix: str = "") -> dict:
     flat = {}
     for key, value in data.items():
@@ -31,6 +40,15 @@ def _flatten(data: dict, prefix: str = "") -> dict:
         else:
             flat[f"{prefix}{key}"] = value
     return flat
+
+
+def _prepare_checkpoints(folder: Path, key: dict) -> None:
+    """Keep in-stage training checkpoints only if they belong to the same inputs and config."""
+    key_path = folder / "key.json"
+    if folder.exists() and (not key_path.exists() or runs.read_json(key_path) != runs.digest_of(key)):
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    runs.write_json_atomic(key_path, runs.digest_of(key))
 
 
 def changed_keys(old: dict, new: dict) -> list[str]:
@@ -81,11 +99,23 @@ class Driver:
         if stage.is_done(inputs, config_digest):
             log.info("iter %d %-9s done earlier, skipped", iteration, name)
             return stage.manifest()
-        tmp = stage.begin()
+        failed_path = stage.path.with_name(name + ".failed.json")
         started = time.time()
-        log.info("iter %d %-9s running", iteration, name)
-        outputs, metrics, extra = body(tmp)
+        for attempt in range(self.recipe.max_stage_retries + 1):
+            tmp = stage.begin()
+            log.info("iter %d %-9s running%s", iteration, name, f" (retry {attempt})" if attempt else "")
+            try:
+                outputs, metrics, extra = body(tmp)
+                break
+            except Exception as error:
+                runs.write_json_atomic(failed_path, {"error": f"{type(error).__name__}: {error}"[:2000],
+                                                     "attempt": attempt, "at": time.time()})
+                if not _is_worker_failure(error) or attempt == self.recipe.max_stage_retries:
+                    raise
+                log.warning("iter %d %-9s: a Ray worker died (%s); retrying", iteration, name, type(error).__name__)
+                self._drop_actors()
         seconds = time.time() - started
+        failed_path.unlink(missing_ok=True)
         manifest = {"iteration": iteration, "stage": name, "inputs": inputs, "config": config,
                     "config_digest": config_digest, "started_at": started, "seconds": seconds,
                     "metrics": metrics, "packages": self.packages, "code_version": self.code_version,
@@ -105,6 +135,17 @@ class Driver:
             self.pool.load_policy(policy_path)
             self.pool.loaded = policy_path
         return self.pool
+
+    def _drop_actors(self):
+        """Forget actors that may be dead so the retry starts fresh ones."""
+        for holder in ("pool", "model_judge"):
+            actor = getattr(self, holder)
+            if actor is not None:
+                try:
+                    actor.shutdown()
+                except Exception:  # already dead
+                    pass
+                setattr(self, holder, None)
 
     def _release_engines(self):
         if self.pool is not None and not self.recipe.generate.keep_engine:
@@ -172,6 +213,21 @@ class Driver:
 
         return self.run_stage(iteration, name, {"policy": policy_digest, **(extra_inputs or {})}, config, body)
 
+    def _soup_reference(self) -> tuple[str, str]:
+        """SALSA's reference: the weight average of train.soup, built once per run."""
+        from selfplay.models import resolve_model
+        from selfplay.train.reference import weight_soup
+
+        checkpoints = [str(resolve_model(path, self.recipe.policy.seed)) for path in self.recipe.train.soup]
+        inputs = {path: runs.digest_of(runs.hash_tree(Path(path))) for path in checkpoints}
+
+        def body(tmp):
+            weight_soup(checkpoints, tmp / "policy")
+            return ["policy"], {"checkpoints": len(checkpoints)}, {"soup": checkpoints}
+
+        manifest = self.run_stage(0, "reference-soup", inputs, {"soup": checkpoints}, body)
+        return str(self.run_dir / "iter-000" / "reference-soup" / "policy"), manifest["outputs"]["policy"]
+
     def _run_iterations(self, initial_policy, eval_ids, slices):
         from selfplay.annotate.stage import judge_groups, judgments_table
         from selfplay.evaluate.stage import response_stats, win_rate_vs_initial
@@ -191,6 +247,7 @@ class Driver:
         baseline_stats = response_stats(pq.read_table(baseline_path))
         self.summary = [{"iteration": 0, "win_rate_vs_initial": 0.5, **baseline_stats, "loss": None, "seconds": {}}]
 
+        soup = self._soup_reference() if recipe.train.reference == "soup" else None
         policy_path, policy_digest = initial_policy, initial_digest
         for iteration in range(1, recipe.iterations + 1):
             seconds = {}
@@ -233,12 +290,18 @@ class Driver:
             seconds["pairs"] = paired["seconds"]
             pairs_path = self.run_dir / f"iter-{iteration:03d}" / "pairs" / "pairs.parquet"
 
-            reference_path = policy_path if recipe.train.reference == "previous" else initial_policy
-            reference_digest = policy_digest if recipe.train.reference == "previous" else initial_digest
+            reference_path, reference_digest = {"previous": (policy_path, policy_digest),
+                                                "initial": (initial_policy, initial_digest),
+                                                "soup": soup}[recipe.train.reference]
+            train_inputs = {"policy": policy_digest, "reference": reference_digest,
+                            "pairs": paired["outputs"]["pairs.parquet"]}
+            checkpoints = self.run_dir / f"iter-{iteration:03d}" / "train.checkpoints"
 
             def train_body(tmp):
                 self._release_engines()
-                result = train_policy(policy_path, reference_path, str(pairs_path), str(tmp / "policy"), recipe.train)
+                _prepare_checkpoints(checkpoints, {"inputs": train_inputs, "config": recipe.train.model_dump()})
+                result = train_policy(policy_path, reference_path, str(pairs_path), str(tmp / "policy"), recipe.train,
+                                      str(checkpoints) if recipe.train.checkpoint_every else None)
                 history = result.pop("history")
                 (tmp / "history.jsonl").write_text("".join(runs.json.dumps(h) + "\n" for h in history))
                 last = history[-1]
@@ -253,9 +316,8 @@ class Driver:
                                       "gradient_accumulation_steps": result["gradient_accumulation_steps"]}}
                 return ["policy", "history.jsonl"], metrics, extra
 
-            trained = self.run_stage(iteration, "train", {"policy": policy_digest, "reference": reference_digest,
-                                                          "pairs": paired["outputs"]["pairs.parquet"]},
-                                     recipe.train.model_dump(), train_body)
+            trained = self.run_stage(iteration, "train", train_inputs, recipe.train.model_dump(), train_body)
+            shutil.rmtree(checkpoints, ignore_errors=True)
             seconds["train"] = trained["seconds"]
             policy_path = str(self.run_dir / f"iter-{iteration:03d}" / "train" / "policy")
             policy_digest = trained["outputs"]["policy"]

@@ -111,7 +111,11 @@ class TrainConfig(Strict):
     gradient_checkpointing: bool = False
     max_grad_norm: float = Field(1.0, ge=0.0)
     num_gpus_per_rank: float = Field(0.0, ge=0.0)
-    reference: Literal["previous", "initial"] = "previous"
+    loss_options: dict[str, float] = Field(default_factory=dict,
+                                           description="extra keyword arguments of the loss, e.g. label_smoothing")
+    reference: Literal["previous", "initial", "soup"] = "previous"
+    soup: list[str] = Field(default_factory=list, description="checkpoints averaged into the reference (SALSA)")
+    checkpoint_every: int = Field(0, ge=0, description="DeepSpeed checkpoint every N optimizer steps (0: off)")
     seed: int = 0
 
     @model_validator(mode="after")
@@ -120,6 +124,16 @@ class TrainConfig(Strict):
 
         if self.loss not in LOSSES:
             raise ValueError(f"train.loss must be one of {', '.join(sorted(LOSSES))}, got {self.loss!r}")
+        import inspect
+
+        allowed = [p.name for p in inspect.signature(LOSSES[self.loss]).parameters.values()
+                   if p.kind == p.KEYWORD_ONLY and p.name != "beta"]
+        for key in self.loss_options:
+            if key not in allowed:
+                raise ValueError(f"train.loss_options.{key}: not an option of loss {self.loss!r} "
+                                 f"(allowed: {', '.join(allowed)})")
+        if self.reference == "soup" and len(self.soup) < 2:
+            raise ValueError("train.soup must name at least two checkpoints when train.reference is 'soup'")
         per_step = self.micro_batch_size * self.world_size
         if self.global_batch_size % per_step:
             raise ValueError(f"train.global_batch_size ({self.global_batch_size}) must be a multiple of "
@@ -148,6 +162,7 @@ class Recipe(Strict):
     name: str = "selfplay-run"
     seed: int = 0
     iterations: int = Field(3, ge=1)
+    max_stage_retries: int = Field(2, ge=0, description="retries of a stage whose Ray worker died")
     policy: PolicyConfig = PolicyConfig()
     prompts: PromptsConfig
     generate: GenerateConfig = GenerateConfig()

@@ -33,3 +33,6 @@ class Judge:
 
     def judge(self, prompts: list[str], responses: list[list[str]]) -> list[Judgment]:
         raise NotImplementedError
+
+    def shutdown(self) -> None:
+        """Release the judge's resources (model judges in Ray actors override this)."""

@@ -5,7 +5,8 @@ ranker_type "pairranker", model_type "deberta", model_name, source_maxlength,
 candidate_maxlength) and `model.safetensors` or `pytorch_model.bin` with keys
 `pretrained_model.*` (DeBERTa-v2) and `head_layer.*`. The backbone's config and tokenizer come
 from the folder named by `model_name`: a path, relative paths being taken from the checkpoint
-folder (nothing is downloaded; for the real PairRM, point it at a local microsoft/deberta-v3-large).
+folder, or a hub id already in the local Hugging Face cache (the real PairRM names
+microsoft/deberta-v3-large). Nothing is downloaded.
 
 Two backends compute the same L on the same folder:
 - "native" (default): the network rebuilt on current transformers, fed exactly the token ids
@@ -87,12 +88,17 @@ def read_ranker_config(path: Path) -> dict:
 
 
 def backbone_folder(path: Path, model_name: str) -> Path:
-    """The local folder that config.json's model_name names (relative paths from the checkpoint)."""
+    """The local folder config.json's model_name names: a path (relative ones from the checkpoint
+    folder), or a hub id already in the local Hugging Face cache (never downloaded)."""
     for candidate in (path / model_name, Path(model_name).expanduser()):
         if (candidate / "config.json").is_file():
             return candidate.resolve()
-    raise ValueError(f"{path / 'config.json'}: model_name {model_name!r} is not a local backbone folder "
-                     f"(with config.json and tokenizer), neither absolute nor relative to {path}")
+    try:
+        from huggingface_hub import snapshot_download
+        return Path(snapshot_download(model_name, local_files_only=True))
+    except Exception:  # not a hub id, or not cached: both mean "not available offline"
+        raise ValueError(f"{path / 'config.json'}: model_name {model_name!r} is not a local backbone folder "
+                         f"(absolute or relative to {path}) nor in the local Hugging Face cache") from None
 
 
 def weights_file(path: Path) -> Path:
@@ -125,7 +131,8 @@ def load_native_model(path: Path, backbone: Path, config: dict) -> PairRMModel:
     state = load_state_dict(weights_file(path))
     embedding_key = "pretrained_model.embeddings.word_embeddings.weight"
     if embedding_key not in state:
-        raise ValueError(f"{weights_file(path)}: no {embedding_key!r}; not a PairRM (pretrained_model.*, head_layer.*) checkpoint")
+        raise ValueError(f"{weights_file(path)}: no {embedding_key!r}; "
+                         f"not a PairRM checkpoint (pretrained_model.*, head_layer.*)")
     backbone_config = AutoConfig.from_pretrained(backbone)
     # llm-blender resizes the embeddings to the tokenizer plus its marker tokens before loading.
     backbone_config.vocab_size = state[embedding_key].shape[0]
@@ -209,30 +216,31 @@ class PairRMJudge(Judge):
             candidates.append([_truncate(next(flat_ids), budget, self.tokenizer.sep_token_id) for _ in group])
         return sources, candidates
 
+    def _pair_input(self, source: list[int], first: list[int], second: list[int]):
+        """Ids of one (first, second) input, and the positions of its three markers."""
+        source_marker, first_marker, second_marker, candidate_marker = self.marker_ids
+        first_at, second_at = first.index(candidate_marker), second.index(candidate_marker)
+        first, second = list(first), list(second)
+        first[first_at], second[second_at] = first_marker, second_marker
+        markers = (source.index(source_marker), len(source) + first_at, len(source) + len(first) + second_at)
+        return source + first + second, markers
+
     def _pairwise_native(self, prompts, responses) -> list[np.ndarray]:
         sources, candidates = self._encode(prompts, responses)
-        source_marker, first_marker, second_marker, candidate_marker = self.marker_ids
         rows = [(p, i, j) for p, group in enumerate(candidates) for i, j in permutations(range(len(group)), 2)]
         lengths = [len(sources[p]) + len(candidates[p][i]) + len(candidates[p][j]) for p, i, j in rows]
         logits = [np.zeros((len(group), len(group))) for group in candidates]
-        pad_id = self.tokenizer.pad_token_id
-        progress = tqdm(total=len(rows), desc="PairRM", unit="pair")
+        progress = tqdm(total=len(rows), desc="PairRM", unit="pair", leave=False)
         with torch.inference_mode():
             for batch in token_budget_batches(lengths, self.batch_tokens):
                 width = max(lengths[r] for r in batch)
-                input_ids = np.full((len(batch), width), pad_id, dtype=np.int64)
+                input_ids = np.full((len(batch), width), self.tokenizer.pad_token_id, dtype=np.int64)
                 attention_mask = np.zeros((len(batch), width), dtype=np.int64)
                 markers = np.zeros((len(batch), 3), dtype=np.int64)
-                for b, r in enumerate(batch):
-                    p, i, j = rows[r]
-                    source, first, second = sources[p], list(candidates[p][i]), list(candidates[p][j])
-                    first_at, second_at = first.index(candidate_marker), second.index(candidate_marker)
-                    first[first_at], second[second_at] = first_marker, second_marker
-                    ids = source + first + second
+                for b, (p, i, j) in enumerate(rows[r] for r in batch):
+                    ids, markers[b] = self._pair_input(sources[p], candidates[p][i], candidates[p][j])
                     input_ids[b, :len(ids)] = ids
                     attention_mask[b, :len(ids)] = 1
-                    markers[b] = (source.index(source_marker), len(source) + first_at,
-                                  len(source) + len(first) + second_at)
                 out = self.model(torch.from_numpy(input_ids).to(self.device),
                                  torch.from_numpy(attention_mask).to(self.device),
                                  torch.from_numpy(markers).to(self.device)).float().cpu().numpy()
@@ -245,7 +253,8 @@ class PairRMJudge(Judge):
 
     def _pairwise_blender(self, prompts, responses) -> list[np.ndarray]:
         logits = []
-        for prompt, group in tqdm(list(zip(prompts, responses)), desc="PairRM (llm-blender)", unit="prompt"):
+        groups = list(zip(prompts, responses))
+        for prompt, group in tqdm(groups, desc="PairRM (llm-blender)", unit="prompt", leave=False):
             pairs = list(permutations(range(len(group)), 2))
             # One prompt per call: its pairs share the source, so the truncation equals batch_size=1.
             values = self.blender.compare([prompt] * len(pairs), [group[i] for i, _ in pairs],

@@ -37,24 +37,26 @@ class RewardModelJudge(Judge):
         if self.model.config.num_labels != 1:
             raise ValueError(f"reward model: {self.path}/config.json has num_labels={self.model.config.num_labels}; "
                              f"a scalar reward model has 1")
-        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
-        # Without a pad id the classifier refuses batches; set it so batched and single rows score alike.
+        # The classifier reads each row's last token that is not config.pad_token_id, so rows are
+        # padded with exactly that id; without one it refuses batches, so one is set.
         if self.model.config.pad_token_id is None:
-            self.model.config.pad_token_id = self.pad_id
+            tokenizer_pad = self.tokenizer.pad_token_id
+            self.model.config.pad_token_id = tokenizer_pad if tokenizer_pad is not None else self.tokenizer.eos_token_id
+        self.pad_id = self.model.config.pad_token_id
         self.max_length = getattr(self.model.config, "max_position_embeddings", None) or self.tokenizer.model_max_length
         self.model.to(device).eval()
 
-    def _encode(self, prompt: str, response: str) -> list[int]:
-        conversation = [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]
-        text = self.tokenizer.apply_chat_template(conversation, tokenize=False)
-        return self.tokenizer(text, add_special_tokens=False).input_ids[: self.max_length]
+    def _conversation(self, prompt: str, response: str) -> str:
+        turns = [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]
+        return self.tokenizer.apply_chat_template(turns, tokenize=False)
 
     def judge(self, prompts: list[str], responses: list[list[str]]) -> list[Judgment]:
         check_inputs(prompts, responses)
         rows = [(p, k) for p, group in enumerate(responses) for k in range(len(group))]
-        sequences = [self._encode(prompts[p], responses[p][k]) for p, k in rows]
+        texts = [self._conversation(prompts[p], responses[p][k]) for p, k in rows]
+        sequences = [ids[: self.max_length] for ids in self.tokenizer(texts, add_special_tokens=False).input_ids]
         scores = [np.zeros(len(group)) for group in responses]
-        progress = tqdm(total=len(rows), desc="reward model", unit="response")
+        progress = tqdm(total=len(rows), desc="reward model", unit="response", leave=False)
         with torch.inference_mode():
             for batch in token_budget_batches([len(s) for s in sequences], self.batch_tokens):
                 width = max(len(sequences[r]) for r in batch)

@@ -40,10 +40,12 @@ class SelfieJudge(Judge):
         if AutoTokenizer.from_pretrained(self.reference_path).get_vocab() != self.tokenizer.get_vocab():
             raise ValueError(f"selfie reference: the tokenizer in {self.reference_path} differs from the policy's "
                              f"in {self.policy_path}; the log-ratio needs one tokenization")
-        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
+        self.pad_id = self.tokenizer.pad_token_id
+        if self.pad_id is None:
+            self.pad_id = self.tokenizer.eos_token_id
         self.eos = [] if self.tokenizer.eos_token_id is None else [self.tokenizer.eos_token_id]
-        self.policy = AutoModelForCausalLM.from_pretrained(self.policy_path, dtype=DTYPES[dtype]).to(device).eval()
-        self.reference = AutoModelForCausalLM.from_pretrained(self.reference_path, dtype=DTYPES[dtype]).to(device).eval()
+        self.policy, self.reference = (AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype]).to(device).eval()
+                                       for path in (self.policy_path, self.reference_path))
         self.max_length = min(model.config.max_position_embeddings for model in (self.policy, self.reference))
 
     def _prompt_ids(self, row: int, prompt: str) -> list[int]:
@@ -59,10 +61,11 @@ class SelfieJudge(Judge):
         check_inputs(prompts, responses)
         prompt_ids = [self._prompt_ids(row, prompt) for row, prompt in enumerate(prompts)]
         rows = [(p, k) for p, group in enumerate(responses) for k in range(len(group))]
-        response_ids = [self.tokenizer(responses[p][k], add_special_tokens=False).input_ids + self.eos for p, k in rows]
+        texts = [responses[p][k] for p, k in rows]
+        response_ids = [ids + self.eos for ids in self.tokenizer(texts, add_special_tokens=False).input_ids]
         lengths = [min(len(prompt_ids[p]) + len(ids), self.max_length) for (p, _), ids in zip(rows, response_ids)]
         scores = [np.zeros(len(group)) for group in responses]
-        progress = tqdm(total=len(rows), desc="selfie", unit="response")
+        progress = tqdm(total=len(rows), desc="selfie", unit="response", leave=False)
         with torch.inference_mode():
             for batch in token_budget_batches(lengths, self.batch_tokens):
                 tensors = pad_sequences([prompt_ids[rows[r][0]] for r in batch], [response_ids[r] for r in batch],

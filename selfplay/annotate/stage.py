@@ -47,7 +47,7 @@ class RemoteJudge:
     def judge(self, prompts, responses):
         return ray.get(self.actor.judge.remote(prompts, responses))
 
-    def close(self):
+    def shutdown(self):
         ray.kill(self.actor)
 
 

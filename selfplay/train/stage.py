@@ -13,7 +13,8 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 from selfplay.train.trainer import TrainerRank
 
 
-def train_policy(policy_path: str, reference_path: str, pairs_path: str, out_dir: str, config) -> dict:
+def train_policy(policy_path: str, reference_path: str, pairs_path: str, out_dir: str, config,
+                 checkpoint_dir: str | None = None) -> dict:
     world_size = config.world_size
     bundle = {"CPU": 1, **({"GPU": config.num_gpus_per_rank} if config.num_gpus_per_rank else {})}
     group = placement_group([bundle] * world_size, strategy="PACK")
@@ -26,7 +27,8 @@ def train_policy(policy_path: str, reference_path: str, pairs_path: str, out_dir
         address, port = ray.get(ranks[0].rendezvous_address.remote())
         ray.get([rank.connect.remote(address, port) for rank in ranks])
         options = config.model_dump()
-        results = ray.get([rank.train.remote(policy_path, reference_path, pairs_path, out_dir, options) for rank in ranks])
+        results = ray.get([rank.train.remote(policy_path, reference_path, pairs_path, out_dir, options, checkpoint_dir)
+                           for rank in ranks])
         ray.get([rank.shutdown.remote() for rank in ranks])
         return results[0]
     finally:

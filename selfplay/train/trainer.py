@@ -8,7 +8,8 @@
   3. build the DeepSpeed engine (ZeRO stage, offload, precision from the recipe) around a
      torch optimizer (RMSprop / AdamW) and a warm-up + linear/cosine LambdaLR;
   4. walk epochs of global batches, micro-batch by micro-batch, calling the named loss with
-     whatever per-pair targets its signature asks for (win rates, NLL, ...);
+     whatever per-pair targets its signature asks for (win rates, NLL, ...), saving a
+     DeepSpeed checkpoint every `checkpoint_every` steps and resuming from the latest one;
   5. save an HF safetensors checkpoint (ZeRO-3 weights gathered to rank 0).
 """
 
@@ -104,7 +105,8 @@ class TrainerRank:
 
         return torch.bfloat16 if config["precision"] == "bf16" else torch.float32
 
-    def train(self, policy_path: str, reference_path: str, pairs_path: str, out_dir: str, config: dict) -> dict:
+    def train(self, policy_path: str, reference_path: str, pairs_path: str, out_dir: str, config: dict,
+              checkpoint_dir: str | None = None) -> dict:
         import deepspeed
         import torch
         import torch.distributed as dist
@@ -112,7 +114,7 @@ class TrainerRank:
 
         from selfplay.train.data import epoch_batches, rank_micro_batches, steps_per_epoch
         from selfplay.train.logps import response_logps
-        from selfplay.train.losses import LOSSES
+        from selfplay.train.losses import LOSSES, SelfieThreshold, selfie_alpha
         from selfplay.train.schedule import lr_multiplier
 
         started = time.perf_counter()
@@ -150,10 +152,27 @@ class TrainerRank:
 
         loss_fn = LOSSES[config["loss"]]
         loss_params = set(inspect.signature(loss_fn).parameters)
-        history = []
+        selfie_threshold = SelfieThreshold() if config["loss"] == "selfie" else None
+        history, done_steps = [], 0
+        if checkpoint_dir and (Path(checkpoint_dir) / "latest").exists():
+            # Resume inside the stage: weights, optimizer, scheduler, RNG and data position.
+            _, client = engine.load_checkpoint(checkpoint_dir)
+            history, done_steps = client["history"], client["step"]
+            torch.set_rng_state(client["torch_rng"])
+            if selfie_threshold is not None:
+                selfie_threshold.load_state_dict(client["selfie_threshold"])
+
+        step = 0
         for epoch in range(config["epochs"]):
             for global_batch in epoch_batches(len(rows), epoch, config["seed"], config["global_batch_size"]):
-                step_sums = {"loss": 0.0, "chosen_reward": 0.0, "rejected_reward": 0.0, "accuracy": 0.0}
+                step += 1
+                if step <= done_steps:  # the order is a pure function of (seed, epoch): skip what was trained
+                    continue
+                step_options = dict(config["loss_options"])
+                if selfie_threshold is not None:
+                    step_options.setdefault("alpha", selfie_alpha(step - 1, total_steps))
+                    step_options["threshold"] = selfie_threshold.value
+                sums = {"loss": 0.0, "chosen_reward": 0.0, "rejected_reward": 0.0, "accuracy": 0.0}
                 for micro in rank_micro_batches(global_batch, self.rank, self.world_size, config["micro_batch_size"]):
                     batch = [rows[i] for i in micro]
                     input_ids, attention, response_mask = _batch_tensors(batch, pad_id, config, device)
@@ -162,28 +181,35 @@ class TrainerRank:
                     ref_chosen = torch.tensor([reference[i][0] for i in micro], device=device)
                     ref_rejected = torch.tensor([reference[i][1] for i in micro], device=device)
                     targets = {k: torch.tensor([r[k] for r in batch], device=device, dtype=torch.float32)
-                               for k in loss_params if batch[0].get(k) is not None}
-                    if "chosen_nll" in loss_params:
-                        chosen_tokens = response_mask[:len(batch)].sum(-1).clamp(min=1)
-                        targets["chosen_nll"] = -chosen_logps / chosen_tokens
+                               for k in loss_params if k in batch[0] and batch[0][k] is not None}
+                    if "chosen_nll" in loss_params:  # per-example mean token NLL (RPO paper form)
+                        targets["chosen_nll"] = -chosen_logps / response_mask[:len(batch)].sum(-1).clamp(min=1)
                     losses = loss_fn(chosen_logps, rejected_logps, ref_chosen, ref_rejected, beta=config["beta"],
-                                     **{k: v for k, v in targets.items() if k != "beta"}, **config.get("loss_kwargs", {}))
+                                     **targets, **step_options)
                     engine.backward(losses.mean())
                     engine.step()
                     with torch.no_grad():
                         chosen_reward = (chosen_logps - ref_chosen).detach()
                         rejected_reward = (rejected_logps - ref_rejected).detach()
-                        step_sums["loss"] += losses.detach().sum().item()
-                        step_sums["chosen_reward"] += chosen_reward.sum().item()
-                        step_sums["rejected_reward"] += rejected_reward.sum().item()
-                        step_sums["accuracy"] += (chosen_reward > rejected_reward).float().sum().item()
-                totals = torch.tensor(list(step_sums.values()), dtype=torch.float64)
+                        sums["loss"] += losses.detach().sum().item()
+                        sums["chosen_reward"] += chosen_reward.sum().item()
+                        sums["rejected_reward"] += rejected_reward.sum().item()
+                        sums["accuracy"] += (chosen_reward > rejected_reward).float().sum().item()
+                totals = torch.tensor(list(sums.values()), dtype=torch.float64)
                 dist.all_reduce(totals)
-                record = {k: v / config["global_batch_size"] for k, v in zip(step_sums, totals.tolist())}
-                record.update(step=len(history) + 1, epoch=epoch, lr=scheduler.get_last_lr()[0])
+                record = {k: v / config["global_batch_size"] for k, v in zip(sums, totals.tolist())}
+                record.update(step=step, epoch=epoch, lr=scheduler.get_last_lr()[0])
                 if config["loss"].startswith("sppo"):  # eta = 1/beta makes the raw loss ~1/beta^2
                     record["loss_over_eta_sq"] = record["loss"] * config["beta"] ** 2
+                if selfie_threshold is not None:
+                    margin = config["beta"] * (record["chosen_reward"] - record["rejected_reward"])
+                    record.update(alpha=step_options["alpha"], threshold=selfie_threshold.update(margin))
                 history.append(record)
+                if checkpoint_dir and config["checkpoint_every"] and step % config["checkpoint_every"] == 0 \
+                        and step < total_steps:
+                    client = {"step": step, "history": history, "torch_rng": torch.get_rng_state(),
+                              "selfie_threshold": selfie_threshold.state_dict() if selfie_threshold else None}
+                    engine.save_checkpoint(checkpoint_dir, tag=f"step{step:06d}", client_state=client)
 
         self._save(engine, model, tokenizer, policy_path, Path(out_dir))
         dist.barrier()
