@@ -1,4 +1,4 @@
-"""The `selfplay` command: run | resume | validate | status | make-tiny.
+"""The `selfplay` command: run | resume | fork | validate | status | lineage | make-tiny.
 
 User mistakes (a bad recipe, a missing file, a locked run) end with one line on stderr and
 exit code 2, before any work starts; anything else is a bug and keeps its traceback.
@@ -34,15 +34,18 @@ def print_summary(rows: list[dict]) -> None:
     Console(width=max(120, Console().width)).print(table)
 
 
-def _run(recipe, run_dir, args) -> int:
-    from selfplay.driver import Driver, RecipeChangedError
-    from selfplay.prompts import PromptError
+def _run(recipe, run_dir, args, parent=None) -> int:
+    from selfplay.driver import Driver
+    from selfplay.lineage import LineageError, RecipeChangedError
     from selfplay.runs import RunLockedError
 
     try:
-        rows = Driver(recipe, run_dir, ray_address=args.ray_address, allow_changes=args.allow_changes).run()
-    except (RunLockedError, RecipeChangedError, PromptError) as error:
+        rows = Driver(recipe, run_dir, ray_address=args.ray_address, allow_changes=args.allow_changes).run(parent)
+    except (RunLockedError, RecipeChangedError, LineageError) as error:
         return _fail(str(error))
+    except OSError as error:  # disk full, read-only run directory: nothing half-written counts
+        return _fail(f"{error.strerror or error}: {error.filename or run_dir} (finished stages are kept; "
+                     f"fix it and run `selfplay resume {run_dir}`)")
     print_summary(rows)
     print(f"run directory: {run_dir}")
     return 0
@@ -54,17 +57,46 @@ def cmd_run(args) -> int:
     return _run(recipe, run_dir, args)
 
 
-def cmd_resume(args) -> int:
-    import yaml
-
-    run_dir = Path(args.run_dir)
-    if not (run_dir / "recipe.yaml").exists():
-        return _fail(f"{run_dir}: not a selfplay run directory (no recipe.yaml)")
-    data = yaml.safe_load((run_dir / "recipe.yaml").read_text())
+def _frozen_recipe(run_dir: Path, overrides: list[str]):
+    """A run's frozen recipe (run.json) with overrides applied."""
+    from selfplay.lineage import read_run
     from selfplay.recipe import apply_overrides
 
-    recipe = parse_recipe(apply_overrides(data, args.overrides))
+    return parse_recipe(apply_overrides(read_run(run_dir)["recipe"], overrides))
+
+
+def cmd_resume(args) -> int:
+    from selfplay.lineage import LineageError, lock_is_held, supersede_from
+
+    run_dir = Path(args.run_dir)
+    try:
+        recipe = _frozen_recipe(run_dir, args.overrides)
+        if args.overrides:
+            args.allow_changes = True  # explicit overrides on resume are accepted and recorded
+        if args.from_iteration is not None:
+            if lock_is_held(run_dir):
+                return _fail(f"run directory {run_dir} is in use by another selfplay driver")
+            moved = supersede_from(run_dir, args.from_iteration)
+            if moved:
+                print(f"iterations >= {args.from_iteration} moved aside to {moved}")
+    except LineageError as error:
+        return _fail(str(error))
     return _run(recipe, run_dir, args)
+
+
+def cmd_fork(args) -> int:
+    from selfplay.lineage import LineageError, create_fork, read_run
+
+    parent_dir = Path(args.run_dir)
+    try:
+        recipe = _frozen_recipe(parent_dir, args.overrides)
+        recipe.name = args.name or f"{read_run(parent_dir)['name']}-fork-{args.from_iteration}"
+        fork_dir = Path(args.run_dir_out) if args.run_dir_out else parent_dir.parent / recipe.name
+        info = create_fork(parent_dir, fork_dir, args.from_iteration, recipe)
+    except LineageError as error:
+        return _fail(str(error))
+    print(f"fork {fork_dir} of {parent_dir} from iteration {args.from_iteration}")
+    return _run(recipe, fork_dir, args, parent=info["parent"])
 
 
 def cmd_validate(args) -> int:
@@ -80,19 +112,28 @@ def cmd_validate(args) -> int:
 
 
 def cmd_status(args) -> int:
-    from selfplay.runs import read_json
+    from selfplay.lineage import LineageError, lock_is_held, stage_status
 
     run_dir = Path(args.run_dir)
-    if not (run_dir / "run.json").exists():
-        return _fail(f"{run_dir}: not a selfplay run directory (no run.json)")
-    for iteration_dir in sorted(run_dir.glob("iter-*")):
-        for stage in sorted(p for p in iteration_dir.iterdir() if p.is_dir()):
-            manifest = stage / "manifest.json"
-            if stage.name.endswith(".tmp"):
-                print(f"{iteration_dir.name} {stage.name[:-4]:<9} interrupted (partial output, will be redone)")
-            elif manifest.exists():
-                data = read_json(manifest)
-                print(f"{iteration_dir.name} {stage.name:<9} {data['status']:<8} {data['seconds']:8.1f} s")
+    try:
+        rows = stage_status(run_dir, lock_is_held(run_dir))
+    except LineageError as error:
+        return _fail(str(error))
+    for row in rows:
+        timing = f"{row['seconds']:8.1f} s" if "seconds" in row else ""
+        shared = "  (shared with parent run)" if row["shared"] else ""
+        error = f"  {row['error']}" if "error" in row else ""
+        print(f"iter {row['iteration']:>3}  {row['stage']:<14} {row['state']:<11} {timing}{shared}{error}")
+    return 0
+
+
+def cmd_lineage(args) -> int:
+    from selfplay.lineage import LineageError, lineage_tree
+
+    try:
+        print("\n".join(lineage_tree(Path(args.run_dir))))
+    except LineageError as error:
+        return _fail(str(error))
     return 0
 
 
@@ -112,23 +153,32 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--run-dir", help="default: runs/<recipe name>")
     resume = sub.add_parser("resume", help="continue a stopped or crashed run from its first unfinished stage")
     resume.add_argument("run_dir")
-    resume.add_argument("overrides", nargs="*")
-    for command in (run, resume):
+    resume.add_argument("overrides", nargs="*", help="key=value changes, recorded in run.json")
+    resume.add_argument("--from-iteration", type=int, help="redo iterations N.. (later ones are moved aside)")
+    fork = sub.add_parser("fork", help="a new run from a run's policy at the start of iteration N, with changes")
+    fork.add_argument("run_dir")
+    fork.add_argument("overrides", nargs="*", help="key=value, e.g. train.beta=0.01")
+    fork.add_argument("--from-iteration", type=int, required=True)
+    fork.add_argument("--name", help="name of the new run (default: <parent>-fork-N)")
+    fork.add_argument("--run-dir", dest="run_dir_out", help="default: next to the parent run")
+    for command in (run, resume, fork):
         command.add_argument("--ray-address", help="connect to an existing Ray cluster")
         command.add_argument("--allow-changes", action="store_true", help="accept a recipe that differs from the run's")
     validate = sub.add_parser("validate", help="check a recipe without running it")
     validate.add_argument("recipe")
     validate.add_argument("overrides", nargs="*")
-    status = sub.add_parser("status", help="per iteration and stage: done / interrupted, with timings")
+    status = sub.add_parser("status", help="per iteration and stage: done / running / failed / pending, with timings")
     status.add_argument("run_dir")
+    tree = sub.add_parser("lineage", help="the tree of runs, forks and checkpoints, with hashes and references")
+    tree.add_argument("run_dir")
     tiny = sub.add_parser("make-tiny", help="build (or find in the cache) a tiny local model and print its folder")
     tiny.add_argument("kind", nargs="?", default="llama")
     tiny.add_argument("--seed", type=int, default=0)
     return parser
 
 
-COMMANDS = {"run": cmd_run, "resume": cmd_resume, "validate": cmd_validate, "status": cmd_status,
-            "make-tiny": cmd_make_tiny}
+COMMANDS = {"run": cmd_run, "resume": cmd_resume, "fork": cmd_fork, "validate": cmd_validate, "status": cmd_status,
+            "lineage": cmd_lineage, "make-tiny": cmd_make_tiny}
 
 
 def main(argv: list[str] | None = None) -> int:

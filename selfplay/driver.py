@@ -1,27 +1,28 @@
-"""The iteration loop: for t = 1..T, generate -> annotate -> pairs -> train -> evaluate.
+"""The iteration loop: for t = first..T, generate -> annotate -> pairs -> train -> evaluate.
 
 Each stage is `run_stage(...)`: skipped when its manifest is done with the same inputs and
 config, otherwise run into a temporary folder and committed (runs.py). Resume is therefore
 "run again". The driver only walks stages, holds the long-lived engines and judge, and
 records timings; the science lives in the stage modules.
+
+Before iteration 1: the initial policy's eval samples (`baseline`), an optional seed stage
+(plain DPO on labelled pairs: DRIFT, Selfie) and an optional soup reference (SALSA).
+DRIFT iterations replace generate+annotate+pairs with one hindsight sample per DSAT record.
 """
 
+import json
 import logging
 import shutil
 import time
-import uuid
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
-from selfplay import runs
-from selfplay.recipe import Recipe, recipe_to_yaml
+from selfplay import lineage, runs
+from selfplay.recipe import Recipe
 
 log = logging.getLogger("selfplay")
-
-
-class RecipeChangedError(ValueError):
-    pass
 
 
 def _is_worker_failure(error: Exception) -> bool:
@@ -30,16 +31,6 @@ def _is_worker_failure(error: Exception) -> bool:
 
     return isinstance(error, (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError,
                               ray.exceptions.NodeDiedError))
-
-
-def _flatten(data: dict, prefix: str = "") -> dict:
-    flat = {}
-    for key, value in data.items():
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
 
 
 def _prepare_checkpoints(folder: Path, key: dict) -> None:
@@ -51,36 +42,6 @@ def _prepare_checkpoints(folder: Path, key: dict) -> None:
     runs.write_json_atomic(key_path, runs.digest_of(key))
 
 
-def changed_keys(old: dict, new: dict) -> list[str]:
-    old, new = _flatten(old), _flatten(new)
-    return sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
-
-
-def init_run_dir(run_dir: Path, recipe: Recipe, allow_changes: bool = False) -> dict:
-    """Create run.json and recipe.yaml, or check that an existing run has the same recipe."""
-    resolved = recipe.model_dump(mode="json")
-    info_path = run_dir / "run.json"
-    if info_path.exists():
-        info = runs.read_json(info_path)
-        changes = changed_keys(info["recipe"], resolved)
-        if changes and not allow_changes:
-            raise RecipeChangedError(f"{run_dir}: recipe differs from the run's frozen recipe in: {', '.join(changes)} "
-                                     f"(use --allow-changes to accept, or fork the run)")
-        if changes:
-            info.setdefault("recipe_changes", []).append({"at": time.time(), "keys": changes, "previous": info["recipe"]})
-            info["recipe"] = resolved
-            runs.write_json_atomic(info_path, info)
-            (run_dir / "recipe.yaml").write_text(recipe_to_yaml(recipe))
-        return info
-    run_dir.mkdir(parents=True, exist_ok=True)
-    info = {"run_id": uuid.uuid4().hex[:12], "name": recipe.name, "created": time.time(), "parent": None,
-            "recipe": resolved, "recipe_digest": runs.digest_of(resolved)}
-    info["wandb_run_id"] = f"{recipe.name}-{info['run_id']}"
-    (run_dir / "recipe.yaml").write_text(recipe_to_yaml(recipe))
-    runs.write_json_atomic(info_path, info)
-    return info
-
-
 class Driver:
     def __init__(self, recipe: Recipe, run_dir: Path, ray_address: str | None = None, allow_changes: bool = False):
         self.recipe = recipe
@@ -89,6 +50,7 @@ class Driver:
         self.allow_changes = allow_changes
         self.pool = None
         self.model_judge = None
+        self.eval_judge = None
         self.summary = []
 
     # -- stage bookkeeping ---------------------------------------------------------------
@@ -125,6 +87,10 @@ class Driver:
         log.info("iter %d %-9s finished in %.1f s", iteration, name, seconds)
         return manifest
 
+    def _path(self, iteration: int, stage: str, name: str) -> Path:
+        return self.run_dir / f"iter-{iteration:03d}" / stage / name
+
+    # -- long-lived actors -------------------------------------------------------------------
     def _engines(self, policy_path: str):
         from selfplay.generate.pool import EnginePool
 
@@ -136,17 +102,6 @@ class Driver:
             self.pool.loaded = policy_path
         return self.pool
 
-    def _drop_actors(self):
-        """Forget actors that may be dead so the retry starts fresh ones."""
-        for holder in ("pool", "model_judge"):
-            actor = getattr(self, holder)
-            if actor is not None:
-                try:
-                    actor.shutdown()
-                except Exception:  # already dead
-                    pass
-                setattr(self, holder, None)
-
     def _release_engines(self):
         if self.pool is not None and not self.recipe.generate.keep_engine:
             self.pool.shutdown()
@@ -156,13 +111,42 @@ class Driver:
         from selfplay.annotate.stage import make_judge
 
         if self.recipe.annotate.type == "selfie":  # judges with the current policy: new each iteration
-            return make_judge(self.recipe.annotate, policy_path, self.recipe.policy.seed)
+            if self.model_judge is not None and self.model_judge.policy_path != policy_path:
+                self.model_judge.shutdown()
+                self.model_judge = None
+            if self.model_judge is None:
+                self.model_judge = make_judge(self.recipe.annotate, policy_path, self.recipe.policy.seed,
+                                              default_reference=self.initial_policy)
+                self.model_judge.policy_path = policy_path
+            return self.model_judge
         if self.model_judge is None:
             self.model_judge = make_judge(self.recipe.annotate, policy_path, self.recipe.policy.seed)
         return self.model_judge
 
+    def _evaluation_judge(self, policy_path: str):
+        """The evaluate section's own judge if it has one (e.g. Selfie runs), else the run's."""
+        from selfplay.annotate.stage import make_judge
+
+        config = self.recipe.evaluate.judge
+        if config is None:
+            return self._judge(policy_path), self.recipe.annotate
+        if self.eval_judge is None:
+            self.eval_judge = make_judge(config, policy_path, self.recipe.policy.seed, default_reference=self.initial_policy)
+        return self.eval_judge, config
+
+    def _drop_actors(self):
+        """Forget actors that may be dead so the retry starts fresh ones."""
+        for holder in ("pool", "model_judge", "eval_judge"):
+            actor = getattr(self, holder)
+            if actor is not None:
+                try:
+                    actor.shutdown()
+                except Exception:  # already dead
+                    pass
+                setattr(self, holder, None)
+
     # -- the run ---------------------------------------------------------------------------
-    def run(self) -> list[dict]:
+    def run(self, parent: dict | None = None) -> list[dict]:
         from selfplay.cluster import start_ray
         from selfplay.models import resolve_model
         from selfplay.prompts import load_prompts, split_prompts
@@ -170,40 +154,96 @@ class Driver:
 
         recipe = self.recipe
         with runs.RunLock(self.run_dir):
-            self.info = init_run_dir(self.run_dir, recipe, self.allow_changes)
+            self.info = lineage.init_run_dir(self.run_dir, recipe, self.allow_changes, parent)
             self.packages, self.code_version = runs.package_versions(), runs.code_version()
-            initial_policy = str(resolve_model(recipe.policy.path, recipe.policy.seed))
-            prompts = load_prompts(recipe.prompts.path, recipe.prompts.field)
-            eval_ids, slices = split_prompts(len(prompts), recipe.iterations, recipe.prompts.per_iteration,
+            self.initial_policy = str(resolve_model(recipe.policy.path, recipe.policy.seed))
+            if recipe.pairs.type == "drift":
+                from selfplay.pairs.drift import load_dsat_records
+
+                self.records = load_dsat_records(recipe.prompts.path)
+                self.prompts = [r["prompt"] for r in self.records]
+            else:
+                self.prompts = load_prompts(recipe.prompts.path, recipe.prompts.field)
+            eval_ids, slices = split_prompts(len(self.prompts), recipe.iterations, recipe.prompts.per_iteration,
                                              recipe.prompts.eval_size, recipe.prompts.shuffle_seed, recipe.prompts.reuse)
             self.tracker = Tracker(self.run_dir, self.info, recipe, self.info["recipe"])
             start_ray(self.ray_address, recipe.generate.replicas + recipe.train.world_size + 1)
             from transformers import AutoTokenizer
 
-            self.tokenizer = AutoTokenizer.from_pretrained(initial_policy)
-            self.prompts = prompts
+            self.tokenizer = AutoTokenizer.from_pretrained(self.initial_policy)
             try:
-                self._run_iterations(initial_policy, eval_ids, slices)
+                self._run_iterations(eval_ids, slices)
             finally:
                 self.tracker.finish()
-                if self.pool is not None:
-                    self.pool.shutdown()
+                self._drop_actors()
         return self.summary
 
-    def _sample_stage(self, iteration, name, policy_path, policy_digest, prompt_ids, n, sampling, purpose, extra_inputs=None):
-        """A stage that samples n responses per prompt into samples.parquet."""
+    def _run_iterations(self, eval_ids, slices):
+        from selfplay.evaluate.stage import response_stats
+
+        recipe = self.recipe
+        initial_digest = runs.digest_of(runs.hash_tree(Path(self.initial_policy)))
+        self.initial = (self.initial_policy, initial_digest)
+        self.eval_sampling = {"temperature": recipe.evaluate.temperature, "top_p": recipe.evaluate.top_p,
+                              "max_tokens": recipe.evaluate.max_tokens or recipe.generate.max_tokens}
+        self.eval_ids = eval_ids
+        self.baseline = self._sample_stage(0, "baseline", self.initial, eval_ids, recipe.evaluate.samples_per_prompt,
+                                           self.eval_sampling, "eval")
+        baseline_stats = response_stats(pq.read_table(self._path(0, "baseline", "samples.parquet")))
+        self.summary = [{"iteration": 0, "win_rate_vs_initial": 0.5, **baseline_stats, "loss": None, "seconds": {}}]
+        self.soup = self._soup_reference() if recipe.train.reference == "soup" else None
+
+        parent = self.info.get("parent")
+        first = parent["iteration"] if parent else 1
+        if first > 1:  # a fork: start from the parent's policy at the start of iteration `first`
+            path = lineage.start_policy(Path(parent["run_dir"]), first)
+            policy = (str(path), runs.StageDir(Path(parent["run_dir"]), first - 1, "train").output_digest("policy"))
+        else:
+            policy = self._seed_stage() if recipe.seed_training else self.initial
+        for iteration in range(first, recipe.iterations + 1):
+            policy = self._iteration(iteration, policy, slices[iteration - 1])
+
+    def _iteration(self, iteration: int, policy: tuple[str, str], prompt_ids: list[int]) -> tuple[str, str]:
+        recipe, seconds = self.recipe, {}
+        if recipe.pairs.type == "drift":
+            generated = self._hindsight_stage(iteration, policy, prompt_ids)
+            paired = self._drift_pairs_stage(iteration, generated)
+        else:
+            generated = self._sample_stage(iteration, "generate", policy, prompt_ids, recipe.generate.samples_per_prompt,
+                                           {"temperature": recipe.generate.temperature, "top_p": recipe.generate.top_p,
+                                            "max_tokens": recipe.generate.max_tokens}, "train")
+            annotated = self._annotate_stage(iteration, policy, generated)
+            seconds["annotate"] = annotated["seconds"]
+            paired = self._pairs_stage(iteration, generated, annotated)
+        seconds["generate"], seconds["pairs"] = generated["seconds"], paired["seconds"]
+        trained, new_policy = self._train_stage(iteration, policy, paired)
+        seconds["train"] = trained["seconds"]
+        eval_samples = self._sample_stage(iteration, "eval-gen", new_policy, self.eval_ids,
+                                          recipe.evaluate.samples_per_prompt, self.eval_sampling, "eval")
+        evaluated = self._evaluate_stage(iteration, new_policy, eval_samples)
+        seconds["evaluate"] = eval_samples["seconds"] + evaluated["seconds"]
+        self.summary.append({"iteration": iteration, **evaluated["metrics"], "loss": trained["metrics"]["loss"],
+                             "seconds": seconds})
+        return new_policy
+
+    # -- stages ------------------------------------------------------------------------------
+    def _sample_stage(self, iteration, name, policy, prompt_ids, n, sampling, purpose, prompts=None):
+        """Sample n responses per prompt with `policy` (path, digest) into samples.parquet."""
         from selfplay.generate.stage import generate_samples
 
+        policy_path, policy_digest = policy
         config = {"prompt_ids": prompt_ids, "n": n, **sampling, "seed": self.recipe.seed, "purpose": purpose,
                   "engine": self.recipe.generate.model_dump(include={"replicas", "tensor_parallel_size", "max_model_len"}),
                   "dtype": self.recipe.policy.dtype}
+        if prompts is not None:
+            config["prompts_digest"] = runs.digest_of(prompts)
 
         def body(tmp):
             started = time.time()
             pool = self._engines(policy_path)
             load_seconds = time.time() - started
-            table = generate_samples(pool, self.tokenizer, prompt_ids, self.prompts, n=n, run_seed=self.recipe.seed,
-                                     iteration=iteration, purpose=purpose, **sampling)
+            table = generate_samples(pool, self.tokenizer, prompt_ids, prompts or self.prompts, n=n,
+                                     run_seed=self.recipe.seed, iteration=iteration, purpose=purpose, **sampling)
             pq.write_table(table, tmp / "samples.parquet")
             tokens = sum(len(t) for t in table.column("token_ids").to_pylist())
             seconds = time.time() - started
@@ -211,7 +251,129 @@ class Driver:
                                          "engine_load_seconds": load_seconds,
                                          "tokens_per_second": tokens / max(seconds - load_seconds, 1e-9)}, {}
 
-        return self.run_stage(iteration, name, {"policy": policy_digest, **(extra_inputs or {})}, config, body)
+        return self.run_stage(iteration, name, {"policy": policy_digest}, config, body)
+
+    def _annotate_stage(self, iteration, policy, generated):
+        from selfplay.annotate.stage import judge_groups, judgments_table
+        from selfplay.generate.stage import group_by_prompt
+
+        recipe = self.recipe
+        samples_path = self._path(iteration, "generate", "samples.parquet")
+
+        def body(tmp):
+            groups = [(pid, prompt, [r["text"] for r in rows])
+                      for pid, prompt, rows in group_by_prompt(pq.read_table(samples_path))]
+            judgments = judge_groups(self._judge(policy[0]), groups, desc=f"iter {iteration} annotate")
+            table = judgments_table(groups, judgments, recipe.annotate.win_matrix, recipe.annotate.temperature)
+            pq.write_table(table, tmp / "judgments.parquet")
+            return ["judgments.parquet"], {"prompts": table.num_rows}, {}
+
+        inputs = {"samples": generated["outputs"]["samples.parquet"]}
+        if recipe.annotate.type == "selfie":  # the judge is the policy itself
+            inputs["policy"] = policy[1]
+        return self.run_stage(iteration, "annotate", inputs, recipe.annotate.model_dump(mode="json"), body)
+
+    def _pairs_stage(self, iteration, generated, annotated):
+        from selfplay.pairs import PAIR_BUILDERS
+        from selfplay.pairs.stage import build_pairs
+
+        samples_path = self._path(iteration, "generate", "samples.parquet")
+        judgments_path = self._path(iteration, "annotate", "judgments.parquet")
+
+        def body(tmp):
+            table = build_pairs(pq.read_table(samples_path), pq.read_table(judgments_path),
+                                PAIR_BUILDERS[self.recipe.pairs.type])
+            pq.write_table(table, tmp / "pairs.parquet")
+            metrics = {"pairs": table.num_rows}
+            for column in ("chosen_win_rate", "rejected_win_rate"):
+                if column in table.column_names and table.num_rows:
+                    metrics[f"mean_{column}"] = sum(table.column(column).to_pylist()) / table.num_rows
+            return ["pairs.parquet"], metrics, {}
+
+        return self.run_stage(iteration, "pairs", {"samples": generated["outputs"]["samples.parquet"],
+                                                   "judgments": annotated["outputs"]["judgments.parquet"]},
+                              self.recipe.pairs.model_dump(), body)
+
+    def _hindsight_stage(self, iteration, policy, record_ids):
+        """DRIFT: one fresh answer per DSAT record, prompted with the bad answer and the complaint."""
+        from selfplay.pairs.drift import hindsight_prompt
+
+        drift = self.recipe.drift
+        prompts = [hindsight_prompt(r, drift.hindsight_template) for r in self.records]
+        sampling = {"temperature": drift.temperature, "top_p": drift.top_p, "max_tokens": self.recipe.generate.max_tokens}
+        return self._sample_stage(iteration, "generate", policy, record_ids, 1, sampling, "hindsight", prompts=prompts)
+
+    def _drift_pairs_stage(self, iteration, generated):
+        from selfplay.generate.stage import chat_prompt_ids
+        from selfplay.pairs.drift import drift_pairs
+        from selfplay.train.seed_pairs import response_token_ids
+
+        samples_path = self._path(iteration, "generate", "samples.parquet")
+
+        def body(tmp):
+            samples = pq.read_table(samples_path).to_pylist()
+            prompt_ids = {s["prompt_id"]: chat_prompt_ids(self.tokenizer, self.records[s["prompt_id"]]["prompt"])
+                          for s in samples}
+            rows = drift_pairs(self.records, samples, prompt_ids, lambda text: response_token_ids(self.tokenizer, text))
+            pq.write_table(pa.Table.from_pylist(rows), tmp / "pairs.parquet")
+            return ["pairs.parquet"], {"pairs": len(rows)}, {}
+
+        return self.run_stage(iteration, "pairs", {"samples": generated["outputs"]["samples.parquet"]},
+                              self.recipe.pairs.model_dump(), body)
+
+    def _train_stage(self, iteration, policy, paired, name="train", config=None, reference=None):
+        """Train `policy` on the stage's pairs; returns (manifest, (new policy path, digest))."""
+        from selfplay.train.stage import train_policy
+
+        config = config or self.recipe.train
+        reference = reference or {"previous": policy, "initial": self.initial, "soup": self.soup}[config.reference]
+        pairs_path = self.run_dir / f"iter-{iteration:03d}" / paired["stage"] / "pairs.parquet"
+        inputs = {"policy": policy[1], "reference": reference[1], "pairs": paired["outputs"]["pairs.parquet"]}
+        checkpoints = self.run_dir / f"iter-{iteration:03d}" / f"{name}.checkpoints"
+
+        def body(tmp):
+            self._release_engines()
+            if config.checkpoint_every:
+                _prepare_checkpoints(checkpoints, {"inputs": inputs, "config": config.model_dump()})
+            result = train_policy(policy[0], reference[0], str(pairs_path), str(tmp / "policy"), config,
+                                  str(checkpoints) if config.checkpoint_every else None)
+            history = result.pop("history")
+            (tmp / "history.jsonl").write_text("".join(json.dumps(h) + "\n" for h in history))
+            last = history[-1]
+            metrics = {"loss": sum(h["loss"] for h in history) / len(history), "final_loss": last["loss"],
+                       "accuracy": last["accuracy"], "steps": len(history), "pairs": result["num_pairs"],
+                       "reference_seconds": result["reference_seconds"]}
+            if "loss_over_eta_sq" in last:
+                metrics["loss_over_eta_sq"] = sum(h["loss_over_eta_sq"] for h in history) / len(history)
+            extra = {"reference": {"rule": config.reference, "path": reference[0], "digest": reference[1]},
+                     "schedule": {"total_steps": result["total_steps"], "warmup_steps": result["warmup_steps"],
+                                  "epochs": config.epochs, "scheduler": config.scheduler,
+                                  "gradient_accumulation_steps": result["gradient_accumulation_steps"]}}
+            return ["policy", "history.jsonl"], metrics, extra
+
+        trained = self.run_stage(iteration, name, inputs, config.model_dump(), body)
+        shutil.rmtree(checkpoints, ignore_errors=True)
+        return trained, (str(self.run_dir / f"iter-{iteration:03d}" / name / "policy"), trained["outputs"]["policy"])
+
+    def _seed_stage(self) -> tuple[str, str]:
+        """Plain preference training on labelled pairs before iteration 1 (iter-000/seed)."""
+        from selfplay.train.seed_pairs import load_seed_pairs
+
+        seed = self.recipe.seed_training
+
+        def body(tmp):
+            rows = load_seed_pairs(seed.path, self.tokenizer)
+            pq.write_table(pa.Table.from_pylist(rows), tmp / "pairs.parquet")
+            return ["pairs.parquet"], {"pairs": len(rows)}, {}
+
+        paired = self.run_stage(0, "seed-pairs", {"seed_pairs": runs.digest_of(runs.hash_tree(Path(seed.path)))},
+                                seed.model_dump(), body)
+        config = self.recipe.train.model_copy(update={
+            "loss": seed.loss, "epochs": seed.epochs, "reference": "initial", "loss_options": {},
+            "learning_rate": seed.learning_rate or self.recipe.train.learning_rate,
+            "beta": seed.beta or self.recipe.train.beta})
+        _, policy = self._train_stage(0, self.initial, paired, name="seed", config=config, reference=self.initial)
+        return policy
 
     def _soup_reference(self) -> tuple[str, str]:
         """SALSA's reference: the weight average of train.soup, built once per run."""
@@ -226,118 +388,26 @@ class Driver:
             return ["policy"], {"checkpoints": len(checkpoints)}, {"soup": checkpoints}
 
         manifest = self.run_stage(0, "reference-soup", inputs, {"soup": checkpoints}, body)
-        return str(self.run_dir / "iter-000" / "reference-soup" / "policy"), manifest["outputs"]["policy"]
+        return str(self._path(0, "reference-soup", "policy")), manifest["outputs"]["policy"]
 
-    def _run_iterations(self, initial_policy, eval_ids, slices):
-        from selfplay.annotate.stage import judge_groups, judgments_table
+    def _evaluate_stage(self, iteration, policy, eval_samples):
         from selfplay.evaluate.stage import response_stats, win_rate_vs_initial
-        from selfplay.generate.stage import group_by_prompt
-        from selfplay.pairs import PAIR_BUILDERS
-        from selfplay.pairs.stage import build_pairs
-        from selfplay.train.stage import train_policy
 
         recipe = self.recipe
-        gen = recipe.generate
-        eval_sampling = {"temperature": recipe.evaluate.temperature, "top_p": recipe.evaluate.top_p,
-                         "max_tokens": recipe.evaluate.max_tokens or gen.max_tokens}
-        initial_digest = runs.digest_of(runs.hash_tree(Path(initial_policy)))
-        baseline = self._sample_stage(0, "baseline", initial_policy, initial_digest, eval_ids,
-                                      recipe.evaluate.samples_per_prompt, eval_sampling, "eval")
-        baseline_path = self.run_dir / "iter-000" / "baseline" / "samples.parquet"
-        baseline_stats = response_stats(pq.read_table(baseline_path))
-        self.summary = [{"iteration": 0, "win_rate_vs_initial": 0.5, **baseline_stats, "loss": None, "seconds": {}}]
+        samples_path = self._path(iteration, "eval-gen", "samples.parquet")
 
-        soup = self._soup_reference() if recipe.train.reference == "soup" else None
-        policy_path, policy_digest = initial_policy, initial_digest
-        for iteration in range(1, recipe.iterations + 1):
-            seconds = {}
-            sampling = {"temperature": gen.temperature, "top_p": gen.top_p, "max_tokens": gen.max_tokens}
-            generated = self._sample_stage(iteration, "generate", policy_path, policy_digest, slices[iteration - 1],
-                                           gen.samples_per_prompt, sampling, "train")
-            seconds["generate"] = generated["seconds"]
-            samples_path = self.run_dir / f"iter-{iteration:03d}" / "generate" / "samples.parquet"
+        def body(tmp):
+            samples = pq.read_table(samples_path)
+            judge, judge_config = self._evaluation_judge(policy[0])
+            win_rate, table = win_rate_vs_initial(judge, samples,
+                                                  pq.read_table(self._path(0, "baseline", "samples.parquet")),
+                                                  judge_config.win_matrix, judge_config.temperature)
+            pq.write_table(table, tmp / "eval.parquet")
+            metrics = {"win_rate_vs_initial": win_rate, **response_stats(samples)}
+            runs.write_json_atomic(tmp / "metrics.json", metrics)
+            return ["eval.parquet", "metrics.json"], metrics, {}
 
-            def annotate_body(tmp):
-                groups = [(pid, prompt, [r["text"] for r in rows])
-                          for pid, prompt, rows in group_by_prompt(pq.read_table(samples_path))]
-                judge = self._judge(policy_path)
-                judgments = judge_groups(judge, groups, desc=f"iter {iteration} annotate")
-                table = judgments_table(groups, judgments, recipe.annotate.win_matrix, recipe.annotate.temperature)
-                pq.write_table(table, tmp / "judgments.parquet")
-                return ["judgments.parquet"], {"prompts": table.num_rows}, {}
-
-            annotate_inputs = {"samples": generated["outputs"]["samples.parquet"]}
-            if recipe.annotate.type == "selfie":
-                annotate_inputs["policy"] = policy_digest
-            annotated = self.run_stage(iteration, "annotate", annotate_inputs,
-                                       recipe.annotate.model_dump(mode="json"), annotate_body)
-            seconds["annotate"] = annotated["seconds"]
-            judgments_path = self.run_dir / f"iter-{iteration:03d}" / "annotate" / "judgments.parquet"
-
-            def pairs_body(tmp):
-                table = build_pairs(pq.read_table(samples_path), pq.read_table(judgments_path),
-                                    PAIR_BUILDERS[recipe.pairs.type])
-                pq.write_table(table, tmp / "pairs.parquet")
-                metrics = {"pairs": table.num_rows}
-                if "chosen_win_rate" in table.column_names and table.num_rows:
-                    metrics["mean_chosen_win_rate"] = float(sum(table.column("chosen_win_rate").to_pylist()) / table.num_rows)
-                    metrics["mean_rejected_win_rate"] = float(sum(table.column("rejected_win_rate").to_pylist()) / table.num_rows)
-                return ["pairs.parquet"], metrics, {}
-
-            paired = self.run_stage(iteration, "pairs", {"samples": generated["outputs"]["samples.parquet"],
-                                                         "judgments": annotated["outputs"]["judgments.parquet"]},
-                                    recipe.pairs.model_dump(), pairs_body)
-            seconds["pairs"] = paired["seconds"]
-            pairs_path = self.run_dir / f"iter-{iteration:03d}" / "pairs" / "pairs.parquet"
-
-            reference_path, reference_digest = {"previous": (policy_path, policy_digest),
-                                                "initial": (initial_policy, initial_digest),
-                                                "soup": soup}[recipe.train.reference]
-            train_inputs = {"policy": policy_digest, "reference": reference_digest,
-                            "pairs": paired["outputs"]["pairs.parquet"]}
-            checkpoints = self.run_dir / f"iter-{iteration:03d}" / "train.checkpoints"
-
-            def train_body(tmp):
-                self._release_engines()
-                _prepare_checkpoints(checkpoints, {"inputs": train_inputs, "config": recipe.train.model_dump()})
-                result = train_policy(policy_path, reference_path, str(pairs_path), str(tmp / "policy"), recipe.train,
-                                      str(checkpoints) if recipe.train.checkpoint_every else None)
-                history = result.pop("history")
-                (tmp / "history.jsonl").write_text("".join(runs.json.dumps(h) + "\n" for h in history))
-                last = history[-1]
-                metrics = {"loss": sum(h["loss"] for h in history) / len(history), "final_loss": last["loss"],
-                           "accuracy": last["accuracy"], "steps": len(history), "pairs": result["num_pairs"],
-                           "reference_seconds": result["reference_seconds"]}
-                if "loss_over_eta_sq" in last:
-                    metrics["loss_over_eta_sq"] = sum(h["loss_over_eta_sq"] for h in history) / len(history)
-                extra = {"reference": {"rule": recipe.train.reference, "path": reference_path, "digest": reference_digest},
-                         "schedule": {"total_steps": result["total_steps"], "warmup_steps": result["warmup_steps"],
-                                      "epochs": recipe.train.epochs,
-                                      "gradient_accumulation_steps": result["gradient_accumulation_steps"]}}
-                return ["policy", "history.jsonl"], metrics, extra
-
-            trained = self.run_stage(iteration, "train", train_inputs, recipe.train.model_dump(), train_body)
-            shutil.rmtree(checkpoints, ignore_errors=True)
-            seconds["train"] = trained["seconds"]
-            policy_path = str(self.run_dir / f"iter-{iteration:03d}" / "train" / "policy")
-            policy_digest = trained["outputs"]["policy"]
-
-            eval_samples = self._sample_stage(iteration, "eval-gen", policy_path, policy_digest, eval_ids,
-                                              recipe.evaluate.samples_per_prompt, eval_sampling, "eval")
-            eval_samples_path = self.run_dir / f"iter-{iteration:03d}" / "eval-gen" / "samples.parquet"
-
-            def evaluate_body(tmp):
-                samples = pq.read_table(eval_samples_path)
-                win_rate, table = win_rate_vs_initial(self._judge(policy_path), samples, pq.read_table(baseline_path),
-                                                      recipe.annotate.win_matrix, recipe.annotate.temperature)
-                pq.write_table(table, tmp / "eval.parquet")
-                metrics = {"win_rate_vs_initial": win_rate, **response_stats(samples)}
-                runs.write_json_atomic(tmp / "metrics.json", metrics)
-                return ["eval.parquet", "metrics.json"], metrics, {}
-
-            evaluated = self.run_stage(iteration, "evaluate", {"policy_samples": eval_samples["outputs"]["samples.parquet"],
-                                                               "initial_samples": baseline["outputs"]["samples.parquet"]},
-                                       recipe.annotate.model_dump(mode="json"), evaluate_body)
-            seconds["evaluate"] = eval_samples["seconds"] + evaluated["seconds"]
-            row = {"iteration": iteration, **evaluated["metrics"], "loss": trained["metrics"]["loss"], "seconds": seconds}
-            self.summary.append(row)
+        judge_config = recipe.evaluate.judge or recipe.annotate
+        return self.run_stage(iteration, "evaluate", {"policy_samples": eval_samples["outputs"]["samples.parquet"],
+                                                      "initial_samples": self.baseline["outputs"]["samples.parquet"]},
+                              judge_config.model_dump(mode="json"), body)

@@ -12,6 +12,8 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from selfplay.pairs.drift import HINDSIGHT_TEMPLATE
+
 
 class RecipeError(ValueError):
     """A user mistake in a recipe or its overrides (one line, names the field)."""
@@ -148,6 +150,22 @@ class EvaluateConfig(Strict):
     temperature: float = Field(0.7, ge=0.0)
     top_p: float = Field(0.9, gt=0.0, le=1.0)
     max_tokens: int | None = Field(None, description="defaults to generate.max_tokens")
+    judge: AnnotateConfig | None = Field(None, description="judge for the win rate; defaults to the annotate section")
+
+
+class SeedTrainingConfig(Strict):
+    """A plain preference-training stage on labelled pairs before iteration 1 (DRIFT, Selfie)."""
+    path: str = Field(description="JSONL of {prompt, chosen, rejected}")
+    loss: str = "dpo"
+    epochs: int = Field(3, ge=1)
+    learning_rate: float | None = Field(None, gt=0.0, description="defaults to train.learning_rate")
+    beta: float | None = Field(None, gt=0.0, description="defaults to train.beta")
+
+
+class DriftConfig(Strict):
+    hindsight_template: str = Field(HINDSIGHT_TEMPLATE, description="uses {prompt}, {dsat_response}, {feedback}")
+    temperature: float = Field(0.7, ge=0.0)
+    top_p: float = Field(0.9, gt=0.0, le=1.0)
 
 
 class TrackingConfig(Strict):
@@ -171,13 +189,20 @@ class Recipe(Strict):
     train: TrainConfig = TrainConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
     tracking: TrackingConfig = TrackingConfig()
+    seed_training: SeedTrainingConfig | None = None
+    drift: DriftConfig = DriftConfig()
 
     @model_validator(mode="after")
     def _check_pairs(self):
         from selfplay.pairs import PAIR_BUILDERS
 
+        if self.pairs.type == "drift" and self.train.loss not in ("drift", "dpo"):
+            raise ValueError(f"train.loss must be 'drift' or 'dpo' when pairs.type is 'drift', got {self.train.loss!r}")
+        if self.pairs.type == "drift":
+            return self
         if self.pairs.type not in PAIR_BUILDERS:
-            raise ValueError(f"pairs.type must be one of {', '.join(sorted(PAIR_BUILDERS))}, got {self.pairs.type!r}")
+            raise ValueError(f"pairs.type must be one of {', '.join(sorted([*PAIR_BUILDERS, 'drift']))}, "
+                             f"got {self.pairs.type!r}")
         return self
 
 
@@ -217,16 +242,20 @@ def parse_recipe(data: dict, base_dir: Path | None = None) -> Recipe:
         recipe = Recipe.model_validate(data)
     except ValidationError as error:
         raise RecipeError(_format_error(error)) from None
-    prompts = Path(recipe.prompts.path)
-    if not prompts.is_absolute() and base_dir is not None and not prompts.exists():
-        # relative paths resolve against the working directory first, then the recipe's folder
-        candidate = base_dir / prompts
-        if candidate.exists():
-            prompts = candidate
-    if not prompts.exists():
-        raise RecipeError(f"prompts.path: file or folder not found: {recipe.prompts.path}")
-    recipe.prompts.path = str(prompts.resolve())
+    recipe.prompts.path = _existing_path("prompts.path", recipe.prompts.path, base_dir)
+    if recipe.seed_training is not None:
+        recipe.seed_training.path = _existing_path("seed_training.path", recipe.seed_training.path, base_dir)
     return recipe
+
+
+def _existing_path(field: str, value: str, base_dir: Path | None) -> str:
+    """Relative paths resolve against the working directory first, then the recipe's folder."""
+    path = Path(value)
+    if not path.is_absolute() and base_dir is not None and not path.exists() and (base_dir / path).exists():
+        path = base_dir / path
+    if not path.exists():
+        raise RecipeError(f"{field}: file or folder not found: {value}")
+    return str(path.resolve())
 
 
 def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:

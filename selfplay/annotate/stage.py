@@ -14,7 +14,7 @@ from tqdm import tqdm
 from selfplay.annotate.base import Judgment
 
 
-def make_judge(config, policy_path: str, seed: int = 0):
+def make_judge(config, policy_path: str, seed: int = 0, default_reference: str | None = None):
     """A judge for the recipe's annotate section; model judges become Ray actors."""
     from selfplay.models import resolve_model
 
@@ -30,7 +30,8 @@ def make_judge(config, policy_path: str, seed: int = 0):
         args = dict(path=str(resolve_model(config.path, seed)), batch_tokens=config.batch_tokens)
     elif config.type == "selfie":
         from selfplay.annotate.selfie import SelfieJudge as cls
-        reference = config.reference or policy_path
+        # SPA judges against a FIXED reference (the SFT model): the recipe's, else the initial policy
+        reference = config.reference or default_reference or policy_path
         args = dict(policy_path=str(policy_path), reference_path=str(resolve_model(reference, seed)),
                     batch_tokens=config.batch_tokens)
     else:

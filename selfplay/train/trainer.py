@@ -173,6 +173,7 @@ class TrainerRank:
                     step_options.setdefault("alpha", selfie_alpha(step - 1, total_steps))
                     step_options["threshold"] = selfie_threshold.value
                 sums = {"loss": 0.0, "chosen_reward": 0.0, "rejected_reward": 0.0, "accuracy": 0.0}
+                lr = scheduler.get_last_lr()[0]  # this step's lr (engine.step advances the scheduler)
                 for micro in rank_micro_batches(global_batch, self.rank, self.world_size, config["micro_batch_size"]):
                     batch = [rows[i] for i in micro]
                     input_ids, attention, response_mask = _batch_tensors(batch, pad_id, config, device)
@@ -198,7 +199,7 @@ class TrainerRank:
                 totals = torch.tensor(list(sums.values()), dtype=torch.float64)
                 dist.all_reduce(totals)
                 record = {k: v / config["global_batch_size"] for k, v in zip(sums, totals.tolist())}
-                record.update(step=step, epoch=epoch, lr=scheduler.get_last_lr()[0])
+                record.update(step=step, epoch=epoch, lr=lr)
                 if config["loss"].startswith("sppo"):  # eta = 1/beta makes the raw loss ~1/beta^2
                     record["loss_over_eta_sq"] = record["loss"] * config["beta"] ** 2
                 if selfie_threshold is not None:

@@ -1,0 +1,59 @@
+"""DRIFT (cacayaya/DRIFT): pairs anchored on real dissatisfaction (DSAT) records.
+
+A record is the user's request, the assistant turn the user disliked, and the user's
+complaint: {"prompt": ..., "dsat_response": ..., "feedback": ...} in JSONL. Each iteration the
+current policy writes ONE fresh answer per record from a hindsight prompt that shows it the
+request, its bad answer and the complaint; the pair trains on the original request:
+chosen = the fresh answer, rejected = the real DSAT turn. No judge or filter (as the
+released code). Only single-turn requests are supported so far.
+"""
+
+import json
+from pathlib import Path
+
+from selfplay.prompts import PromptError
+
+HINDSIGHT_TEMPLATE = ("{prompt}\n\nAn earlier answer to this request was:\n{dsat_response}\n\n"
+                      "The user was not satisfied and said:\n{feedback}\n\n"
+                      "Write an improved answer to the original request.")
+RECORD_FIELDS = ("prompt", "dsat_response", "feedback")
+
+
+def load_dsat_records(path: str) -> list[dict]:
+    records = []
+    for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise PromptError(f"{path}:{number}: not valid JSON ({error.msg})") from None
+        missing = [f for f in RECORD_FIELDS if not isinstance(record.get(f), str) or not record[f].strip()]
+        if missing:
+            raise PromptError(f"{path}:{number}: a DRIFT record needs non-empty string fields "
+                             f"{', '.join(RECORD_FIELDS)}; missing or empty: {', '.join(missing)}")
+        records.append({f: record[f] for f in RECORD_FIELDS})
+    return records
+
+
+def hindsight_prompt(record: dict, template: str = HINDSIGHT_TEMPLATE) -> str:
+    return template.format(**record)
+
+
+def drift_pairs(records: list[dict], samples: list[dict], prompt_token_ids: dict[int, list[int]],
+                text_token_ids) -> list[dict]:
+    """One pair per sampled record: (original request, fresh answer, real DSAT turn).
+
+    samples: rows of samples.parquet (one per record, prompt_id = record index);
+    prompt_token_ids: chat-templated ids of each record's ORIGINAL request;
+    text_token_ids: fn(text) -> response token ids (with the end-of-turn token).
+    """
+    pairs = []
+    for sample in samples:
+        record = records[sample["prompt_id"]]
+        pairs.append({"prompt_id": sample["prompt_id"], "prompt": record["prompt"],
+                      "prompt_token_ids": prompt_token_ids[sample["prompt_id"]],
+                      "chosen": sample["text"], "rejected": record["dsat_response"],
+                      "chosen_token_ids": sample["token_ids"],
+                      "rejected_token_ids": text_token_ids(record["dsat_response"])})
+    return pairs
