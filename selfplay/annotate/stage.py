@@ -52,13 +52,45 @@ class RemoteJudge:
         ray.kill(self.actor)
 
 
+# An empty response (the policy ended its turn at once) is a real sample, but judges reject
+# empty text. The rule: the judge never sees it, and it loses to every non-empty response
+# with this logit gap (P ~ 1 - 2e-22); two empty responses tie.
+EMPTY_RESPONSE_GAP = 50.0
+
+
+def _with_empty_responses(judgment: Judgment | None, nonempty: list[int], k: int) -> Judgment:
+    if judgment is not None and judgment.pairwise_logits is not None:
+        logits = np.zeros((k, k))
+        logits[np.ix_(nonempty, nonempty)] = judgment.pairwise_logits
+        empty = [i for i in range(k) if i not in nonempty]
+        logits[np.ix_(nonempty, empty)] = EMPTY_RESPONSE_GAP
+        logits[np.ix_(empty, nonempty)] = -EMPTY_RESPONSE_GAP
+        return Judgment(pairwise_logits=logits)
+    known = np.zeros(len(nonempty)) if judgment is None else np.asarray(judgment.scores, dtype=np.float64)
+    scores = np.full(k, (known.min() if len(known) else 0.0) - EMPTY_RESPONSE_GAP)
+    scores[nonempty] = known
+    return Judgment(scores=scores)
+
+
 def judge_groups(judge, groups: list[tuple[int, str, list[str]]], chunk: int = 64, desc: str = "judge") -> list[Judgment]:
-    """Judge (prompt_id, prompt, responses) groups in chunks, with progress."""
+    """Judge (prompt_id, prompt, responses) groups in chunks, with progress.
+
+    Empty responses are handled here (see EMPTY_RESPONSE_GAP), so every judge sees only
+    non-empty text; a group with fewer than two non-empty responses needs no judge call.
+    """
     judgments = []
     with tqdm(total=len(groups), desc=desc, unit="prompt", leave=False) as bar:
         for start in range(0, len(groups), chunk):
             part = groups[start:start + chunk]
-            judgments += judge.judge([p for _, p, _ in part], [r for _, _, r in part])
+            nonempty = [[i for i, r in enumerate(responses) if r.strip()] for _, _, responses in part]
+            asked = [j for j, keep in enumerate(nonempty) if len(keep) >= 2]
+            answers = dict(zip(asked, judge.judge([part[j][1] for j in asked],
+                                                  [[part[j][2][i] for i in nonempty[j]] for j in asked]))) if asked else {}
+            for j, (_, _, responses) in enumerate(part):
+                judgment = answers.get(j)
+                if len(nonempty[j]) < len(responses) or judgment is None:
+                    judgment = _with_empty_responses(judgment, nonempty[j], len(responses))
+                judgments.append(judgment)
             bar.update(len(part))
     return judgments
 

@@ -1,0 +1,46 @@
+"""Iterative DPO, DRIFT and Selfie recipes end to end (real vLLM, DeepSpeed, Ray): each raises
+the win rate against the initial policy over 3 iterations under the function judge's known
+preference. (SPPO is covered by test_sppo_run.py.)"""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO
+
+pytestmark = pytest.mark.slow
+
+# (recipe, lowest acceptable final win rate); measured on CPU: DPO 0.61/0.70/0.75,
+# DRIFT 0.56/0.60/0.64, Selfie 0.67/0.84/0.99 (see the issue notes).
+CASES = [("iterative-dpo-cpu", 0.68), ("drift-cpu", 0.58), ("selfie-cpu", 0.85)]
+
+
+@pytest.mark.parametrize("recipe, floor", CASES)
+def test_recipe_learns_the_judges_preference(tmp_path, tiny_policy, recipe, floor):
+    run_dir = tmp_path / recipe
+    result = subprocess.run([sys.executable, "-m", "selfplay.cli", "run", f"recipes/{recipe}.yaml",
+                             "--run-dir", str(run_dir), "tracking.wandb=false"],
+                            capture_output=True, text=True, timeout=900, cwd=REPO)
+    assert result.returncode == 0, result.stderr[-3000:]
+    win_rates = [json.loads((run_dir / f"iter-{t:03d}/evaluate/metrics.json").read_text())["win_rate_vs_initial"]
+                 for t in (1, 2, 3)]
+    print(recipe, win_rates)
+    assert win_rates[-1] > floor and win_rates[-1] > win_rates[0], win_rates
+    trains = [json.loads((run_dir / f"iter-{t:03d}/train/manifest.json").read_text()) for t in (1, 2, 3)]
+    expected_reference = "initial" if recipe == "iterative-dpo-cpu" else "previous"
+    assert all(t["reference"]["rule"] == expected_reference for t in trains)
+    if recipe == "iterative-dpo-cpu":  # the reference really is pi_0 in every iteration
+        assert len({t["reference"]["digest"] for t in trains}) == 1
+    else:  # pi_t: the policy the iteration started from
+        assert trains[1]["reference"]["digest"] == trains[0]["outputs"]["policy"]
+    if recipe in ("drift-cpu", "selfie-cpu"):
+        seed = json.loads((run_dir / "iter-000/seed/manifest.json").read_text())
+        assert trains[0]["inputs"]["policy"] == seed["outputs"]["policy"]   # iteration 1 starts from the seed stage
+    if recipe == "drift-cpu":
+        import pyarrow.parquet as pq
+
+        pairs = pq.read_table(run_dir / "iter-001/pairs/pairs.parquet").to_pylist()
+        records = [json.loads(line) for line in (REPO / "recipes/data/drift_dsat.jsonl").read_text().splitlines()]
+        assert len(pairs) == 32 and all(p["rejected"] == records[p["prompt_id"]]["dsat_response"] for p in pairs)
