@@ -35,7 +35,7 @@ def print_summary(rows: list[dict]) -> None:
 
 
 def _run(recipe, run_dir, args, parent=None) -> int:
-    from selfplay.driver import Driver
+    from selfplay.driver import Driver, StageFailed
     from selfplay.lineage import LineageError, RecipeChangedError
     from selfplay.runs import RunLockedError
 
@@ -43,6 +43,10 @@ def _run(recipe, run_dir, args, parent=None) -> int:
         rows = Driver(recipe, run_dir, ray_address=args.ray_address, allow_changes=args.allow_changes).run(parent)
     except (RunLockedError, RecipeChangedError, LineageError) as error:
         return _fail(str(error))
+    except StageFailed as error:
+        print(f"selfplay: error: {error}; finished stages are kept: `selfplay resume {run_dir}` continues",
+              file=sys.stderr)
+        return 1
     except OSError as error:  # disk full, read-only run directory: nothing half-written counts
         return _fail(f"{error.strerror or error}: {error.filename or run_dir} (finished stages are kept; "
                      f"fix it and run `selfplay resume {run_dir}`)")
@@ -71,8 +75,6 @@ def cmd_resume(args) -> int:
     run_dir = Path(args.run_dir)
     try:
         recipe = _frozen_recipe(run_dir, args.overrides)
-        if args.overrides:
-            args.allow_changes = True  # explicit overrides on resume are accepted and recorded
         if args.from_iteration is not None:
             if lock_is_held(run_dir):
                 return _fail(f"run directory {run_dir} is in use by another selfplay driver")

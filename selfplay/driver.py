@@ -14,6 +14,7 @@ import json
 import logging
 import shutil
 import time
+import traceback
 from pathlib import Path
 
 import pyarrow as pa
@@ -23,6 +24,10 @@ from selfplay import lineage, runs
 from selfplay.recipe import Recipe
 
 log = logging.getLogger("selfplay")
+
+
+class StageFailed(RuntimeError):
+    """A stage raised; the run directory keeps every finished stage, so `resume` continues."""
 
 
 def _is_worker_failure(error: Exception) -> bool:
@@ -70,10 +75,14 @@ class Driver:
                 outputs, metrics, extra = body(tmp)
                 break
             except Exception as error:
-                runs.write_json_atomic(failed_path, {"error": f"{type(error).__name__}: {error}"[:2000],
-                                                     "attempt": attempt, "at": time.time()})
+                summary = f"{type(error).__name__}: {str(error).strip().splitlines()[-1] if str(error).strip() else ''}"
+                runs.write_json_atomic(failed_path, {"error": summary[:500], "attempt": attempt, "at": time.time(),
+                                                     "traceback": traceback.format_exc()})
                 if not _is_worker_failure(error) or attempt == self.recipe.max_stage_retries:
-                    raise
+                    if isinstance(error, OSError):  # disk full, read-only: the CLI explains it
+                        raise
+                    raise StageFailed(f"iteration {iteration} stage {name} failed after {attempt + 1} attempt(s): "
+                                      f"{summary[:300]} (traceback in {failed_path})") from error
                 log.warning("iter %d %-9s: a Ray worker died (%s); retrying", iteration, name, type(error).__name__)
                 self._drop_actors()
         seconds = time.time() - started
