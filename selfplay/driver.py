@@ -64,6 +64,7 @@ class Driver:
         stage = runs.StageDir(self.run_dir, iteration, name)
         config_digest = runs.digest_of(config)
         if stage.is_done(inputs, config_digest):
+            shutil.rmtree(stage.tmp, ignore_errors=True)  # debris of a crash after the stage had finished
             log.info("iter %d %-9s done earlier, skipped", iteration, name)
             return stage.manifest()
         failed_path = stage.path.with_name(name + ".failed.json")
