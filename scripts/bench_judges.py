@@ -11,7 +11,7 @@ the ratio shows what batching and less per-call overhead buy at this size.
 
 Native and score judges: median of 3 runs; llm-blender: one run (about a minute by itself).
 
-    python scripts/bench_judges.py [--prompts 24] [--budgets 1024,2048,4096,8192,32768]
+    python scripts/bench_judges.py [--prompts 16] [--budgets 1024,2048,4096,8192,32768]
 """
 
 import argparse
@@ -101,7 +101,7 @@ def cpu_name() -> str:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--prompts", type=int, default=24)
+    parser.add_argument("--prompts", type=int, default=16)
     parser.add_argument("--budgets", default="1024,2048,4096,8192,32768", help="native PairRM token budgets to try")
     parser.add_argument("--batch-tokens", type=int, default=8192, help="budget for the reward and selfie judges")
     parser.add_argument("--out", default=str(Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"))
@@ -115,6 +115,7 @@ def main():
     from selfplay.models.tiny_policy import build_tiny_policy
     from selfplay.models.tiny_reward import build_tiny_reward
 
+    load_before = os.getloadavg()[0]
     prompts, responses = synthetic_samples(args.prompts)
     budgets = [int(b) for b in args.budgets.split(",")]
     with tempfile.TemporaryDirectory() as tmp:
@@ -135,7 +136,9 @@ def main():
         f"torch {torch.__version__}. Tiny random models (`selfplay.models`: PairRM = 2-layer DeBERTa-v2, hidden 64, "
         f"source/candidate max length 96/48; reward = 2-layer Llama classifier, hidden 64; Selfie = two 2-layer "
         f"Llama policies, hidden 128). {args.prompts} prompts of 8-60 words, K={K} responses of 5-200 words each. "
-        f"Native PairRM, reward and Selfie: median of 3 runs; llm-blender: one run.",
+        f"Native PairRM, reward and Selfie: median of 3 runs; llm-blender: one run. 1-minute load average "
+        f"{load_before:.1f} before and {os.getloadavg()[0]:.1f} after (above 0 means other processes shared "
+        f"the cores).",
         "",
         "| judge | setting | throughput |", "| --- | --- | --- |",
         *[f"| PairRM native | batch_tokens={b} | {rate:.1f} pairs/s |" for b, rate in native.items()],

@@ -44,12 +44,39 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def hash_tree(path: Path) -> dict[str, str]:
-    """sha256 of every file under path (a file or a folder), keyed by relative path."""
+def _files(path: Path) -> dict[str, Path]:
     path = Path(path)
     if path.is_file():
-        return {path.name: sha256_file(path)}
-    return {str(f.relative_to(path)): sha256_file(f) for f in sorted(path.rglob("*")) if f.is_file()}
+        return {path.name: path}
+    return {str(f.relative_to(path)): f for f in sorted(path.rglob("*")) if f.is_file()}
+
+
+def fingerprint(path: Path) -> dict[str, list]:
+    """[size, mtime_ns, sha256] of every file under path (a file or a folder)."""
+    result = {}
+    for name, file in _files(path).items():
+        stat = file.stat()
+        result[name] = [stat.st_size, stat.st_mtime_ns, sha256_file(file)]
+    return result
+
+
+def hash_tree(path: Path, known: dict[str, list] | None = None) -> dict[str, str]:
+    """sha256 of every file under path, keyed by relative path.
+
+    With `known` fingerprints, a file whose size and mtime are unchanged keeps its recorded
+    hash, so checking a finished run costs a stat per file instead of re-reading every
+    checkpoint (resume time must not grow with the number of finished iterations). Any write
+    or truncation changes the mtime and is re-hashed.
+    """
+    known = known or {}
+    hashes = {}
+    for name, file in _files(path).items():
+        stat, record = file.stat(), known.get(name)
+        if record and record[0] == stat.st_size and record[1] == stat.st_mtime_ns:
+            hashes[name] = record[2]
+        else:
+            hashes[name] = sha256_file(file)
+    return hashes
 
 
 def digest_of(obj) -> str:
@@ -105,7 +132,8 @@ class StageDir:
             return False
         if manifest.get("inputs") != inputs or manifest.get("config_digest") != config_digest:
             return False
-        return all((self.path / name).exists() and digest_of(hash_tree(self.path / name)) == digest
+        known = manifest.get("output_files", {})
+        return all((self.path / name).exists() and digest_of(hash_tree(self.path / name, known.get(name))) == digest
                    for name, digest in manifest["outputs"].items())
 
     def begin(self) -> Path:
@@ -117,7 +145,9 @@ class StageDir:
     def commit(self, outputs: list[str], manifest: dict) -> dict:
         """Hash the outputs, move the temporary folder into place, write the manifest last."""
         manifest = dict(manifest)
-        manifest["outputs"] = {name: digest_of(hash_tree(self.tmp / name)) for name in outputs}
+        files = {name: fingerprint(self.tmp / name) for name in outputs}  # a rename keeps these mtimes
+        manifest["outputs"] = {name: digest_of({k: v[2] for k, v in entries.items()}) for name, entries in files.items()}
+        manifest["output_files"] = files
         manifest["status"] = "done"
         if self.path.exists():
             stale = self.path.with_name(self.name + f".stale-{int(time.time())}")

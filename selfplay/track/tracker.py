@@ -1,6 +1,7 @@
 """Metrics sinks: metrics.jsonl in the run directory (always) and W&B (unless disabled).
 
-One W&B run per selfplay run; its id is kept in run.json so a resumed run continues it.
+One W&B run per selfplay run; its id is kept in run.json so a resumed run continues it, and a
+fork is a new run in its parent's group whose config names the parent run and iteration.
 `iteration` is the x-axis of every metric.
 """
 
@@ -21,7 +22,8 @@ class Tracker:
             self.wandb_run = wandb.init(project=recipe.tracking.project, entity=recipe.tracking.entity,
                                         group=recipe.tracking.group or run_info["name"], name=run_info["name"],
                                         id=run_info["wandb_run_id"], resume="allow", dir=str(run_dir),
-                                        config=resolved_config)
+                                        config={**resolved_config, "selfplay": {
+                                            "run_id": run_info["run_id"], "parent": run_info.get("parent")}})
             self.wandb_run.define_metric("iteration")
             self.wandb_run.define_metric("*", step_metric="iteration")
 

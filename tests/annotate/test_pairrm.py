@@ -101,13 +101,15 @@ def test_win_matrices_from_the_same_logits(native):
             assert aggregated[i, j] == pytest.approx(expit(scores[i] - scores[j]))
 
 
-def test_input_format_matches_llm_blender(native):
-    """Ids of the (0, 1) input for the first prompt, decoded: the layout llm-blender builds."""
+def test_input_layout_is_llm_blenders(native):
+    """The (0, 1) input of the first prompt: source, then candidate 0 as 1, candidate 1 as 2."""
     sources, candidates = native._encode(PROMPTS[:1], [RESPONSES[0][:2]])
-    tokens = native.tokenizer.convert_ids_to_tokens(sources[0] + candidates[0][0] + candidates[0][1])
-    markers = [t for t in tokens if t.startswith("<|") or t in ("[CLS]", "[SEP]")]
-    assert markers == ["[CLS]", "<|source|>", "[SEP]", "[CLS]", "<|candidate|>", "[SEP]",
-                       "[CLS]", "<|candidate|>", "[SEP]"]  # <|candidate|> becomes <|candidate1|>/<|candidate2|> per pair
+    ids, markers = native._pair_input(sources[0], candidates[0][0], candidates[0][1])
+    tokens = native.tokenizer.convert_ids_to_tokens(ids)
+    assert [t for t in tokens if t.startswith("<|") or t in ("[CLS]", "[SEP]")] == [
+        "[CLS]", "<|source|>", "[SEP]", "[CLS]", "<|candidate1|>", "[SEP]", "[CLS]", "<|candidate2|>", "[SEP]"]
+    assert [tokens[m] for m in markers] == ["<|source|>", "<|candidate1|>", "<|candidate2|>"]
+    assert native.tokenizer.decode(ids[markers[1] + 1:markers[2] - 2]).strip() == "Paris."
 
 
 def test_response_past_the_candidate_budget_is_truncated(native):
@@ -118,6 +120,21 @@ def test_response_past_the_candidate_budget_is_truncated(native):
     sources, candidates = native._encode([PROMPTS[0]], [longer[0]])
     budget = 48 + (96 - len(sources[0])) // 2
     assert len(candidates[0][0]) == budget and candidates[0][0][-1] == native.tokenizer.sep_token_id
+
+
+def test_pytorch_model_bin_from_transformers_4_loads(checkpoint, tmp_path, native_logits):
+    """The other weights file llm-blender reads, with the position_ids buffer old transformers saved."""
+    import torch
+    from safetensors.torch import load_file
+
+    copy = tmp_path / "pairrm"
+    shutil.copytree(checkpoint, copy)
+    state = load_file(copy / "model.safetensors")
+    state["pretrained_model.embeddings.position_ids"] = torch.arange(512)[None]
+    torch.save(state, copy / "pytorch_model.bin")
+    (copy / "model.safetensors").unlink()
+    judgment = PairRMJudge(str(copy)).judge(PROMPTS[:1], RESPONSES[:1])[0]
+    np.testing.assert_allclose(judgment.pairwise_logits, native_logits[0], rtol=0, atol=1e-6)
 
 
 @pytest.mark.parametrize("remove, message", [("config.json", "config.json"), ("model.safetensors", "weights file"),

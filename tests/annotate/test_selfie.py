@@ -33,7 +33,8 @@ def summed_logp(path, prompt, response):
     tokenizer = AutoTokenizer.from_pretrained(path)
     model = AutoModelForCausalLM.from_pretrained(path).eval()
     prompt_ids = tokenizer(f"<|user|>\n{prompt}<|end|>\n<|assistant|>\n", add_special_tokens=False).input_ids
-    response_ids = tokenizer(response, add_special_tokens=False).input_ids + [tokenizer.convert_tokens_to_ids("<|end|>")]
+    end = tokenizer.convert_tokens_to_ids("<|end|>")
+    response_ids = tokenizer(response, add_special_tokens=False).input_ids + [end]
     ids = torch.tensor([prompt_ids + response_ids])
     with torch.no_grad():
         logprobs = torch.log_softmax(model(input_ids=ids).logits[0].double(), dim=-1)
