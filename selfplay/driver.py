@@ -188,11 +188,21 @@ class Driver:
                 self._drop_actors()
         return self.summary
 
+    def _initial_policy_digest(self) -> str:
+        """Digest of the initial policy, re-reading only files changed since the last start."""
+        cache = self.run_dir / "initial_policy.json"
+        known = runs.read_json(cache) if cache.exists() else None
+        if known and known.get("path") != self.initial_policy:
+            known = None
+        files = runs.fingerprint(Path(self.initial_policy), known and known["files"])
+        runs.write_json_atomic(cache, {"path": self.initial_policy, "files": files})
+        return runs.digest_of({name: entry[2] for name, entry in files.items()})
+
     def _run_iterations(self, eval_ids, slices):
         from selfplay.evaluate.stage import response_stats
 
         recipe = self.recipe
-        initial_digest = runs.digest_of(runs.hash_tree(Path(self.initial_policy)))
+        initial_digest = self._initial_policy_digest()
         self.initial = (self.initial_policy, initial_digest)
         self.eval_sampling = {"temperature": recipe.evaluate.temperature, "top_p": recipe.evaluate.top_p,
                               "max_tokens": recipe.evaluate.max_tokens or recipe.generate.max_tokens}

@@ -51,17 +51,8 @@ def _files(path: Path) -> dict[str, Path]:
     return {str(f.relative_to(path)): f for f in sorted(path.rglob("*")) if f.is_file()}
 
 
-def fingerprint(path: Path) -> dict[str, list]:
-    """[size, mtime_ns, sha256] of every file under path (a file or a folder)."""
-    result = {}
-    for name, file in _files(path).items():
-        stat = file.stat()
-        result[name] = [stat.st_size, stat.st_mtime_ns, sha256_file(file)]
-    return result
-
-
-def hash_tree(path: Path, known: dict[str, list] | None = None) -> dict[str, str]:
-    """sha256 of every file under path, keyed by relative path.
+def fingerprint(path: Path, known: dict[str, list] | None = None) -> dict[str, list]:
+    """[size, mtime_ns, sha256] of every file under path (a file or a folder).
 
     With `known` fingerprints, a file whose size and mtime are unchanged keeps its recorded
     hash, so checking a finished run costs a stat per file instead of re-reading every
@@ -69,14 +60,17 @@ def hash_tree(path: Path, known: dict[str, list] | None = None) -> dict[str, str
     or truncation changes the mtime and is re-hashed.
     """
     known = known or {}
-    hashes = {}
+    result = {}
     for name, file in _files(path).items():
         stat, record = file.stat(), known.get(name)
-        if record and record[0] == stat.st_size and record[1] == stat.st_mtime_ns:
-            hashes[name] = record[2]
-        else:
-            hashes[name] = sha256_file(file)
-    return hashes
+        unchanged = record and record[0] == stat.st_size and record[1] == stat.st_mtime_ns
+        result[name] = [stat.st_size, stat.st_mtime_ns, record[2] if unchanged else sha256_file(file)]
+    return result
+
+
+def hash_tree(path: Path, known: dict[str, list] | None = None) -> dict[str, str]:
+    """sha256 of every file under path, keyed by relative path (see `fingerprint`)."""
+    return {name: entry[2] for name, entry in fingerprint(path, known).items()}
 
 
 def digest_of(obj) -> str:
