@@ -1,4 +1,4 @@
-"""The `selfplay` command: run | resume | fork | validate | status | lineage | make-tiny.
+"""The `selfplay` command: run | resume | fork | validate | status | lineage | compare | make-tiny.
 
 User mistakes (a bad recipe, a missing file, a locked run) end with one line on stderr and
 exit code 2, before any work starts; anything else is a bug and keeps its traceback.
@@ -139,6 +139,35 @@ def cmd_lineage(args) -> int:
     return 0
 
 
+def cmd_compare(args) -> int:
+    """Per-iteration evaluation metrics of several runs side by side (forks read their parents')."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from selfplay.lineage import LineageError, read_run
+    from selfplay.runs import StageDir
+
+    table = Table(title="win_rate_vs_initial / mean response tokens per iteration")
+    table.add_column("iter", justify="right")
+    columns = []
+    try:
+        for run_dir in map(Path, args.run_dirs):
+            info = read_run(run_dir)
+            table.add_column(f"{info['name']} [{info['run_id'][:6]}]", justify="right")
+            columns.append((run_dir, info["recipe"]["iterations"]))
+    except LineageError as error:
+        return _fail(str(error))
+    for iteration in range(1, max(n for _, n in columns) + 1):
+        cells = []
+        for run_dir, _ in columns:
+            manifest = StageDir(run_dir, iteration, "evaluate").manifest()
+            metrics = manifest["metrics"] if manifest else None
+            cells.append(f"{metrics['win_rate_vs_initial']:.3f} / {metrics['mean_response_tokens']:.0f}" if metrics else "-")
+        table.add_row(str(iteration), *cells)
+    Console(width=max(120, Console().width)).print(table)
+    return 0
+
+
 def cmd_make_tiny(args) -> int:
     from selfplay.models import resolve_model
 
@@ -173,6 +202,8 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("run_dir")
     tree = sub.add_parser("lineage", help="the tree of runs, forks and checkpoints, with hashes and references")
     tree.add_argument("run_dir")
+    compare = sub.add_parser("compare", help="evaluation metrics per iteration of several runs side by side")
+    compare.add_argument("run_dirs", nargs="+")
     tiny = sub.add_parser("make-tiny", help="build (or find in the cache) a tiny local model and print its folder")
     tiny.add_argument("kind", nargs="?", default="llama")
     tiny.add_argument("--seed", type=int, default=0)
@@ -180,7 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 COMMANDS = {"run": cmd_run, "resume": cmd_resume, "fork": cmd_fork, "validate": cmd_validate, "status": cmd_status,
-            "lineage": cmd_lineage, "make-tiny": cmd_make_tiny}
+            "lineage": cmd_lineage, "compare": cmd_compare, "make-tiny": cmd_make_tiny}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -102,3 +102,38 @@ def test_run_again_skips_finished_stages_and_keeps_results(quickstart_run):
     assert (run_dir / "iter-003/train/policy/model.safetensors").read_bytes() == before
     changed = run_cli("run", "recipes/quickstart-cpu.yaml", "--run-dir", str(run_dir), "train.beta=0.5")
     assert changed.returncode == 2 and "train.beta" in changed.stderr and "--allow-changes" in changed.stderr
+
+
+def test_fork_shares_history_and_starts_from_the_parents_policy(quickstart_run, tmp_path):
+    run_dir, _, _ = quickstart_run
+    fork_dir = tmp_path / "beta-fork"
+    result = run_cli("fork", str(run_dir), "--from-iteration", "3", "train.beta=0.05", "--name", "beta-fork",
+                     "--run-dir", str(fork_dir))
+    assert result.returncode == 0, result.stderr[-3000:]
+    info = json.loads((fork_dir / "run.json").read_text())
+    parent = json.loads((run_dir / "run.json").read_text())
+    assert info["parent"] == {"run_dir": str(run_dir.resolve()), "run_id": parent["run_id"], "iteration": 3}
+    assert info["recipe"]["train"]["beta"] == 0.05 and info["recipe"]["tracking"]["group"] == parent["name"]
+    assert (fork_dir / "iter-001").is_symlink() and (fork_dir / "iter-002").is_symlink()
+    assert not (fork_dir / "iter-003").is_symlink()
+    parent_policy = json.loads((run_dir / "iter-002/train/manifest.json").read_text())["outputs"]["policy"]
+    fork_train = json.loads((fork_dir / "iter-003/train/manifest.json").read_text())
+    assert fork_train["inputs"]["policy"] == parent_policy == fork_train["reference"]["digest"]
+    assert fork_train["config"]["beta"] == 0.05
+    lineage = run_cli("lineage", str(fork_dir)).stdout
+    assert parent["run_id"] in lineage and info["run_id"] in lineage and "fork from iteration 3" in lineage
+    compare = run_cli("compare", str(run_dir), str(fork_dir)).stdout
+    assert "beta-fork" in compare and "quickstart-cpu" in compare
+    status = run_cli("status", str(fork_dir)).stdout
+    assert "(shared with parent run)" in status and "pending" not in status
+
+
+def test_resume_from_iteration_moves_later_work_aside_and_redoes_it(quickstart_run):
+    run_dir, _, _ = quickstart_run
+    before = (run_dir / "iter-003/train/policy/model.safetensors").read_bytes()
+    result = run_cli("resume", str(run_dir), "--from-iteration", "3")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "iter 3 train     running" in result.stderr and "iter 2 train     done earlier" in result.stderr
+    moved = list((run_dir / "superseded").glob("*/iter-003/train/policy/model.safetensors"))
+    assert len(moved) == 1 and moved[0].read_bytes() == before      # kept, not deleted
+    assert (run_dir / "iter-003/train/policy/model.safetensors").read_bytes() == before  # same seeds, same result
