@@ -34,23 +34,34 @@ def load_prompts(path: str, field: str = "prompt") -> list[str]:
             raise PromptError(f"prompts.field: column {field!r} not in {source} (columns: {', '.join(table.column_names)})")
         prompts = table.column(field).to_pylist()
     elif source.suffix in (".jsonl", ".json"):
-        prompts = []
-        for number, line in enumerate(source.read_text(encoding="utf-8").splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise PromptError(f"{source}:{number}: not valid JSON ({error.msg})") from None
-            if not isinstance(row, dict) or field not in row:
-                raise PromptError(f"{source}:{number}: missing field {field!r} (set prompts.field)")
-            prompts.append(row[field])
+        prompts = [row[field] for row in read_jsonl_records(source, (field,), "a prompt (set prompts.field)")]
     else:
         raise PromptError(f"prompts.path: {source} must be .jsonl, .parquet or a datasets folder")
     for index, prompt in enumerate(prompts):
         if not isinstance(prompt, str) or not prompt.strip():
             raise PromptError(f"{source}: prompt {index} is empty or not a string")
     return prompts
+
+
+def read_jsonl_records(path: str | Path, fields: tuple[str, ...], what: str) -> list[dict]:
+    """JSONL rows, each required to hold non-empty strings in `fields`; errors name file:line."""
+    rows = []
+    for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise PromptError(f"{path}:{number}: not valid JSON ({error.msg})") from None
+        missing = [f for f in fields if not isinstance(row, dict) or not isinstance(row.get(f), str)
+                   or not row[f].strip()]
+        if missing:
+            raise PromptError(f"{path}:{number}: {what} needs non-empty string fields {', '.join(fields)}; "
+                              f"missing or empty: {', '.join(missing)}")
+        rows.append(row)
+    if not rows:
+        raise PromptError(f"{path}: no records")
+    return rows
 
 
 def split_prompts(num_prompts: int, iterations: int, per_iteration: int, eval_size: int,

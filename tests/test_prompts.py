@@ -43,11 +43,28 @@ def test_loaders_agree(tmp_path):
 
 def test_bad_prompt_files(tmp_path):
     (tmp_path / "a.jsonl").write_text('{"prompt": "ok"}\n{"text": "no field"}\n')
-    with pytest.raises(PromptError, match="a.jsonl:2: missing field 'prompt'"):
+    with pytest.raises(PromptError, match="a.jsonl:2: .*missing or empty: prompt"):
         load_prompts(str(tmp_path / "a.jsonl"))
     (tmp_path / "b.jsonl").write_text('{"prompt": ""}\n')
-    with pytest.raises(PromptError, match="empty"):
+    with pytest.raises(PromptError, match="b.jsonl:1: .*missing or empty: prompt"):
         load_prompts(str(tmp_path / "b.jsonl"))
     (tmp_path / "c.csv").write_text("prompt\nx\n")
     with pytest.raises(PromptError, match="must be .jsonl, .parquet"):
         load_prompts(str(tmp_path / "c.csv"))
+
+
+def test_drift_records_and_seed_pairs_are_checked(tmp_path):
+    from selfplay.pairs.drift import hindsight_prompt, load_dsat_records
+    from selfplay.prompts import read_jsonl_records
+
+    good = {"prompt": "Name a colour.", "dsat_response": "Blue.", "feedback": "Say more."}
+    (tmp_path / "d.jsonl").write_text(json.dumps(good) + "\n" + json.dumps({**good, "feedback": " "}) + "\n")
+    with pytest.raises(PromptError, match="d.jsonl:2: a DRIFT record .*missing or empty: feedback"):
+        load_dsat_records(str(tmp_path / "d.jsonl"))
+    (tmp_path / "d.jsonl").write_text(json.dumps(good) + "\n")
+    record = load_dsat_records(str(tmp_path / "d.jsonl"))[0]
+    text = hindsight_prompt(record)
+    assert text.startswith("Name a colour.") and "Blue." in text and "Say more." in text
+    (tmp_path / "empty.jsonl").write_text("\n")
+    with pytest.raises(PromptError, match="no records"):
+        read_jsonl_records(tmp_path / "empty.jsonl", ("prompt",), "a seed pair")

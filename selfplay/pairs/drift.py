@@ -8,10 +8,7 @@ chosen = the fresh answer, rejected = the real DSAT turn. No judge or filter (as
 released code). Only single-turn requests are supported so far.
 """
 
-import json
-from pathlib import Path
-
-from selfplay.prompts import PromptError
+from selfplay.prompts import read_jsonl_records
 
 HINDSIGHT_TEMPLATE = ("{prompt}\n\nAn earlier answer to this request was:\n{dsat_response}\n\n"
                       "The user was not satisfied and said:\n{feedback}\n\n"
@@ -20,20 +17,7 @@ RECORD_FIELDS = ("prompt", "dsat_response", "feedback")
 
 
 def load_dsat_records(path: str) -> list[dict]:
-    records = []
-    for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise PromptError(f"{path}:{number}: not valid JSON ({error.msg})") from None
-        missing = [f for f in RECORD_FIELDS if not isinstance(record.get(f), str) or not record[f].strip()]
-        if missing:
-            raise PromptError(f"{path}:{number}: a DRIFT record needs non-empty string fields "
-                             f"{', '.join(RECORD_FIELDS)}; missing or empty: {', '.join(missing)}")
-        records.append({f: record[f] for f in RECORD_FIELDS})
-    return records
+    return [{f: row[f] for f in RECORD_FIELDS} for row in read_jsonl_records(path, RECORD_FIELDS, "a DRIFT record")]
 
 
 def hindsight_prompt(record: dict, template: str = HINDSIGHT_TEMPLATE) -> str:
