@@ -24,12 +24,15 @@ What is measured:
     Ray start-up (once per run of the pipeline) is reported apart; TRL's own import is reported
     apart too (this process had already imported torch and transformers for all three).
 
-The machine may be shared with other jobs: the load average is printed with the results.
+The machine may be shared with other jobs: the load average is printed with the results, and
+--wait-idle waits for an idle CPU before each trainer. Ray runs its workers at niceness 15, so TRL
+and the plain loop run at niceness 15 too (--nice), for equal footing against other jobs.
 
-    python scripts/bench_train.py [--pairs 128] [--batch-size 8] [--no-write]
+    python scripts/bench_train.py [--pairs 128] [--batch-size 8] [--wait-idle 300] [--no-write]
 """
 
 import argparse
+import datetime
 import os
 import platform
 import shutil
@@ -59,6 +62,26 @@ def synthetic_pairs(path: Path, vocab: list[int], num_pairs: int, prompt_len: in
              "rejected_token_ids": ids(response_len)} for _ in range(num_pairs)]
     pq.write_table(pa.Table.from_pylist(rows), path)
     return rows
+
+
+def cpu_idle_fraction(seconds: float = 2.0) -> float:
+    """Share of the machine's CPU time that was idle over the next `seconds` (from /proc/stat)."""
+    def sample():
+        fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+        return fields[3] + fields[4], sum(fields)  # idle + iowait, total
+    idle0, total0 = sample()
+    time.sleep(seconds)
+    idle1, total1 = sample()
+    return (idle1 - idle0) / max(1, total1 - total0)
+
+
+def wait_for_idle(limit_seconds: float, threshold: float = 0.9) -> float:
+    """Wait (at most limit_seconds) until other jobs leave the CPU idle; returns the idle share seen."""
+    deadline = time.monotonic() + limit_seconds
+    while True:
+        idle = cpu_idle_fraction()
+        if idle >= threshold or time.monotonic() > deadline:
+            return idle
 
 
 def stamp() -> tuple[float, float]:
@@ -285,6 +308,9 @@ def main():
     parser.add_argument("--out", default=str(Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"))
     parser.add_argument("--nice", type=int, default=int(os.environ.get("RAY_worker_niceness", 15)),
                         help="niceness for TRL and the plain loop (default: Ray's worker niceness, 15)")
+    parser.add_argument("--wait-idle", type=float, default=0.0,
+                        help="before each trainer, wait up to this many seconds for the CPU to be >= 90%% idle "
+                             "(for shared machines)")
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
 
@@ -319,8 +345,10 @@ def main():
     runners = {"plain": lambda: bench_plain(policy, rows, work / "plain", args.batch_size),
                "trl": lambda: bench_trl(policy, rows, work / "trl", args.batch_size),
                "ours": lambda: bench_ours(policy, work / "pairs.parquet", work / "ours", args.batch_size, ray_seconds)}
-    results = {}
+    results, idle = {}, {}
     for key in args.order.split(","):
+        if args.wait_idle and Path("/proc/stat").exists():
+            idle[key] = wait_for_idle(args.wait_idle)
         print(f"running {key} ...", flush=True)
         results[key] = runners[key]()
         print(f"  {results[key]}", flush=True)
@@ -354,9 +382,11 @@ def main():
                 f"deepspeed {__import__('deepspeed').__version__}, ray {__import__('ray').__version__}, "
                 f"trl {__import__('trl').__version__}")
     lines = [SECTION, "",
-             f"`python scripts/bench_train.py` on {cpu_name()} ({os.cpu_count()} cores), Python "
+             f"{datetime.date.today()}, `python scripts/bench_train.py` on {cpu_name()} ({os.cpu_count()} cores), Python "
              f"{platform.python_version()}, {versions}. One run each, in the order {args.order}; load average "
-             f"{load_before[0]:.1f} before, {load_after[0]:.1f} after (the machine may be shared).", "",
+             f"{load_before[0]:.1f} before, {load_after[0]:.1f} after (the machine may be shared)"
+             + ("; CPU idle just before each: " + ", ".join(f"{k} {v:.0%}" for k, v in idle.items()) if idle else "")
+             + ".", "",
              header, "", *table, "", *ratios, "",
              "Steady pairs/s: pairs trained from the end of optimizer step 1 to the end of the last step, over that "
              "wall time (model load, Ray actor start, DeepSpeed init and reference log-probs excluded). On a shared "
@@ -369,7 +399,9 @@ def main():
              "model load, DPOTrainer construction with its reference precompute, train(), save_model; plain: the "
              "same by hand). All three precompute reference log-probs once before training (TRL: "
              "`precompute_ref_log_probs=True`). Ours is timed inside its Ray actor (a TrainerRank subclass wraps "
-             "the DeepSpeed engine's step); TRL with an on_step_end callback."]
+             "the DeepSpeed engine's step); TRL with an on_step_end callback. The plain loop walks our batch order "
+             "(`selfplay.train.data.epoch_batches`), so its losses equal ours up to float rounding; TRL shuffles its "
+             "own way (same shapes: every sequence has the same length)."]
     print("\n".join(lines))
     shutil.rmtree(work, ignore_errors=True)
     print(f"\ntotal benchmark wall time {time.perf_counter() - wall:.0f} s")

@@ -36,6 +36,7 @@ def make_judge(config, policy_path: str, seed: int = 0, default_reference: str |
                     batch_tokens=config.batch_tokens)
     else:
         raise ValueError(f"annotate.type {config.type!r} is not supported")
+    args["device"] = "cuda" if config.num_gpus > 0 else "cpu"  # Ray pins the actor's GPU as cuda:0
     return RemoteJudge(cls, args, num_gpus=config.num_gpus)
 
 

@@ -1,12 +1,15 @@
 """The train stage end to end: `train_policy` through Ray actors, DeepSpeed (gloo) and the tiny Llama.
 
 - ZeRO-3 in 2 ranks gives the losses and weights of ZeRO-0 in 1 rank (same data, same config);
-- a run resumed from a mid-training DeepSpeed checkpoint ends bit-identical to an unbroken one;
+- a run resumed from a mid-training DeepSpeed checkpoint (ZeRO-0 in 1 rank, ZeRO-3 in 2) ends
+  bit-identical to an unbroken one, with each step once in its history;
 - DPO learns a tiny dataset (accuracy and reward margin grow);
-- the reference log-probs come from the reference checkpoint passed in (reference: previous vs initial).
+- the reference log-probs come from the reference checkpoint passed in (reference: previous vs initial);
+- the history logs the lr each step used.
 
+The tiny Llama has no dropout, so the RNG state a resume restores is not exercised here.
 One Ray session for the module; each `train_policy` call costs about 5-10 s on 2 cores (actor
-start, DeepSpeed import and init), so the runs are shared through module-scoped fixtures.
+start, DeepSpeed import and init), so runs are shared through module-scoped fixtures.
 """
 
 import math
@@ -105,6 +108,15 @@ def checkpointed_run(ray_session, tiny_policy, pairs, workdir):
     return result, load_weights(workdir / "checkpointed"), workdir / "checkpoints"
 
 
+@pytest.fixture(scope="module")
+def zero3_run(ray_session, tiny_policy, pairs, workdir):
+    """The same recipe in 2 ranks with ZeRO-3 (partitioned weights, gradients and RMSprop state),
+    checkpointing every 2 steps."""
+    result = train(tiny_policy, pairs, workdir / "zero3", checkpoint_dir=workdir / "checkpoints-zero3",
+                   world_size=2, zero_stage=3)
+    return result, load_weights(workdir / "zero3"), workdir / "checkpoints-zero3"
+
+
 def test_history_has_one_record_per_step_with_the_lr_used(zero0_run):
     from selfplay.train.schedule import lr_multiplier
 
@@ -122,7 +134,7 @@ def test_history_has_one_record_per_step_with_the_lr_used(zero0_run):
     assert history[0]["loss_over_eta_sq"] == pytest.approx(history[0]["loss"] * BASE["beta"] ** 2)
 
 
-def test_zero3_two_ranks_matches_zero0_one_rank(zero0_run, tiny_policy, pairs, workdir):
+def test_zero3_two_ranks_matches_zero0_one_rank(zero0_run, zero3_run, tiny_policy):
     """The product requirement: ZeRO-3 over 2 ranks gives the 1-rank ZeRO-0 losses.
 
     Both runs do the same fp32 arithmetic except the order of the gradient reductions (1 rank
@@ -143,7 +155,7 @@ def test_zero3_two_ranks_matches_zero0_one_rank(zero0_run, tiny_policy, pairs, w
     RMSprop step at this lr).
     """
     baseline, baseline_weights = zero0_run
-    result = train(tiny_policy, pairs, workdir / "zero3", world_size=2, zero_stage=3)
+    result, weights, _ = zero3_run
     assert result["gradient_accumulation_steps"] == 1
     assert [h["step"] for h in result["history"]] == list(range(1, TOTAL_STEPS + 1))
     for ours, reference in zip(result["history"], baseline["history"], strict=True):
@@ -152,7 +164,6 @@ def test_zero3_two_ranks_matches_zero0_one_rank(zero0_run, tiny_policy, pairs, w
             assert ours[key] == pytest.approx(reference[key], **tolerance), (ours["step"], key)
         assert ours["accuracy"] == reference["accuracy"] and ours["lr"] == pytest.approx(reference["lr"])
 
-    weights = load_weights(workdir / "zero3")
     initial = load_weights(tiny_policy)
     assert weights.keys() == baseline_weights.keys()
     moved = max((baseline_weights[k] - initial[k]).abs().max().item() for k in initial)
@@ -173,19 +184,21 @@ def test_checkpointing_does_not_perturb_training(zero0_run, checkpointed_run):
     assert sorted(p.name for p in checkpoints.iterdir() if p.is_dir()) == ["step000002", "step000004", "step000006"]
 
 
-@pytest.mark.parametrize("crash_after", [3, 5])
-def test_resume_from_mid_training_checkpoint_is_bit_identical(crash_after, checkpointed_run, tiny_policy, pairs,
+@pytest.mark.parametrize(("zero_stage", "crash_after"), [(0, 3), (0, 5), (3, 3)])
+def test_resume_from_mid_training_checkpoint_is_bit_identical(zero_stage, crash_after, request, tiny_policy, pairs,
                                                               workdir):
     """A crash during step `crash_after` leaves the checkpoints up to the step before it, and no
     output folder. Training again with the same checkpoint dir must load the latest checkpoint
     (weights, RMSprop state, LR schedule, RNG, data position, history) and finish bit-identical.
 
     crash_after=3 resumes mid-epoch (step 2 of 4); crash_after=5 resumes at the epoch boundary
-    (step 4), where a resume must start the next epoch rather than run zero steps.
+    (step 4), where a resume must start the next epoch rather than run zero steps. ZeRO-3 in 2
+    ranks: each rank reloads its own partition of the weights and optimizer state.
     """
-    baseline, baseline_weights, checkpoints = checkpointed_run
+    unbroken = {0: "checkpointed_run", 3: "zero3_run"}[zero_stage]
+    baseline, baseline_weights, checkpoints = request.getfixturevalue(unbroken)
     kept = (crash_after - 1) // 2 * 2
-    crashed = workdir / f"crashed-after-{crash_after}"
+    crashed = workdir / f"crashed-zero{zero_stage}-after-{crash_after}"
     shutil.copytree(checkpoints, crashed)
     for tag in crashed.iterdir():
         if tag.is_dir() and int(tag.name.removeprefix("step")) > kept:
@@ -194,16 +207,20 @@ def test_resume_from_mid_training_checkpoint_is_bit_identical(crash_after, check
     # Mark the history stored in the checkpoint: the resumed run must return these records
     # (proof that it loaded the checkpoint instead of silently retraining from step 1, which
     # would give the same numbers).
-    state_file = crashed / f"step{kept:06d}" / "mp_rank_00_model_states.pt"
-    state = torch.load(state_file, weights_only=False)
-    assert state["step"] == kept and [h["step"] for h in state["history"]] == list(range(1, kept + 1))
-    for record in state["history"]:
-        record["from_checkpoint"] = True
-    torch.save(state, state_file)
+    # (ZeRO-0 writes mp_rank_00_model_states.pt; ZeRO-3 one zero_pp_rank_<r>_... per rank.)
+    state_files = sorted((crashed / f"step{kept:06d}").glob("*model_states.pt"))
+    assert len(state_files) == (2 if zero_stage == 3 else 1)
+    for state_file in state_files:
+        state = torch.load(state_file, weights_only=False)
+        assert state["step"] == kept and [h["step"] for h in state["history"]] == list(range(1, kept + 1))
+        for record in state["history"]:
+            record["from_checkpoint"] = True
+        torch.save(state, state_file)
 
-    out = workdir / f"resumed-{crash_after}"
+    out = workdir / f"resumed-zero{zero_stage}-{crash_after}"
     assert not out.exists()
-    result = train(tiny_policy, pairs, out, checkpoint_dir=crashed)
+    overrides = {"world_size": 2, "zero_stage": 3} if zero_stage == 3 else {}
+    result = train(tiny_policy, pairs, out, checkpoint_dir=crashed, **overrides)
 
     history = result["history"]
     assert [h["step"] for h in history] == list(range(1, TOTAL_STEPS + 1))  # each step once
