@@ -90,8 +90,8 @@ def stamp() -> tuple[float, float]:
 
 
 def steady(stamps: list[tuple[float, float]], batch_size: int) -> dict:
-    """Steps 2..N from per-step end stamps: pairs/s over the wall span, median step wall time, and
-    CPU seconds per step (less sensitive than wall time to other jobs on a shared machine)."""
+    """Steps 2..N from per-step end stamps: pairs/s over the wall span, median / fastest / slowest
+    step wall time, and CPU seconds per step (all threads of the training process)."""
     wall, cpu = np.array([s[0] for s in stamps]), np.array([s[1] for s in stamps])
     intervals = np.diff(wall)
     return {"steps": len(stamps), "steady_seconds": float(wall[-1] - wall[0]),
@@ -360,20 +360,25 @@ def main():
               f"steps (1 epoch), DPO sigmoid beta {BETA}, fp32, AdamW lr {LR} linear, clip {MAX_GRAD_NORM}; "
               f"tiny Llama hidden {args.hidden}, {args.layers} layers, {num_params / 1e6:.1f}M parameters.")
     table = ["| trainer | steady pairs/s (mean) | pairs/s at median step | median step (s) | fastest step (s) | "
-             "slowest step (s) | "
-             "CPU s per step | end-to-end stage (s) | not in end-to-end | torch threads (OMP_NUM_THREADS), nice | last loss |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "slowest step (s) | CPU s per step | end-to-end stage (s) | of which not steps 2..N (s) | "
+             "not in end-to-end | torch threads (OMP_NUM_THREADS), nice | last loss |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    disturbed = [r["name"] for r in results.values() if r["median_step_s"] > 1.3 * r["min_step_s"]]
     for r in results.values():
-        table.append(f"| {r['name']} | {r['pairs_per_s']:.2f} | {args.batch_size / r['median_step_s']:.2f} | "
-                     f"{r['median_step_s']:.3f} | {r['min_step_s']:.3f} | {r['max_step_s']:.3f} | {r['cpu_per_step_s']:.3f} | "
-                     f"{r['e2e_seconds']:.1f} | {r['extra'] or '-'} | "
-                     f"{r['threads']} ({r['omp'] or 'unset'}), {r['nice']} | {r['final_loss']:.4f} |")
+        name = r["name"] + (" (disturbed)" if r["name"] in disturbed else "")
+        table.append(f"| {name} | {r['pairs_per_s']:.2f} | {args.batch_size / r['median_step_s']:.2f} | "
+                     f"{r['median_step_s']:.3f} | {r['min_step_s']:.3f} | {r['max_step_s']:.3f} | "
+                     f"{r['cpu_per_step_s']:.3f} | {r['e2e_seconds']:.1f} | "
+                     f"{r['e2e_seconds'] - r['steady_seconds']:.1f} | "
+                     f"{r['extra'] or '-'} | {r['threads']} ({r['omp'] or 'unset'}), {r['nice']} | "
+                     f"{r['final_loss']:.4f} |")
     ratios = []
     if "ours" in results:
         for other, label in (("trl", "TRL"), ("plain", "plain")):
             if other in results:
                 ours, theirs = results["ours"], results[other]
-                ratios.append(f"- ours / {label}: steady throughput {ours['pairs_per_s'] / theirs['pairs_per_s']:.2f}x, "
+                ratios.append(f"- ours / {label}: steady throughput "
+                              f"{ours['pairs_per_s'] / theirs['pairs_per_s']:.2f}x, "
                               f"median step time {ours['median_step_s'] / theirs['median_step_s']:.2f}x, "
                               f"fastest step time {ours['min_step_s'] / theirs['min_step_s']:.2f}x, "
                               f"CPU s per step {ours['cpu_per_step_s'] / theirs['cpu_per_step_s']:.2f}x, "
@@ -382,22 +387,28 @@ def main():
                 f"deepspeed {__import__('deepspeed').__version__}, ray {__import__('ray').__version__}, "
                 f"trl {__import__('trl').__version__}")
     lines = [SECTION, "",
-             f"{datetime.date.today()}, `python scripts/bench_train.py` on {cpu_name()} ({os.cpu_count()} cores), Python "
-             f"{platform.python_version()}, {versions}. One run each, in the order {args.order}; load average "
+             f"{datetime.date.today()}, `python scripts/bench_train.py` on {cpu_name()} ({os.cpu_count()} cores), "
+             f"Python {platform.python_version()}, {versions}. One run each, in the order {args.order}; load average "
              f"{load_before[0]:.1f} before, {load_after[0]:.1f} after (the machine may be shared)"
              + ("; CPU idle just before each: " + ", ".join(f"{k} {v:.0%}" for k, v in idle.items()) if idle else "")
              + ".", "",
              header, "", *table, "", *ratios, "",
+             *(["(disturbed): its median step took over 1.3x its fastest, i.e. other jobs took the CPU during "
+                "the run (the steps are identical work); compare the fastest steps, or run again.", ""]
+               if disturbed else []),
              "Steady pairs/s: pairs trained from the end of optimizer step 1 to the end of the last step, over that "
              "wall time (model load, Ray actor start, DeepSpeed init and reference log-probs excluded). On a shared "
              "machine the median and fastest step times are the least disturbed by other jobs. CPU s per "
-             "step: CPU time of the training process (all threads) over the same steps, divided by the steps: "
-             "less disturbed by other jobs than wall time, but blind to idle threads. Ray runs its workers at "
+             "step: CPU time of the training process (all its threads) over the same steps, per step: twice the "
+             "step time means both cores were busy (when other jobs take a core, idle OpenMP threads spin and it "
+             "grows too). Ray runs its workers at "
              "niceness 15, so TRL and the plain loop run at 15 too (`--nice`). "
-             "End-to-end: the whole stage as its caller waits for it (ours: `train_policy`, i.e. actor start and "
+             "End-to-end: the whole stage as its caller waits for it, and the part of it that is not steps 2..N "
+             "(start-up, reference log-probs, step 1, save: a fixed cost per stage that does not grow with the "
+             "data). It covers, for ours, `train_policy`: actor start and "
              "imports, DeepSpeed init, reference and policy loads, reference log-probs, training, HF save; TRL: "
              "model load, DPOTrainer construction with its reference precompute, train(), save_model; plain: the "
-             "same by hand). All three precompute reference log-probs once before training (TRL: "
+             "same by hand. All three precompute reference log-probs once before training (TRL: "
              "`precompute_ref_log_probs=True`). Ours is timed inside its Ray actor (a TrainerRank subclass wraps "
              "the DeepSpeed engine's step); TRL with an on_step_end callback. The plain loop walks our batch order "
              "(`selfplay.train.data.epoch_batches`), so its losses equal ours up to float rounding; TRL shuffles its "
