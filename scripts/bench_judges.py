@@ -17,7 +17,6 @@ within each round, so load from other jobs on a shared machine hits them alike.
 
 import argparse
 import os
-import platform
 import sysconfig
 import tempfile
 import time
@@ -26,6 +25,8 @@ from pathlib import Path
 os.environ.setdefault("TQDM_DISABLE", "1")  # progress bars would interleave with the figures
 
 import numpy as np
+
+from bench_report import cpu_name, write_section  # scripts/ is on sys.path when run as a script
 
 SECTION = "## Judges (scripts/bench_judges.py)"
 K = 5
@@ -83,26 +84,6 @@ def bench_scores(judge, prompts, responses, name):
     return rate
 
 
-def write_section(path: Path, lines: list[str]):
-    """Replace this script's section of the file (up to the next '## ' heading), keeping the rest."""
-    old = path.read_text().splitlines() if path.exists() else ["# Benchmarks", ""]
-    if SECTION in old:
-        start = old.index(SECTION)
-        end = next((i for i in range(start + 1, len(old)) if old[i].startswith("## ")), len(old))
-        new = old[:start] + lines + ([""] + old[end:] if end < len(old) else [])
-    else:
-        new = old + ([""] if old and old[-1] else []) + lines
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(new).rstrip("\n") + "\n")
-
-
-def cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--prompts", type=int, default=16)
@@ -156,7 +137,7 @@ def main():
         f"attention tensors outgrow the caches); the batch-size-1 cost SPPO issue 10 reports is GPU "
         f"under-use with the real DeBERTa-v3-large, which this machine cannot measure.",
     ]
-    write_section(Path(args.out), lines)
+    write_section(Path(args.out), SECTION, lines)
     print(f"wrote {args.out}")
 
 

@@ -48,6 +48,8 @@ os.environ.setdefault("WANDB_MODE", "disabled")
 
 import numpy as np
 
+from bench_report import cpu_name, write_section  # scripts/ is on sys.path when run as a script
+
 SECTION = "## Training (scripts/bench_train.py)"
 BETA, LR, MAX_GRAD_NORM = 0.1, 1e-5, 1.0
 
@@ -276,26 +278,6 @@ def bench_plain(policy: Path, rows: list[dict], out_dir: Path, batch_size: int) 
 
 # ---------------------------------------------------------------- report
 
-def write_section(path: Path, lines: list[str]):
-    """Replace this script's section of the file (up to the next '## ' heading), keeping the rest."""
-    old = path.read_text().splitlines() if path.exists() else ["# Benchmarks", ""]
-    if SECTION in old:
-        start = old.index(SECTION)
-        end = next((i for i in range(start + 1, len(old)) if old[i].startswith("## ")), len(old))
-        new = old[:start] + lines + ([""] + old[end:] if end < len(old) else [])
-    else:
-        new = old + ([""] if old and old[-1] else []) + lines
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(new).rstrip("\n") + "\n")
-
-
-def cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pairs", type=int, default=128)
@@ -417,7 +399,7 @@ def main():
     shutil.rmtree(work, ignore_errors=True)
     print(f"\ntotal benchmark wall time {time.perf_counter() - wall:.0f} s")
     if not args.no_write:
-        write_section(Path(args.out), lines)
+        write_section(Path(args.out), SECTION, lines)
         print(f"wrote {args.out}")
 
 
