@@ -292,3 +292,19 @@ def test_reference_log_probs_come_from_the_named_checkpoint(rule, zero0_run, tin
         assert abs(chosen) > 0.1 and abs(rejected) > 0.1  # pi_1 really differs from pi_0 on this data
         assert step1["chosen_reward"] == pytest.approx(chosen, rel=1e-4, abs=1e-4)
         assert step1["rejected_reward"] == pytest.approx(rejected, rel=1e-4, abs=1e-4)
+
+
+@pytest.mark.parametrize("options, rel_tolerance", [
+    (dict(zero_stage=3, offload_optimizer=True), 1e-4),            # ZeRO-3 + optimizer offload, fp32
+    (dict(zero_stage=2, offload_optimizer=True, precision="bf16", gradient_checkpointing=True), 5e-2),
+], ids=["zero3-offload", "zero2-offload-bf16-gradient-checkpointing"])
+def test_engine_options_train_like_the_baseline(options, rel_tolerance, zero0_run, tiny_policy, pairs, workdir):
+    """Offload, bf16 and gradient checkpointing change where and how precisely the same math
+    runs, not what it computes: per-step losses track the fp32 ZeRO-0 run."""
+    name = "-".join(f"{k}={v}" for k, v in options.items())
+    result = train(tiny_policy, pairs, workdir / name, **options)
+    baseline = [h["loss"] for h in zero0_run[0]["history"]]
+    losses = [h["loss"] for h in result["history"]]
+    assert len(losses) == len(baseline) == TOTAL_STEPS
+    for ours, reference in zip(losses, baseline):
+        assert math.isfinite(ours) and abs(ours - reference) <= rel_tolerance * abs(reference), (losses, baseline)
