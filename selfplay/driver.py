@@ -359,6 +359,9 @@ class Driver:
                                   str(checkpoints) if config.checkpoint_every else None)
             history = result.pop("history")
             (tmp / "history.jsonl").write_text("".join(json.dumps(h) + "\n" for h in history))
+            earlier = [] if name == "seed" else [runs.StageDir(self.run_dir, 0, "seed").manifest()]
+            earlier += [runs.StageDir(self.run_dir, t, "train").manifest() for t in range(1, iteration)]
+            self.tracker.log_train_steps(iteration, history, sum(m["metrics"]["steps"] for m in earlier if m))
             last = history[-1]
             metrics = {"loss": sum(h["loss"] for h in history) / len(history), "final_loss": last["loss"],
                        "accuracy": last["accuracy"], "steps": len(history), "pairs": result["num_pairs"],

@@ -1,7 +1,9 @@
 """SPPO pair rule (uclaml/SPPO): best vs worst sample, with their estimated win rates.
 
-Phat(y_i) = (1/K) * sum_j P[i, j], the self term 0.5 included. chosen = argmax, rejected =
-argmin; the other samples only enter through Phat. A group whose samples all tie is dropped.
+Phat(y_i) = (1/K) * sum_j P[i, j], the self term 0.5 included. chosen = argmax score,
+rejected = argmin score (the judge's scalar scores; for a pairwise judge, llm-blender's
+mean-logit scores, which the pairs stage passes in), else argmax / argmin Phat. The other
+samples only enter through Phat. A group whose samples all tie is dropped.
 """
 
 import numpy as np
@@ -9,8 +11,9 @@ import numpy as np
 
 def sppo_pairs(win_matrix: np.ndarray, scores: np.ndarray | None = None) -> list[dict]:
     win_rates = np.asarray(win_matrix, dtype=np.float64).mean(axis=1)
-    chosen, rejected = int(np.argmax(win_rates)), int(np.argmin(win_rates))
-    if win_rates[chosen] == win_rates[rejected]:
+    ranking = win_rates if scores is None else np.asarray(scores, dtype=np.float64)
+    chosen, rejected = int(np.argmax(ranking)), int(np.argmin(ranking))
+    if ranking[chosen] == ranking[rejected]:
         return []
     return [{"chosen": chosen, "rejected": rejected,
              "chosen_win_rate": float(win_rates[chosen]), "rejected_win_rate": float(win_rates[rejected]),

@@ -8,6 +8,7 @@ import numpy as np
 import pyarrow as pa
 
 from selfplay.annotate.stage import win_matrix_of
+from selfplay.annotate.win_matrix import aggregated_scores
 from selfplay.generate.stage import group_by_prompt
 
 
@@ -16,7 +17,11 @@ def build_pairs(samples: pa.Table, judgments: pa.Table, builder) -> pa.Table:
     pairs = []
     for judgment in judgments.to_pylist():
         rows = by_prompt[judgment["prompt_id"]]
-        scores = None if judgment["scores"] is None else np.asarray(judgment["scores"])
+        if judgment["scores"] is not None:
+            scores = np.asarray(judgment["scores"])
+        else:  # a pairwise judge: rank by llm-blender's scores, whatever the win-matrix rule
+            k = judgment["num_samples"]
+            scores = aggregated_scores(np.asarray(judgment["pairwise_logits"]).reshape(k, k))
         for pair in builder(win_matrix_of(judgment), scores):
             chosen, rejected = rows[pair["chosen"]], rows[pair["rejected"]]
             targets = {k: v for k, v in pair.items() if k not in ("chosen", "rejected")}

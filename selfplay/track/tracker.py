@@ -26,6 +26,8 @@ class Tracker:
                                             "run_id": run_info["run_id"], "parent": run_info.get("parent")}})
             self.wandb_run.define_metric("iteration")
             self.wandb_run.define_metric("*", step_metric="iteration")
+            self.wandb_run.define_metric("train_step/global_step")
+            self.wandb_run.define_metric("train_step/*", step_metric="train_step/global_step")
 
     def record(self, iteration: int, stage: str, metrics: dict, log_wandb: bool = True) -> None:
         line = {"iteration": iteration, "stage": stage, **metrics}
@@ -34,6 +36,15 @@ class Tracker:
         if self.wandb_run is not None and log_wandb:
             flat = {f"{stage}/{k}": v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
             self.wandb_run.log({"iteration": iteration, **flat})
+
+    def log_train_steps(self, iteration: int, history: list[dict], first_global_step: int) -> None:
+        """Per-optimizer-step curves (loss, rewards, lr) on a run-wide step axis."""
+        if self.wandb_run is None:
+            return
+        for offset, record in enumerate(history):
+            self.wandb_run.log({"train_step/global_step": first_global_step + offset, "train_step/iteration": iteration,
+                                **{f"train_step/{k}": v for k, v in record.items()
+                                   if isinstance(v, (int, float)) and k != "step"}})
 
     def finish(self) -> None:
         if self.wandb_run is not None:

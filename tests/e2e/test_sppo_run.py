@@ -80,6 +80,8 @@ def test_wandb_history_has_iteration_axis_and_metrics(quickstart_run):
     assert all(0.0 <= row["evaluate/win_rate_vs_initial"] <= 1.0 and row["evaluate/mean_response_tokens"] > 0
                for row in evaluations)
     assert {"train/seconds", "generate/seconds", "annotate/seconds", "train/loss"} <= {k for row in history for k in row}
+    steps = [row["train_step/global_step"] for row in history if "train_step/loss" in row]
+    assert steps == list(range(3 * 16))                  # per-step curves, one axis across iterations
 
 
 def test_three_sppo_iterations_learn_the_judges_preference(quickstart_run):

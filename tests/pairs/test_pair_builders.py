@@ -95,3 +95,17 @@ def test_curriculum_by_mean_win_rate():
     assert [(p["chosen"], p["rejected"], p["rank"]) for p in pairs] == [(0, 2, 0), (0, 1, 1)]
     assert [p["gap"] for p in pairs] == pytest.approx([0.4, 0.3])
     assert pairs[1]["chosen_beats_rejected"] == pytest.approx(0.8)
+
+
+def test_sppo_ranks_by_scores_when_the_judge_gives_them():
+    # Under the `direct` rule Phat can disagree with llm-blender's scores; the released code
+    # picks chosen/rejected by the scores, and the targets stay Phat.
+    win_matrix = np.array([[0.5, 0.9, 0.1],
+                           [0.1, 0.5, 0.8],
+                           [0.9, 0.2, 0.5]])       # Phat = (0.5, 0.4667, 0.5333)
+    by_phat = sppo_pairs(win_matrix)[0]
+    assert (by_phat["chosen"], by_phat["rejected"]) == (2, 1)
+    by_score = sppo_pairs(win_matrix, np.array([3.0, -1.0, 0.0]))[0]
+    assert (by_score["chosen"], by_score["rejected"]) == (0, 1)
+    assert by_score["chosen_win_rate"] == pytest.approx(0.5) and by_score["rejected_win_rate"] == pytest.approx(1.4 / 3)
+    assert sppo_pairs(win_matrix, np.array([1.0, 1.0, 1.0])) == []   # all scores tie
