@@ -137,10 +137,12 @@ def stage_status(run_dir: Path, lock_held: bool) -> list[dict]:
             failed = folder / f"{name}.failed.json"
             if manifest and manifest.get("status") == "done":
                 row.update(state="done", seconds=manifest["seconds"])
-            elif (folder / f"{name}.tmp").exists():
-                row["state"] = "running" if lock_held else "interrupted"
+            elif (folder / f"{name}.tmp").exists() and lock_held:
+                row["state"] = "running"
             elif failed.exists():
                 row.update(state="failed", error=runs.read_json(failed)["error"])
+            elif (folder / f"{name}.tmp").exists():
+                row["state"] = "interrupted"
             else:
                 row["state"] = "pending"
             rows.append(row)

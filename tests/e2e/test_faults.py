@@ -133,3 +133,26 @@ def test_second_driver_and_changed_recipe_are_refused(tmp_path, unbroken):
 def test_unwritable_run_directory_is_a_clear_error():
     result = cli("run", "recipes/quickstart-cpu.yaml", "--run-dir", "/proc/selfplay-run", *SMALL)
     assert result.returncode == 2 and "/proc/selfplay-run" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_dead_engine_without_retries_stops_clearly_then_resume_finishes(tmp_path, unbroken):
+    run_dir = tmp_path / "engine"
+    process = start_run(run_dir, "max_stage_retries=0")
+    marker = run_dir / "iter-001/train.checkpoints/latest"      # the engine idles while iteration 1 trains
+    while not marker.exists():
+        assert process.poll() is None, process.stderr.read()[-2000:]
+        time.sleep(0.02)
+    pids = subprocess.run(["pgrep", "-f", "ray::VLLMEngine"], capture_output=True, text=True).stdout.split()
+    assert pids
+    for pid in pids:
+        os.kill(int(pid), signal.SIGKILL)
+    _, stderr = process.communicate(timeout=900)
+    assert process.returncode == 1
+    error_lines = [line for line in stderr.splitlines() if line.startswith("selfplay: error:")]
+    assert len(error_lines) == 1 and "iteration 1 stage eval-gen failed after 1 attempt" in error_lines[0]
+    assert "selfplay resume" in error_lines[0]
+    status = cli("status", str(run_dir)).stdout
+    assert "eval-gen       failed" in status and "ActorDiedError" in status and "train          done" in status
+    result = cli("resume", str(run_dir))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert final_state(run_dir)["weights"] == unbroken["weights"]
