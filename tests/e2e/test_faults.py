@@ -45,6 +45,18 @@ def kill_when(process: subprocess.Popen, marker: Path, signal_number=signal.SIGK
     process.wait(timeout=60)
 
 
+def kill_actors_when(process: subprocess.Popen, marker: Path, actor: str) -> str:
+    """SIGKILL every Ray actor process of class `actor` once `marker` exists; the driver's stderr."""
+    while not marker.exists():
+        assert process.poll() is None, process.stderr.read()[-2000:]
+        time.sleep(0.02)
+    pids = subprocess.run(["pgrep", "-f", f"ray::{actor}"], capture_output=True, text=True).stdout.split()
+    assert pids
+    for pid in pids:
+        os.kill(int(pid), signal.SIGKILL)
+    return process.communicate(timeout=900)[1]
+
+
 def final_state(run_dir: Path) -> dict:
     return {"weights": (run_dir / "iter-002/train/policy/model.safetensors").read_bytes(),
             "metrics": [json.loads((run_dir / f"iter-{t:03d}/evaluate/metrics.json").read_text()) for t in (1, 2)],
@@ -106,15 +118,7 @@ def test_corrupted_artifact_is_detected_and_redone(tmp_path, unbroken):
 def test_killed_training_worker_is_retried(tmp_path, unbroken):
     run_dir = tmp_path / "worker"
     process = start_run(run_dir)
-    marker = run_dir / "iter-002/train.checkpoints/latest"
-    while not marker.exists():
-        assert process.poll() is None, process.stderr.read()[-2000:]
-        time.sleep(0.02)
-    pids = subprocess.run(["pgrep", "-f", "ray::TrainerRank"], capture_output=True, text=True).stdout.split()
-    assert pids
-    for pid in pids:
-        os.kill(int(pid), signal.SIGKILL)
-    _, stderr = process.communicate(timeout=900)
+    stderr = kill_actors_when(process, run_dir / "iter-002/train.checkpoints/latest", "TrainerRank")
     assert process.returncode == 0, stderr[-3000:]
     assert "a Ray worker died" in stderr and "iter 2 train     running (retry 1)" in stderr
     assert final_state(run_dir)["weights"] == unbroken["weights"]
@@ -138,15 +142,8 @@ def test_unwritable_run_directory_is_a_clear_error():
 def test_dead_engine_without_retries_stops_clearly_then_resume_finishes(tmp_path, unbroken):
     run_dir = tmp_path / "engine"
     process = start_run(run_dir, "max_stage_retries=0")
-    marker = run_dir / "iter-001/train.checkpoints/latest"      # the engine idles while iteration 1 trains
-    while not marker.exists():
-        assert process.poll() is None, process.stderr.read()[-2000:]
-        time.sleep(0.02)
-    pids = subprocess.run(["pgrep", "-f", "ray::VLLMEngine"], capture_output=True, text=True).stdout.split()
-    assert pids
-    for pid in pids:
-        os.kill(int(pid), signal.SIGKILL)
-    _, stderr = process.communicate(timeout=900)
+    # the engine idles while iteration 1 trains; the next stage that needs it finds it dead
+    stderr = kill_actors_when(process, run_dir / "iter-001/train.checkpoints/latest", "VLLMEngine")
     assert process.returncode == 1
     error_lines = [line for line in stderr.splitlines() if line.startswith("selfplay: error:")]
     assert len(error_lines) == 1 and "iteration 1 stage eval-gen failed after 1 attempt" in error_lines[0]
