@@ -89,6 +89,8 @@ def main():
     parser.add_argument("--prompts", type=int, default=16)
     parser.add_argument("--budgets", default="1024,2048,4096,8192,32768", help="native PairRM token budgets to try")
     parser.add_argument("--batch-tokens", type=int, default=8192, help="budget for the reward and selfie judges")
+    parser.add_argument("--pairrm-hidden", type=int, default=64, help="PairRM backbone width (DeBERTa-v3-large: 1024)")
+    parser.add_argument("--pairrm-layers", type=int, default=2, help="PairRM backbone depth (DeBERTa-v3-large: 24)")
     parser.add_argument("--out", default=str(Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"))
     args = parser.parse_args()
 
@@ -105,7 +107,9 @@ def main():
     budgets = [int(b) for b in args.budgets.split(",")]
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        native, reference, gap = bench_pairrm(build_tiny_pairrm(tmp / "pairrm"), prompts, responses, budgets)
+        pairrm = build_tiny_pairrm(tmp / "pairrm", hidden_size=args.pairrm_hidden, num_layers=args.pairrm_layers,
+                                   num_heads=max(2, args.pairrm_hidden // 64))
+        native, reference, gap = bench_pairrm(pairrm, prompts, responses, budgets)
         reward = bench_scores(RewardModelJudge(str(build_tiny_reward(tmp / "reward")), batch_tokens=args.batch_tokens),
                               prompts, responses, "reward model")
         policy, initial = build_tiny_policy(tmp / "policy", seed=1), build_tiny_policy(tmp / "reference", seed=0)
@@ -118,7 +122,8 @@ def main():
     lines = [
         SECTION, "",
         f"{time.strftime('%Y-%m-%d')}, CPU only: {cpu_name()}, {torch.get_num_threads()} torch threads, "
-        f"torch {torch.__version__}. Tiny random models (`selfplay.models`: PairRM = 2-layer DeBERTa-v2, hidden 64, "
+        f"torch {torch.__version__}. Tiny random models (`selfplay.models`: PairRM = {args.pairrm_layers}-layer DeBERTa-v2, "
+        f"hidden {args.pairrm_hidden}, "
         f"source/candidate max length 96/48; reward = 2-layer Llama classifier, hidden 64; Selfie = two 2-layer "
         f"Llama policies, hidden 128). {args.prompts} prompts of 8-60 words, K={K} responses of 5-200 words each. "
         f"Each figure is the median of {REPEATS} rounds (the PairRM settings take turns within a round). "
