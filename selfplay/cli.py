@@ -103,21 +103,14 @@ def cmd_fork(args) -> int:
 
 def cmd_validate(args) -> int:
     recipe = load_recipe(args.recipe, args.overrides)
-    from selfplay.prompts import load_prompts, split_prompts
+    from selfplay.prompts import load_prompt_pool
 
-    if recipe.pairs.type == "drift":
-        from selfplay.pairs.drift import load_dsat_records
-
-        prompts = load_dsat_records(recipe.prompts.path)
-    else:
-        prompts = load_prompts(recipe.prompts.path, recipe.prompts.field)
+    prompts, _, _, _ = load_prompt_pool(recipe)
     if recipe.seed_training is not None:
         from selfplay.prompts import read_jsonl_records
         from selfplay.train.seed_pairs import FIELDS
 
         read_jsonl_records(recipe.seed_training.path, FIELDS, "a seed pair")
-    split_prompts(len(prompts), recipe.iterations, recipe.prompts.per_iteration, recipe.prompts.eval_size,
-                  recipe.prompts.shuffle_seed, recipe.prompts.reuse)
     print(f"{args.recipe}: ok ({recipe.iterations} iterations, {len(prompts)} prompts, "
           f"K={1 if recipe.pairs.type == 'drift' else recipe.generate.samples_per_prompt}, "
           f"judge={recipe.annotate.type}, loss={recipe.train.loss})")

@@ -159,7 +159,7 @@ class Driver:
     def run(self, parent: dict | None = None) -> list[dict]:
         from selfplay.cluster import start_ray
         from selfplay.models import resolve_model
-        from selfplay.prompts import load_prompts, split_prompts
+        from selfplay.prompts import load_prompt_pool
         from selfplay.track.tracker import Tracker
 
         recipe = self.recipe
@@ -167,15 +167,7 @@ class Driver:
             self.info = lineage.init_run_dir(self.run_dir, recipe, self.allow_changes, parent)
             self.packages, self.code_version = runs.package_versions(), runs.code_version()
             self.initial_policy = str(resolve_model(recipe.policy.path, recipe.policy.seed))
-            if recipe.pairs.type == "drift":
-                from selfplay.pairs.drift import load_dsat_records
-
-                self.records = load_dsat_records(recipe.prompts.path)
-                self.prompts = [r["prompt"] for r in self.records]
-            else:
-                self.prompts = load_prompts(recipe.prompts.path, recipe.prompts.field)
-            eval_ids, slices = split_prompts(len(self.prompts), recipe.iterations, recipe.prompts.per_iteration,
-                                             recipe.prompts.eval_size, recipe.prompts.shuffle_seed, recipe.prompts.reuse)
+            self.prompts, self.records, eval_ids, slices = load_prompt_pool(recipe)
             self.tracker = Tracker(self.run_dir, self.info, recipe, self.info["recipe"])
             start_ray(self.ray_address, recipe.generate.replicas + recipe.train.world_size + 1)
             from transformers import AutoTokenizer
@@ -188,21 +180,22 @@ class Driver:
                 self._drop_actors()
         return self.summary
 
-    def _initial_policy_digest(self) -> str:
-        """Digest of the initial policy, re-reading only files changed since the last start."""
-        cache = self.run_dir / "initial_policy.json"
-        known = runs.read_json(cache) if cache.exists() else None
-        if known and known.get("path") != self.initial_policy:
-            known = None
-        files = runs.fingerprint(Path(self.initial_policy), known and known["files"])
-        runs.write_json_atomic(cache, {"path": self.initial_policy, "files": files})
-        return runs.digest_of({name: entry[2] for name, entry in files.items()})
+    def _external_digest(self, path: str) -> str:
+        """Digest of a file or folder outside the run (initial policy, soup checkpoints, seed
+        pairs), re-reading only files changed since the last start: a 7B checkpoint is not
+        re-hashed at every resume."""
+        cache = self.run_dir / "external_fingerprints.json"
+        known = runs.read_json(cache) if cache.exists() else {}
+        key = str(Path(path).resolve())
+        known[key] = runs.fingerprint(Path(path), known.get(key))
+        runs.write_json_atomic(cache, known)
+        return runs.content_digest(known[key])
 
     def _run_iterations(self, eval_ids, slices):
         from selfplay.evaluate.stage import response_stats
 
         recipe = self.recipe
-        initial_digest = self._initial_policy_digest()
+        initial_digest = self._external_digest(self.initial_policy)
         self.initial = (self.initial_policy, initial_digest)
         self.eval_sampling = {"temperature": recipe.evaluate.temperature, "top_p": recipe.evaluate.top_p,
                               "max_tokens": recipe.evaluate.max_tokens or recipe.generate.max_tokens}
@@ -347,7 +340,7 @@ class Driver:
 
         config = config or self.recipe.train
         reference = reference or {"previous": policy, "initial": self.initial, "soup": self.soup}[config.reference]
-        pairs_path = self.run_dir / f"iter-{iteration:03d}" / paired["stage"] / "pairs.parquet"
+        pairs_path = self._path(iteration, paired["stage"], "pairs.parquet")
         inputs = {"policy": policy[1], "reference": reference[1], "pairs": paired["outputs"]["pairs.parquet"]}
         checkpoints = self.run_dir / f"iter-{iteration:03d}" / f"{name}.checkpoints"
 
@@ -376,7 +369,7 @@ class Driver:
 
         trained = self.run_stage(iteration, name, inputs, config.model_dump(), body)
         shutil.rmtree(checkpoints, ignore_errors=True)
-        return trained, (str(self.run_dir / f"iter-{iteration:03d}" / name / "policy"), trained["outputs"]["policy"])
+        return trained, (str(self._path(iteration, name, "policy")), trained["outputs"]["policy"])
 
     def _seed_stage(self) -> tuple[str, str]:
         """Plain preference training on labelled pairs before iteration 1 (iter-000/seed)."""
@@ -389,7 +382,7 @@ class Driver:
             pq.write_table(pa.Table.from_pylist(rows), tmp / "pairs.parquet")
             return ["pairs.parquet"], {"pairs": len(rows)}, {}
 
-        paired = self.run_stage(0, "seed-pairs", {"seed_pairs": runs.digest_of(runs.hash_tree(Path(seed.path)))},
+        paired = self.run_stage(0, "seed-pairs", {"seed_pairs": self._external_digest(seed.path)},
                                 seed.model_dump(), body)
         config = self.recipe.train.model_copy(update={
             "loss": seed.loss, "epochs": seed.epochs, "reference": "initial", "loss_options": {},
@@ -404,7 +397,7 @@ class Driver:
         from selfplay.train.reference import weight_soup
 
         checkpoints = [str(resolve_model(path, self.recipe.policy.seed)) for path in self.recipe.train.soup]
-        inputs = {path: runs.digest_of(runs.hash_tree(Path(path))) for path in checkpoints}
+        inputs = {path: self._external_digest(path) for path in checkpoints}
 
         def body(tmp):
             weight_soup(checkpoints, tmp / "policy")

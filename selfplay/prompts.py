@@ -86,3 +86,19 @@ def split_prompts(num_prompts: int, iterations: int, per_iteration: int, eval_si
         stream += np.random.default_rng(seed + rounds).permutation(pool).tolist()
         rounds += 1
     return eval_ids, [stream[t * per_iteration:(t + 1) * per_iteration] for t in range(iterations)]
+
+
+def load_prompt_pool(recipe) -> tuple[list[str], list[dict] | None, list[int], list[list[int]]]:
+    """A recipe's prompts, DRIFT records (pairs.type drift, else None), eval ids and per-iteration slices."""
+    records = None
+    if recipe.pairs.type == "drift":
+        from selfplay.pairs.drift import load_dsat_records  # drift reads its records through this module
+
+        records = load_dsat_records(recipe.prompts.path)
+        prompts = [r["prompt"] for r in records]
+    else:
+        prompts = load_prompts(recipe.prompts.path, recipe.prompts.field)
+    eval_ids, slices = split_prompts(len(prompts), recipe.iterations, recipe.prompts.per_iteration,
+                                     recipe.prompts.eval_size, recipe.prompts.shuffle_seed, recipe.prompts.reuse)
+    return prompts, records, eval_ids, slices
+

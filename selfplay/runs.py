@@ -68,9 +68,9 @@ def fingerprint(path: Path, known: dict[str, list] | None = None) -> dict[str, l
     return result
 
 
-def hash_tree(path: Path, known: dict[str, list] | None = None) -> dict[str, str]:
-    """sha256 of every file under path, keyed by relative path (see `fingerprint`)."""
-    return {name: entry[2] for name, entry in fingerprint(path, known).items()}
+def content_digest(files: dict[str, list]) -> str:
+    """One digest of a fingerprinted file or folder: its relative paths and their sha256."""
+    return digest_of({name: entry[2] for name, entry in files.items()})
 
 
 def digest_of(obj) -> str:
@@ -127,7 +127,7 @@ class StageDir:
         if manifest.get("inputs") != inputs or manifest.get("config_digest") != config_digest:
             return False
         known = manifest.get("output_files", {})
-        return all((self.path / name).exists() and digest_of(hash_tree(self.path / name, known.get(name))) == digest
+        return all((self.path / name).exists() and content_digest(fingerprint(self.path / name, known.get(name))) == digest
                    for name, digest in manifest["outputs"].items())
 
     def begin(self) -> Path:
@@ -140,7 +140,7 @@ class StageDir:
         """Hash the outputs, move the temporary folder into place, write the manifest last."""
         manifest = dict(manifest)
         files = {name: fingerprint(self.tmp / name) for name in outputs}  # a rename keeps these mtimes
-        manifest["outputs"] = {name: digest_of({k: v[2] for k, v in entries.items()}) for name, entries in files.items()}
+        manifest["outputs"] = {name: content_digest(entries) for name, entries in files.items()}
         manifest["output_files"] = files
         manifest["status"] = "done"
         if self.path.exists():
