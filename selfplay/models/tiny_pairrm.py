@@ -51,7 +51,11 @@ def build_deberta_tokenizer(vocab_size: int = 1000):
 
 
 def build_tiny_pairrm(out_dir: str | Path, seed: int = 0, hidden_size: int = 64, num_layers: int = 2,
-                      num_heads: int = 2, vocab_size: int = 1000, initializer_range: float = 0.5) -> Path:
+                      num_heads: int = 2, vocab_size: int = 1000, initializer_range: float = 0.5,
+                      source_maxlength: int = 96, candidate_maxlength: int = 48, intermediate_size: int | None = None,
+                      position_buckets: int = 32) -> Path:
+    """The checkpoint folder. Benchmarks pass DeBERTa-v3-large's shape (hidden 1024, 24 layers,
+    16 heads, intermediate 4096, 256 position buckets) and PairRM's max lengths (1224/412)."""
     import torch
     from safetensors.torch import save_file
     from transformers import DebertaV2Config, DebertaV2Model
@@ -61,8 +65,8 @@ def build_tiny_pairrm(out_dir: str | Path, seed: int = 0, hidden_size: int = 64,
     out_dir = Path(out_dir)
     tokenizer = build_deberta_tokenizer(vocab_size)
     config = DebertaV2Config(vocab_size=len(tokenizer), hidden_size=hidden_size, num_hidden_layers=num_layers,
-                             num_attention_heads=num_heads, intermediate_size=2 * hidden_size,
-                             max_position_embeddings=512, relative_attention=True, position_buckets=32,
+                             num_attention_heads=num_heads, intermediate_size=intermediate_size or 2 * hidden_size,
+                             max_position_embeddings=512, relative_attention=True, position_buckets=position_buckets,
                              norm_rel_ebd="layer_norm", share_att_key=True, pos_att_type=["p2c", "c2p"],
                              position_biased_input=False, type_vocab_size=0, layer_norm_eps=1e-7,
                              initializer_range=initializer_range, pad_token_id=tokenizer.pad_token_id)
@@ -81,6 +85,7 @@ def build_tiny_pairrm(out_dir: str | Path, seed: int = 0, hidden_size: int = 64,
             torch.nn.init.normal_(layer.bias, std=initializer_range)
     state = {name: tensor.contiguous() for name, tensor in ranker.state_dict().items()}
     save_file(state, out_dir / "model.safetensors")
-    (out_dir / "config.json").write_text(json.dumps(RANKER_CONFIG, indent=2))
+    ranker_config = {**RANKER_CONFIG, "source_maxlength": source_maxlength, "candidate_maxlength": candidate_maxlength}
+    (out_dir / "config.json").write_text(json.dumps(ranker_config, indent=2))
     (out_dir / "selfplay_tiny.json").write_text(json.dumps({"kind": "pairrm", "seed": seed}))
     return out_dir

@@ -201,7 +201,8 @@ class TrainerRank:
                         sums["chosen_reward"] += chosen_reward.sum().item()
                         sums["rejected_reward"] += rejected_reward.sum().item()
                         sums["accuracy"] += (chosen_reward > rejected_reward).float().sum().item()
-                totals = torch.tensor(list(sums.values()), dtype=torch.float64)
+                # on the training device: NCCL reduces only CUDA tensors
+                totals = torch.tensor(list(sums.values()), dtype=torch.float64, device=device)
                 dist.all_reduce(totals)
                 record = {k: v / config["global_batch_size"] for k, v in zip(sums, totals.tolist())}
                 record.update(step=step, epoch=epoch, lr=lr)

@@ -95,6 +95,23 @@ def test_three_sppo_iterations_learn_the_judges_preference(quickstart_run):
     assert "win_rate_vs_initial" in result.stdout   # the summary table
 
 
+def test_gpu_train_check_replays_the_recorded_train_stage_exactly(quickstart_run, tmp_path):
+    """scripts/gpu_train_check.py (run on lent GPU machines) rebuilds iteration 1's train stage
+    from what the run recorded, without Ray. On the CPU it must reproduce the recorded losses
+    exactly, so any difference it reports on a GPU comes from the GPU, not the harness."""
+    run_dir, _, _ = quickstart_run
+    script = str(REPO / "scripts" / "gpu_train_check.py")
+    prepared = subprocess.run([sys.executable, script, "prepare", str(run_dir), str(tmp_path / "case")],
+                              capture_output=True, text=True, timeout=120)
+    assert prepared.returncode == 0, prepared.stderr[-2000:]
+    checked = subprocess.run([sys.executable, script, "check", str(tmp_path / "case"), "--out", str(tmp_path / "out"),
+                              "--settings", "zero0-fp32"], capture_output=True, text=True, timeout=600)
+    assert checked.returncode == 0, (checked.stdout + checked.stderr)[-3000:]
+    row = next(line for line in (tmp_path / "out" / "train_check.md").read_text().splitlines()
+               if line.startswith("| zero0-fp32"))
+    assert row.split("|")[3:5] == [" 0.0e+00 ", " 0.0e+00 "]  # step 2 and every step: identical losses
+
+
 def test_run_again_skips_finished_stages_and_keeps_results(quickstart_run):
     run_dir, _, _ = quickstart_run
     before = (run_dir / "iter-003/train/policy/model.safetensors").read_bytes()
