@@ -274,9 +274,11 @@ class Driver:
         samples_path = self._path(iteration, "generate", "samples.parquet")
 
         def body(tmp):
-            groups = [(pid, prompt, [r["text"] for r in rows])
-                      for pid, prompt, rows in group_by_prompt(pq.read_table(samples_path))]
-            judgments = judge_groups(self._judge(policy[0]), groups, desc=f"iter {iteration} annotate")
+            grouped = group_by_prompt(pq.read_table(samples_path))
+            groups = [(pid, prompt, [r["text"] for r in rows]) for pid, prompt, rows in grouped]
+            token_ids = [(rows[0]["prompt_token_ids"], [r["token_ids"] for r in rows]) for _, _, rows in grouped]
+            judgments = judge_groups(self._judge(policy[0]), groups, desc=f"iter {iteration} annotate",
+                                     token_ids=token_ids)
             table = judgments_table(groups, judgments, recipe.annotate.win_matrix, recipe.annotate.temperature)
             pq.write_table(table, tmp / "judgments.parquet")
             return ["judgments.parquet"], {"prompts": table.num_rows}, {}

@@ -1,10 +1,13 @@
 """Selfie / SPA judge: the policy scores its own samples by the implicit DPO reward.
 
 score(y) = logp_policy(y | x) - logp_reference(y | x), both SUMMED over the response tokens
-(ALGORITHMS.md), with a FIXED reference (the SFT model in SPA). The prompt is the user turn
-rendered with the policy tokenizer's chat template plus the generation prompt; the response is
-its tokens followed by the end-of-sequence token, as TRL's DPO tokenization (and a generation
-that stopped by itself) has it. Both models must share that tokenizer.
+(ALGORITHMS.md), with a FIXED reference (the SFT model in SPA). In a run the judge scores the
+token ids the sampler produced (`token_ids=`), the very sequences the train stage then trains
+on, so the judgment is the implicit reward of the sample itself. Given text alone, it rebuilds
+them: the user turn rendered with the policy tokenizer's chat template plus the generation
+prompt, then the response's tokens and the end-of-sequence token, as TRL's DPO tokenization
+(and a generation that stopped by itself) has it; a tokenizer can split text differently than
+the sampler did, which is why runs pass the ids. Both models must share that tokenizer.
 
 A prompt that alone fills the context (the smaller max_position_embeddings of the two models)
 is rejected; a response that does not fit after its prompt is cut at the end (the TRL
@@ -25,6 +28,8 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
 class SelfieJudge(Judge):
+    takes_token_ids = True  # judge_groups passes the sampled ids (see the module docstring)
+
     def __init__(self, policy_path: str, reference_path: str, batch_tokens: int = 8192, device: str = "cpu",
                  dtype: str = "float32"):
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -48,21 +53,35 @@ class SelfieJudge(Judge):
                                        for path in (self.policy_path, self.reference_path))
         self.max_length = min(model.config.max_position_embeddings for model in (self.policy, self.reference))
 
-    def _prompt_ids(self, row: int, prompt: str) -> list[int]:
+    def _prompt_ids(self, prompt: str) -> list[int]:
         text = self.tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
                                                   add_generation_prompt=True)
-        ids = self.tokenizer(text, add_special_tokens=False).input_ids
-        if len(ids) >= self.max_length:
-            raise ValueError(f"judge: prompts[{row}] has {len(ids)} tokens with its chat template; "
-                             f"no room for a response in the models' context of {self.max_length}")
-        return ids
+        return self.tokenizer(text, add_special_tokens=False).input_ids
 
-    def judge(self, prompts: list[str], responses: list[list[str]]) -> list[Judgment]:
-        check_inputs(prompts, responses)
-        prompt_ids = [self._prompt_ids(row, prompt) for row, prompt in enumerate(prompts)]
+    def _sequences(self, prompts, responses, token_ids):
+        """Prompt ids per prompt and response ids per (prompt, k) row, from the sampler or from text."""
         rows = [(p, k) for p, group in enumerate(responses) for k in range(len(group))]
-        texts = [responses[p][k] for p, k in rows]
-        response_ids = [ids + self.eos for ids in self.tokenizer(texts, add_special_tokens=False).input_ids]
+        if token_ids is None:
+            prompt_ids = [self._prompt_ids(prompt) for prompt in prompts]
+            texts = [responses[p][k] for p, k in rows]
+            response_ids = [ids + self.eos for ids in self.tokenizer(texts, add_special_tokens=False).input_ids]
+        else:
+            if len(token_ids) != len(prompts) or any(len(ids) != len(group) for (_, ids), group
+                                                     in zip(token_ids, responses)):
+                raise ValueError("judge: token_ids must hold (prompt ids, one id list per response) for every prompt")
+            prompt_ids = [list(ids) for ids, _ in token_ids]
+            response_ids = [list(token_ids[p][1][k]) for p, k in rows]
+        for row, ids in enumerate(prompt_ids):
+            if len(ids) >= self.max_length:
+                raise ValueError(f"judge: prompts[{row}] has {len(ids)} tokens with its chat template; "
+                                 f"no room for a response in the models' context of {self.max_length}")
+        return rows, prompt_ids, response_ids
+
+    def judge(self, prompts: list[str], responses: list[list[str]],
+              token_ids: list[tuple[list[int], list[list[int]]]] | None = None) -> list[Judgment]:
+        """token_ids: per prompt, (its prompt ids, the ids of each response) as sampled."""
+        check_inputs(prompts, responses)
+        rows, prompt_ids, response_ids = self._sequences(prompts, responses, token_ids)
         lengths = [min(len(prompt_ids[p]) + len(ids), self.max_length) for (p, _), ids in zip(rows, response_ids)]
         scores = [np.zeros(len(group)) for group in responses]
         progress = tqdm(total=len(rows), desc="selfie", unit="response", leave=False)

@@ -44,10 +44,11 @@ class RemoteJudge:
     """A judge living in a Ray actor; `judge()` has the same signature as a local one."""
 
     def __init__(self, cls, args: dict, num_gpus: float = 0.0):
+        self.takes_token_ids = getattr(cls, "takes_token_ids", False)
         self.actor = ray.remote(num_cpus=1, num_gpus=num_gpus)(cls).remote(**args)
 
-    def judge(self, prompts, responses):
-        return ray.get(self.actor.judge.remote(prompts, responses))
+    def judge(self, prompts, responses, **token_ids):
+        return ray.get(self.actor.judge.remote(prompts, responses, **token_ids))
 
     def shutdown(self):
         ray.kill(self.actor)
@@ -73,20 +74,28 @@ def _with_empty_responses(judgment: Judgment | None, nonempty: list[int], k: int
     return Judgment(scores=scores)
 
 
-def judge_groups(judge, groups: list[tuple[int, str, list[str]]], chunk: int = 64, desc: str = "judge") -> list[Judgment]:
+def judge_groups(judge, groups: list[tuple[int, str, list[str]]], chunk: int = 64, desc: str = "judge",
+                 token_ids: list[tuple[list[int], list[list[int]]]] | None = None) -> list[Judgment]:
     """Judge (prompt_id, prompt, responses) groups in chunks, with progress.
 
     Empty responses are handled here (see EMPTY_RESPONSE_GAP), so every judge sees only
     non-empty text; a group with fewer than two non-empty responses needs no judge call.
+    token_ids (per group: prompt ids, response ids, as sampled) go to judges that take them.
     """
     judgments = []
+    pass_ids = token_ids is not None and getattr(judge, "takes_token_ids", False)
     with tqdm(total=len(groups), desc=desc, unit="prompt", leave=False) as bar:
         for start in range(0, len(groups), chunk):
             part = groups[start:start + chunk]
             nonempty = [[i for i, r in enumerate(responses) if r.strip()] for _, _, responses in part]
             asked = [j for j, keep in enumerate(nonempty) if len(keep) >= 2]
+            extra = {}
+            if pass_ids:
+                extra["token_ids"] = [(token_ids[start + j][0], [token_ids[start + j][1][i] for i in nonempty[j]])
+                                      for j in asked]
             answers = dict(zip(asked, judge.judge([part[j][1] for j in asked],
-                                                  [[part[j][2][i] for i in nonempty[j]] for j in asked]))) if asked else {}
+                                                  [[part[j][2][i] for i in nonempty[j]] for j in asked],
+                                                  **extra))) if asked else {}
             for j, (_, _, responses) in enumerate(part):
                 judgment = answers.get(j)
                 if len(nonempty[j]) < len(responses) or judgment is None:

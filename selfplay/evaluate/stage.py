@@ -24,12 +24,13 @@ def response_stats(samples: pa.Table) -> dict:
 def win_rate_vs_initial(judge, policy_samples: pa.Table, initial_samples: pa.Table, rule: str,
                         temperature: float) -> tuple[float, pa.Table]:
     initial = {pid: rows for pid, _, rows in group_by_prompt(initial_samples)}
-    groups, sizes = [], []
+    groups, sizes, token_ids = [], [], []
     for prompt_id, prompt, rows in group_by_prompt(policy_samples):
-        responses = [r["text"] for r in rows] + [r["text"] for r in initial[prompt_id]]
-        groups.append((prompt_id, prompt, responses))
+        both = rows + initial[prompt_id]
+        groups.append((prompt_id, prompt, [r["text"] for r in both]))
+        token_ids.append((rows[0]["prompt_token_ids"], [r["token_ids"] for r in both]))
         sizes.append(len(rows))
-    judgments = judge_groups(judge, groups, desc="evaluate")
+    judgments = judge_groups(judge, groups, desc="evaluate", token_ids=token_ids)
     per_prompt = []
     for (prompt_id, _, responses), m, judgment in zip(groups, sizes, judgments):
         matrix = judgment.win_matrix(rule, temperature)

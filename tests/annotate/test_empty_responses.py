@@ -40,3 +40,28 @@ def test_empty_responses_with_a_pairwise_judge():
     for rule in ("aggregated", "direct"):
         matrix = judgments[0].win_matrix(rule)
         assert matrix[0, 1] > 0.999 and matrix[2, 1] > 0.999 and matrix[0, 2] > 0.5
+
+
+class TokenIdJudge(LengthJudge):
+    """Takes the sampled token ids, as the Selfie judge does, and scores by their count."""
+
+    takes_token_ids = True
+
+    def judge(self, prompts, responses, token_ids):
+        self.seen.append(token_ids)
+        return [Judgment(scores=np.array([float(len(ids)) for ids in group])) for _, group in token_ids]
+
+
+def test_token_ids_follow_the_nonempty_responses_to_judges_that_take_them():
+    groups = [(0, "p", ["abc", "", "a"]), (1, "q", ["", "x"]), (2, "r", ["aa", "b"])]
+    token_ids = [([7, 8], [[1, 2, 3], [9], [4]]), ([7], [[9], [5]]), ([6], [[1, 1], [2]])]
+    judge = TokenIdJudge()
+    judgments = judge_groups(judge, groups, token_ids=token_ids, chunk=2)
+    # chunk 2: the second chunk's group must get its own ids, not the first chunk's
+    assert judge.seen == [[([7, 8], [[1, 2, 3], [4]])], [([6], [[1, 1], [2]])]]
+    np.testing.assert_allclose(judgments[2].scores, [2.0, 1.0])
+    assert judgments[0].win_matrix()[0, 1] > 0.999                # the empty response still loses
+    # judges without takes_token_ids are called as before
+    plain = LengthJudge()
+    judge_groups(plain, groups, token_ids=token_ids)
+    assert plain.seen == [["abc", "a"], ["aa", "b"]]

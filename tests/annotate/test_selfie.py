@@ -49,6 +49,35 @@ def test_score_is_policy_minus_reference_logp(models, judge):
     assert np.ptp(np.concatenate([j.scores for j in judgments])) > 0.1
 
 
+def logp_of_ids(path, prompt_ids, response_ids):
+    model = AutoModelForCausalLM.from_pretrained(path).eval()
+    with torch.no_grad():
+        logprobs = torch.log_softmax(model(input_ids=torch.tensor([prompt_ids + response_ids])).logits[0].double(), -1)
+    return sum(logprobs[len(prompt_ids) + t - 1, token].item() for t, token in enumerate(response_ids))
+
+
+def test_sampled_token_ids_are_scored_as_they_are(models, judge):
+    """A run passes the sampler's ids: the score is the log-ratio of exactly that sequence, even
+    when the sampler split the text differently than the tokenizer would (here: one token split
+    into its characters, and no end token, as a sample cut at max_tokens)."""
+    tokenizer = AutoTokenizer.from_pretrained(models[0])
+    prompt_ids = tokenizer(f"<|user|>\n{PROMPTS[0]}<|end|>\n<|assistant|>\n", add_special_tokens=False).input_ids
+    canonical = tokenizer("It is Paris", add_special_tokens=False).input_ids
+    pieces = tokenizer.convert_ids_to_tokens(canonical)
+    split = next(i for i, piece in enumerate(pieces) if len(piece) > 1 and piece.isalpha())  # "ar" of "Paris"
+    by_character = canonical[:split] + tokenizer.convert_tokens_to_ids(list(pieces[split])) + canonical[split + 1:]
+    assert by_character != canonical and tokenizer.decode(by_character) == tokenizer.decode(canonical)
+    text_path = judge.judge(PROMPTS[:1], [["It is Paris", "Paris."]])[0].scores
+    ids_path = judge.judge(PROMPTS[:1], [["It is Paris", "Paris."]],
+                           token_ids=[(prompt_ids, [by_character, canonical])])[0].scores
+    for k, ids in enumerate([by_character, canonical]):
+        expected = logp_of_ids(models[0], prompt_ids, ids) - logp_of_ids(models[1], prompt_ids, ids)
+        assert ids_path[k] == pytest.approx(expected, abs=1e-4)
+    assert abs(ids_path[0] - text_path[0]) > 1e-3  # the text path would have scored another sequence
+    with pytest.raises(ValueError, match="token_ids must hold"):
+        judge.judge(PROMPTS[:1], [["a", "b"]], token_ids=[(prompt_ids, [canonical])])
+
+
 def test_policy_equal_to_reference_scores_zero(models):
     same = SelfieJudge(str(models[1]), str(models[1]))
     for judgment in same.judge(PROMPTS, RESPONSES):

@@ -13,7 +13,7 @@ from conftest import REPO
 pytestmark = pytest.mark.slow
 
 # (recipe, lowest acceptable final win rate); measured on CPU: DPO 0.61/0.70/0.75,
-# DRIFT 0.56/0.60/0.64, Selfie 0.67/0.84/0.99 (see the issue notes).
+# DRIFT 0.56/0.60/0.64, Selfie 0.64/0.78/0.90 (see the issue notes).
 CASES = [("iterative-dpo-cpu", 0.68), ("drift-cpu", 0.58), ("selfie-cpu", 0.85)]
 
 
@@ -44,3 +44,18 @@ def test_recipe_learns_the_judges_preference(tmp_path, tiny_policy, recipe, floo
         pairs = pq.read_table(run_dir / "iter-001/pairs/pairs.parquet").to_pylist()
         records = [json.loads(line) for line in (REPO / "recipes/data/drift_dsat.jsonl").read_text().splitlines()]
         assert len(pairs) == 32 and all(p["rejected"] == records[p["prompt_id"]]["dsat_response"] for p in pairs)
+    if recipe == "selfie-cpu":  # the judge scored the sampled token ids, not a re-tokenization of the text
+        import numpy as np
+        import pyarrow.parquet as pq
+
+        from selfplay.annotate.selfie import SelfieJudge
+        from selfplay.generate.stage import group_by_prompt
+
+        grouped = group_by_prompt(pq.read_table(run_dir / "iter-002/generate/samples.parquet"))[:4]
+        judge = SelfieJudge(str(run_dir / "iter-001/train/policy"), str(tiny_policy))
+        expected = judge.judge([prompt for _, prompt, _ in grouped], [[r["text"] for r in rows] for _, _, rows in grouped],
+                               token_ids=[(rows[0]["prompt_token_ids"], [r["token_ids"] for r in rows])
+                                          for _, _, rows in grouped])
+        stored = pq.read_table(run_dir / "iter-002/annotate/judgments.parquet").to_pylist()[:4]
+        for row, judgment in zip(stored, expected):
+            np.testing.assert_allclose(row["scores"], judgment.scores, atol=1e-4)
