@@ -1,13 +1,21 @@
-"""Ray start-up: a local cluster sized for the recipe, or an existing cluster by address.
+"""Ray start-up, and the recipe's GPU needs against the cluster.
 
-Workers get the environment the engines need (in-process vLLM, no torch.compile on CPU,
-the model cache) through the job's runtime_env, so the same recipe runs on a laptop and on
-a cluster.
+Start-up: a local cluster sized for the recipe, or an existing cluster by address. Workers get
+the environment the engines need (in-process vLLM, no torch.compile on CPU, the model cache)
+through the job's runtime_env, so the same recipe runs on a laptop and on a cluster.
+
+GPUs: vLLM engines, model judges and training ranks are separate Ray actors, and a typical
+node cannot hold them all at once (the SPPO recipe: 8 engines + 1 PairRM + 8 ranks on 8 GPUs).
+Each group must fit the cluster by itself, which `check_gpu_fit` says before any work; the
+driver then releases whichever groups are in the way when the next one needs the GPUs.
 """
 
 import os
+import time
 
 import ray
+
+from selfplay.recipe import RecipeError
 
 WORKER_ENV = ("SELFPLAY_CACHE", "TORCH_EXTENSIONS_DIR", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
 
@@ -32,3 +40,34 @@ def start_ray(address: str | None, min_cpus: int) -> None:
 def stop_ray() -> None:
     if ray.is_initialized():
         ray.shutdown()
+
+
+def gpu_needs(recipe) -> dict[str, float]:
+    """GPUs each actor group of the recipe holds, keyed by the recipe fields that set them."""
+    needs = {"generate.replicas x generate.num_gpus_per_replica":
+             recipe.generate.replicas * recipe.generate.num_gpus_per_replica,
+             "train.world_size x train.num_gpus_per_rank": recipe.train.world_size * recipe.train.num_gpus_per_rank}
+    for name, judge in (("annotate.num_gpus", recipe.annotate), ("evaluate.judge.num_gpus", recipe.evaluate.judge)):
+        if judge is not None and judge.type != "function":
+            needs[name] = judge.num_gpus
+    return needs
+
+
+def check_gpu_fit(recipe) -> None:
+    """RecipeError naming the first actor group that needs more GPUs than the whole cluster has
+    (Ray would otherwise leave it pending forever)."""
+    total = ray.cluster_resources().get("GPU", 0.0)
+    for fields, gpus in gpu_needs(recipe).items():
+        if gpus > total:
+            raise RecipeError(f"{fields} = {gpus:g} GPUs, but the Ray cluster has {total:g}")
+
+
+def free_gpus() -> float:
+    return ray.available_resources().get("GPU", 0.0)
+
+
+def wait_for_free_gpus(gpus: float, timeout: float = 60.0) -> None:
+    """Ray returns a killed actor's GPUs a moment after ray.kill; wait for them."""
+    deadline = time.monotonic() + timeout
+    while free_gpus() < gpus and time.monotonic() < deadline:
+        time.sleep(0.2)

@@ -105,6 +105,7 @@ class Driver:
         from selfplay.generate.pool import EnginePool
 
         if self.pool is None:
+            self._make_room_on_gpus(self.recipe.generate.replicas * self.recipe.generate.num_gpus_per_replica)
             self.pool = EnginePool(policy_path, self.recipe.generate, self.recipe.policy.dtype, self.recipe.seed)
             self.pool.loaded = policy_path
         elif self.pool.loaded != policy_path:
@@ -125,11 +126,13 @@ class Driver:
                 self.model_judge.shutdown()
                 self.model_judge = None
             if self.model_judge is None:
+                self._make_room_on_gpus(self.recipe.annotate.num_gpus)
                 self.model_judge = make_judge(self.recipe.annotate, policy_path, self.recipe.policy.seed,
                                               default_reference=self.initial_policy)
                 self.model_judge.policy_path = policy_path
             return self.model_judge
         if self.model_judge is None:
+            self._make_room_on_gpus(self.recipe.annotate.num_gpus)
             self.model_judge = make_judge(self.recipe.annotate, policy_path, self.recipe.policy.seed)
         return self.model_judge
 
@@ -141,11 +144,27 @@ class Driver:
         if config is None:
             return self._judge(policy_path), self.recipe.annotate
         if self.eval_judge is None:
+            self._make_room_on_gpus(config.num_gpus)
             self.eval_judge = make_judge(config, policy_path, self.recipe.policy.seed, default_reference=self.initial_policy)
         return self.eval_judge, config
 
+    def _make_room_on_gpus(self, gpus: float) -> None:
+        """Release the long-lived actors (engines, judges) if fewer than `gpus` GPUs are free:
+        on a node that cannot hold every group at once they take turns (see selfplay.cluster)."""
+        from selfplay.cluster import free_gpus, wait_for_free_gpus
+
+        if gpus <= 0 or free_gpus() >= gpus:
+            return
+        held = [what for name, what in (("pool", "vLLM engines"), ("model_judge", "judge"),
+                                        ("eval_judge", "evaluation judge")) if getattr(self, name) is not None]
+        if held:
+            log.info("releasing the %s: %g GPUs needed, %g free", " and the ".join(held), gpus, free_gpus())
+            self._drop_actors()
+        wait_for_free_gpus(gpus)  # also the GPUs of actors that just ended (e.g. the training ranks)
+
     def _drop_actors(self):
-        """Forget actors that may be dead so the retry starts fresh ones."""
+        """Shut down and forget the long-lived actors (after a worker died, or to free GPUs); the
+        next stage that needs one starts it again."""
         for holder in ("pool", "model_judge", "eval_judge"):
             actor = getattr(self, holder)
             if actor is not None:
@@ -157,19 +176,20 @@ class Driver:
 
     # -- the run ---------------------------------------------------------------------------
     def run(self, parent: dict | None = None) -> list[dict]:
-        from selfplay.cluster import start_ray
+        from selfplay.cluster import check_gpu_fit, start_ray
         from selfplay.models import resolve_model
         from selfplay.prompts import load_prompt_pool
         from selfplay.track.tracker import Tracker
 
         recipe = self.recipe
         with runs.RunLock(self.run_dir):
+            start_ray(self.ray_address, recipe.generate.replicas + recipe.train.world_size + 1)
+            check_gpu_fit(recipe)  # before run.json: a recipe the cluster cannot hold leaves no run behind
             self.info = lineage.init_run_dir(self.run_dir, recipe, self.allow_changes, parent)
             self.packages, self.code_version = runs.package_versions(), runs.code_version()
             self.initial_policy = str(resolve_model(recipe.policy.path, recipe.policy.seed))
             self.prompts, self.records, eval_ids, slices = load_prompt_pool(recipe)
             self.tracker = Tracker(self.run_dir, self.info, recipe, self.info["recipe"])
-            start_ray(self.ray_address, recipe.generate.replicas + recipe.train.world_size + 1)
             from transformers import AutoTokenizer
 
             self.tokenizer = AutoTokenizer.from_pretrained(self.initial_policy)
@@ -348,6 +368,7 @@ class Driver:
 
         def body(tmp):
             self._release_engines()
+            self._make_room_on_gpus(config.world_size * config.num_gpus_per_rank)
             if config.checkpoint_every:
                 _prepare_checkpoints(checkpoints, {"inputs": inputs, "config": config.model_dump()})
             result = train_policy(policy[0], reference[0], str(pairs_path), str(tmp / "policy"), config,

@@ -1,0 +1,66 @@
+"""GPU bookkeeping through the real pipeline on a Ray cluster that declares one GPU.
+
+On a typical node the vLLM engines, the judge and the training ranks cannot all hold their
+GPUs at once (the SPPO recipe: 8 + 1 + 8 on 8 GPUs). Ray's accounting is the same whether the
+GPU is real or declared, so a CPU machine shows the behaviour: the engines give the GPU to the
+trainers and come back for the next generation, instead of the run waiting forever on a
+placement group. A group larger than the whole cluster is refused before any work.
+
+The engines and ranks still compute on the CPU here (CPU builds of vLLM and torch).
+"""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO
+
+pytestmark = pytest.mark.slow
+# Token auth is on by default in Ray 2.60 (ENVIRONMENT.md); this cluster and its driver are local.
+ENV = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+SMALL = ["iterations=2", "prompts.per_iteration=16", "prompts.eval_size=8", "tracking.wandb=false"]
+ONE_GPU_EACH = ["generate.num_gpus_per_replica=1", "train.num_gpus_per_rank=1"]
+
+
+@pytest.fixture(scope="module")
+def one_gpu_cluster():
+    """A Ray head owned by a child process (it ends with it) that declares 1 GPU."""
+    script = ("import sys, ray\n"
+              "ray.init(num_cpus=6, num_gpus=1, include_dashboard=False, object_store_memory=256 * 2**20)\n"
+              "print(ray.get_runtime_context().gcs_address, flush=True)\n"
+              "sys.stdin.read()\n")
+    head = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            text=True, env=ENV)
+    address = head.stdout.readline().strip()
+    assert address, "the Ray head did not start"
+    yield address
+    head.stdin.close()
+    head.wait(timeout=60)
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "selfplay.cli", *args], capture_output=True, text=True,
+                          timeout=600, cwd=REPO, env=ENV)
+
+
+def test_engines_and_training_ranks_take_turns_on_one_gpu(one_gpu_cluster, tiny_policy, tmp_path):
+    run_dir = tmp_path / "run"
+    result = run_cli("run", "recipes/quickstart-cpu.yaml", "--run-dir", str(run_dir), "--ray-address",
+                     one_gpu_cluster, *SMALL, *ONE_GPU_EACH)
+    assert result.returncode == 0, result.stderr[-3000:]
+    # each train stage took the GPU from the engines; generation then started them again
+    assert result.stderr.count("releasing the vLLM engines") == 2, result.stderr[-3000:]
+    for iteration in (1, 2):
+        assert (run_dir / f"iter-{iteration:03d}/evaluate/manifest.json").exists()
+
+
+def test_a_group_larger_than_the_cluster_is_refused_before_any_work(one_gpu_cluster, tmp_path):
+    run_dir = tmp_path / "run"
+    result = run_cli("run", "recipes/quickstart-cpu.yaml", "--run-dir", str(run_dir), "--ray-address",
+                     one_gpu_cluster, *SMALL, "train.world_size=2", "train.num_gpus_per_rank=1")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == ("selfplay: error: train.world_size x train.num_gpus_per_rank "
+                                                      "= 2 GPUs, but the Ray cluster has 1")
+    assert not (run_dir / "run.json").exists()
