@@ -35,13 +35,14 @@ def print_summary(rows: list[dict]) -> None:
 
 
 def _run(recipe, run_dir, args, parent=None) -> int:
+    from selfplay.cluster import ClusterError
     from selfplay.driver import Driver, StageFailed
     from selfplay.lineage import LineageError, RecipeChangedError
     from selfplay.runs import RunLockedError
 
     try:
         rows = Driver(recipe, run_dir, ray_address=args.ray_address, allow_changes=args.allow_changes).run(parent)
-    except (RunLockedError, RecipeChangedError, LineageError) as error:
+    except (RunLockedError, RecipeChangedError, LineageError, ClusterError) as error:
         return _fail(str(error))
     except StageFailed as error:
         print(f"selfplay: error: {error}; finished stages are kept: `selfplay resume {run_dir}` continues",

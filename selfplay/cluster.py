@@ -28,13 +28,33 @@ def start_ray(address: str | None, min_cpus: int) -> None:
     env.update({k: os.environ[k] for k in WORKER_ENV if k in os.environ})
     runtime_env = {"env_vars": env}
     if address:
-        ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
+        try:
+            ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
+        except ConnectionError as error:
+            raise ClusterError(_join_failure(address, error)) from None
         return
     # Logical CPUs: engines and training ranks each hold one; on a small machine they take
     # turns with the real cores (the engine idles while ranks train).
     ray.init(num_cpus=max(os.cpu_count() or 1, min_cpus), include_dashboard=False,
              object_store_memory=512 * 1024 * 1024, runtime_env=runtime_env, log_to_driver=True,
              configure_logging=True, logging_level="WARNING")
+
+
+class ClusterError(RuntimeError):
+    """The Ray cluster named by --ray-address cannot be joined."""
+
+
+def _join_failure(address: str, error: ConnectionError) -> str:
+    causes, cause = [], error
+    while cause is not None:
+        causes.append(str(cause))
+        cause = cause.__cause__
+    if any("InvalidAuthToken" in text or "Authentication" in text for text in causes):
+        # Ray 2.60 heads want a token by default, but a driver joining by an explicit address
+        # sends one only when told to (so a token never goes to an address by accident).
+        return (f"--ray-address {address}: the cluster wants its auth token; set RAY_AUTH_MODE=token to send "
+                f"~/.ray/auth_token (or RAY_AUTH_TOKEN), or start the cluster with RAY_AUTH_MODE=disabled")
+    return f"--ray-address {address}: cannot join the Ray cluster ({str(error).strip().splitlines()[-1]})"
 
 
 def stop_ray() -> None:

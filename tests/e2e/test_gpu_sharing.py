@@ -18,8 +18,10 @@ import pytest
 from conftest import REPO
 
 pytestmark = pytest.mark.slow
-# Token auth is on by default in Ray 2.60 (ENVIRONMENT.md); this cluster and its driver are local.
-ENV = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+# The head keeps Ray's defaults (token auth on, as after a user's `ray start`); a driver joining
+# by address sends the token when RAY_AUTH_MODE=token, as the error below tells users.
+HEAD_ENV = {k: v for k, v in os.environ.items() if k != "RAY_AUTH_MODE"}
+ENV = {**HEAD_ENV, "RAY_AUTH_MODE": "token"}
 SMALL = ["iterations=2", "prompts.per_iteration=16", "prompts.eval_size=8", "tracking.wandb=false"]
 ONE_GPU_EACH = ["generate.num_gpus_per_replica=1", "train.num_gpus_per_rank=1"]
 
@@ -32,7 +34,7 @@ def one_gpu_cluster():
               "print(ray.get_runtime_context().gcs_address, flush=True)\n"
               "sys.stdin.read()\n")
     head = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            text=True, env=ENV)
+                            text=True, env=HEAD_ENV)
     address = head.stdout.readline().strip()
     assert address, "the Ray head did not start"
     yield address
@@ -40,9 +42,9 @@ def one_gpu_cluster():
     head.wait(timeout=60)
 
 
-def run_cli(*args):
+def run_cli(*args, env=ENV):
     return subprocess.run([sys.executable, "-m", "selfplay.cli", *args], capture_output=True, text=True,
-                          timeout=600, cwd=REPO, env=ENV)
+                          timeout=600, cwd=REPO, env=env)
 
 
 def test_engines_and_training_ranks_take_turns_on_one_gpu(one_gpu_cluster, tiny_policy, tmp_path):
@@ -64,3 +66,13 @@ def test_a_group_larger_than_the_cluster_is_refused_before_any_work(one_gpu_clus
     assert result.stderr.strip().splitlines()[-1] == ("selfplay: error: train.world_size x train.num_gpus_per_rank "
                                                       "= 2 GPUs, but the Ray cluster has 1")
     assert not (run_dir / "run.json").exists()
+
+
+def test_joining_a_cluster_without_its_token_says_how_to_send_it(one_gpu_cluster, tmp_path):
+    result = run_cli("run", "recipes/quickstart-cpu.yaml", "--run-dir", str(tmp_path / "run"), "--ray-address",
+                     one_gpu_cluster, *SMALL, env=HEAD_ENV)
+    assert result.returncode == 2
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"selfplay: error: --ray-address {one_gpu_cluster}: the cluster wants its auth token")
+    assert "RAY_AUTH_MODE=token" in last
+    assert not (tmp_path / "run" / "run.json").exists()
