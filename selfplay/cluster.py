@@ -62,24 +62,32 @@ def stop_ray() -> None:
         ray.shutdown()
 
 
+# The recipe fields that set each actor group's GPUs, for error messages.
+GPU_FIELDS = {"generate": "generate.replicas x generate.num_gpus_per_replica",
+              "annotate": "annotate.num_gpus", "evaluate": "evaluate.judge.num_gpus",
+              "train": "train.world_size x train.num_gpus_per_rank"}
+
+
 def gpu_needs(recipe) -> dict[str, float]:
-    """GPUs each actor group of the recipe holds, keyed by the recipe fields that set them."""
-    needs = {"generate.replicas x generate.num_gpus_per_replica":
-             recipe.generate.replicas * recipe.generate.num_gpus_per_replica,
-             "train.world_size x train.num_gpus_per_rank": recipe.train.world_size * recipe.train.num_gpus_per_rank}
-    for name, judge in (("annotate.num_gpus", recipe.annotate), ("evaluate.judge.num_gpus", recipe.evaluate.judge)):
-        if judge is not None and judge.type != "function":
-            needs[name] = judge.num_gpus
-    return needs
+    """GPUs each actor group of the recipe holds: generate, annotate, evaluate (its own judge), train.
+
+    A function judge runs in the driver and holds none, whatever its num_gpus says.
+    """
+    def judge_gpus(judge):
+        return 0.0 if judge is None or judge.type == "function" else judge.num_gpus
+
+    return {"generate": recipe.generate.replicas * recipe.generate.num_gpus_per_replica,
+            "annotate": judge_gpus(recipe.annotate), "evaluate": judge_gpus(recipe.evaluate.judge),
+            "train": recipe.train.world_size * recipe.train.num_gpus_per_rank}
 
 
-def check_gpu_fit(recipe) -> None:
+def check_gpu_fit(needs: dict[str, float]) -> None:
     """RecipeError naming the first actor group that needs more GPUs than the whole cluster has
     (Ray would otherwise leave it pending forever)."""
     total = ray.cluster_resources().get("GPU", 0.0)
-    for fields, gpus in gpu_needs(recipe).items():
+    for group, gpus in needs.items():
         if gpus > total:
-            raise RecipeError(f"{fields} = {gpus:g} GPUs, but the Ray cluster has {total:g}")
+            raise RecipeError(f"{GPU_FIELDS[group]} = {gpus:g} GPUs, but the Ray cluster has {total:g}")
 
 
 def free_gpus() -> float:

@@ -105,7 +105,7 @@ class Driver:
         from selfplay.generate.pool import EnginePool
 
         if self.pool is None:
-            self._make_room_on_gpus(self.recipe.generate.replicas * self.recipe.generate.num_gpus_per_replica)
+            self._make_room_on_gpus(self.gpu_needs["generate"])
             self.pool = EnginePool(policy_path, self.recipe.generate, self.recipe.policy.dtype, self.recipe.seed)
             self.pool.loaded = policy_path
         elif self.pool.loaded != policy_path:
@@ -126,13 +126,13 @@ class Driver:
                 self.model_judge.shutdown()
                 self.model_judge = None
             if self.model_judge is None:
-                self._make_room_on_gpus(self.recipe.annotate.num_gpus)
+                self._make_room_on_gpus(self.gpu_needs["annotate"])
                 self.model_judge = make_judge(self.recipe.annotate, policy_path, self.recipe.policy.seed,
                                               default_reference=self.initial_policy)
                 self.model_judge.policy_path = policy_path
             return self.model_judge
         if self.model_judge is None:
-            self._make_room_on_gpus(self.recipe.annotate.num_gpus)
+            self._make_room_on_gpus(self.gpu_needs["annotate"])
             self.model_judge = make_judge(self.recipe.annotate, policy_path, self.recipe.policy.seed)
         return self.model_judge
 
@@ -144,7 +144,7 @@ class Driver:
         if config is None:
             return self._judge(policy_path), self.recipe.annotate
         if self.eval_judge is None:
-            self._make_room_on_gpus(config.num_gpus)
+            self._make_room_on_gpus(self.gpu_needs["evaluate"])
             self.eval_judge = make_judge(config, policy_path, self.recipe.policy.seed, default_reference=self.initial_policy)
         return self.eval_judge, config
 
@@ -176,7 +176,7 @@ class Driver:
 
     # -- the run ---------------------------------------------------------------------------
     def run(self, parent: dict | None = None) -> list[dict]:
-        from selfplay.cluster import check_gpu_fit, start_ray
+        from selfplay.cluster import check_gpu_fit, gpu_needs, start_ray
         from selfplay.models import resolve_model
         from selfplay.prompts import load_prompt_pool
         from selfplay.track.tracker import Tracker
@@ -184,7 +184,8 @@ class Driver:
         recipe = self.recipe
         with runs.RunLock(self.run_dir):
             start_ray(self.ray_address, recipe.generate.replicas + recipe.train.world_size + 1)
-            check_gpu_fit(recipe)  # before run.json: a recipe the cluster cannot hold leaves no run behind
+            self.gpu_needs = gpu_needs(recipe)
+            check_gpu_fit(self.gpu_needs)  # before run.json: a recipe the cluster cannot hold leaves no run behind
             self.info = lineage.init_run_dir(self.run_dir, recipe, self.allow_changes, parent)
             self.packages, self.code_version = runs.package_versions(), runs.code_version()
             self.initial_policy = str(resolve_model(recipe.policy.path, recipe.policy.seed))
@@ -368,7 +369,7 @@ class Driver:
 
         def body(tmp):
             self._release_engines()
-            self._make_room_on_gpus(config.world_size * config.num_gpus_per_rank)
+            self._make_room_on_gpus(self.gpu_needs["train"])  # the seed stage's config differs in no GPU field
             if config.checkpoint_every:
                 _prepare_checkpoints(checkpoints, {"inputs": inputs, "config": config.model_dump()})
             result = train_policy(policy[0], reference[0], str(pairs_path), str(tmp / "policy"), config,
