@@ -3,30 +3,114 @@
 Run as a Ray actor (one per data-parallel replica). The engine is the largest fixed cost of a
 small iteration, so it lives for the whole run: `load_policy(path)` swaps in a new checkpoint
 with vLLM's `reload_weights` (same architecture), instead of restarting the engine.
+
+Engine settings depend on the device (`engine_options`, `engine_env`):
+  - CUDA: vLLM's own defaults (CUDA graphs, torch.compile, its engine-core process).
+  - CPU: eager mode, no torch.compile, an in-process engine (ENVIRONMENT.md: 6-7 s to start
+    instead of 35-45 s), an explicit KV cache, no chunked prefill (see `engine_options`), and
+    torch/OpenMP threads for the cores the engine should use (a Ray actor with num_cpus=1 gets
+    OMP_NUM_THREADS=1 from Ray).
+`generate.engine_args` passes any further `vllm.EngineArgs` field through, last, so it wins.
 """
 
 import os
 import time
 
+# CPU only. In-process engine: 6-7 s to start on CPU instead of 35-45 s; no torch.compile (the
+# sampler's first log-probs call alone compiles for 20-90 s on CPU).
+CPU_ENV = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "TORCH_COMPILE_DISABLE": "1"}
+
+
+def engine_options(device: str, config, model_path: str, dtype: str, seed: int) -> dict:
+    """Keyword arguments of `vllm.LLM` for `device` ("cpu" or "cuda") and a GenerateConfig."""
+    options = dict(model=str(model_path), dtype=dtype, seed=seed, max_model_len=config.max_model_len,
+                   tensor_parallel_size=config.tensor_parallel_size)
+    if device == "cpu":
+        # A chunked prefill makes vLLM rewind the per-request seeded generator of the cut request
+        # (gpu_model_runner: gen.set_offset(gen.get_offset() - 4)), which a CPU generator cannot
+        # do: "CPU Generator does not use offset" as soon as a batch's prompts exceed the token
+        # budget. Without chunking, vLLM raises the budget to at least max_model_len and
+        # schedules every prompt whole, so each request draws only for its own tokens.
+        options.update(enforce_eager=True, enable_chunked_prefill=False,
+                       kv_cache_memory_bytes=int(config.kv_cache_gib * (1 << 30)))  # the default asks for 92% of RAM
+    else:
+        options.update(gpu_memory_utilization=config.gpu_memory_utilization)
+    options.update(config.engine_args)
+    return options
+
+
+def engine_env(device: str) -> dict:
+    """Environment variables the engine's process needs before vLLM is imported."""
+    return dict(CPU_ENV) if device == "cpu" else {}
+
+
+# EngineArgs fields that recipe fields already set: the recipe field is the one place for them.
+RECIPE_SET_ARGS = {"model": "policy.path", "dtype": "policy.dtype", "seed": "seed",
+                   "max_model_len": "generate.max_model_len", "tensor_parallel_size": "generate.tensor_parallel_size"}
+
+
+def engine_arg_names() -> set[str] | None:
+    """The field names of `vllm.EngineArgs`, read from vLLM's source with `ast` (importing vllm
+    takes 15-25 s); None when vLLM is not installed here."""
+    import ast
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.find_spec("vllm")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    source = Path(list(spec.submodule_search_locations)[0]) / "engine" / "arg_utils.py"
+    for node in ast.parse(source.read_text()).body:
+        if isinstance(node, ast.ClassDef) and node.name == "EngineArgs":
+            return {item.target.id for item in node.body
+                    if isinstance(item, ast.AnnAssign) and isinstance(item.target, ast.Name)}
+    return None
+
+
+def check_engine_args(engine_args: dict) -> None:
+    """ValueError naming the first `generate.engine_args.<key>` that is not an EngineArgs field."""
+    names = engine_arg_names()
+    for key in engine_args:
+        if key in RECIPE_SET_ARGS:
+            raise ValueError(f"generate.engine_args.{key}: set by the recipe field {RECIPE_SET_ARGS[key]}; set it there")
+        if names is not None and key not in names:
+            raise ValueError(f"generate.engine_args.{key}: not a field of vllm.EngineArgs "
+                             f"(see `vllm serve --help` or vllm/engine/arg_utils.py)")
+
+
+def cpu_threads(requested: int, cores: int, replicas: int) -> int:
+    """torch/OpenMP threads of one CPU engine: `requested`, or the cores shared by the replicas."""
+    return requested if requested > 0 else max(1, cores // max(1, replicas))
+
+
+def available_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def detect_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
 
 class VLLMEngine:
-    def __init__(self, model_path: str, dtype: str = "float32", seed: int = 0, max_model_len: int = 1024,
-                 tensor_parallel_size: int = 1, gpu_memory_utilization: float = 0.5, kv_cache_gib: float = 0.25):
-        # In-process engine: 6-7 s to start on CPU instead of 35-45 s (ENVIRONMENT.md), and no
-        # torch.compile (its first logprobs call alone costs 20-90 s on CPU).
-        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-        os.environ.setdefault("TORCH_COMPILE_DISABLE", "1")
-        import torch
+    def __init__(self, model_path: str, config, dtype: str = "float32", seed: int = 0, device: str | None = None):
+        """`config` is the recipe's GenerateConfig; `device` defaults to CUDA when torch sees a GPU."""
+        device = device or detect_device()
+        for key, value in engine_env(device).items():
+            os.environ.setdefault(key, value)  # a value the user exported wins
+        if device == "cpu":
+            import torch
+
+            threads = cpu_threads(config.cpu_threads, available_cores(), config.replicas)
+            os.environ["OMP_NUM_THREADS"] = str(threads)
+            torch.set_num_threads(threads)  # before vLLM's CPU worker turns torch.set_num_threads into a no-op
         from vllm import LLM
 
         start = time.perf_counter()
-        options = dict(model=str(model_path), dtype=dtype, seed=seed, max_model_len=max_model_len,
-                       tensor_parallel_size=tensor_parallel_size, enforce_eager=True)
-        if torch.cuda.is_available():
-            options["gpu_memory_utilization"] = gpu_memory_utilization
-        else:  # the default asks for 92% of RAM on CPU and fails
-            options["kv_cache_memory_bytes"] = int(kv_cache_gib * (1 << 30))
-        self.llm = LLM(**options)
+        self.options = engine_options(device, config, model_path, dtype, seed)
+        self.llm = LLM(**self.options)
+        self.device = device
         self.loaded_policy = str(model_path)
         self.start_seconds = time.perf_counter() - start
         self.reloads = 0
@@ -37,22 +121,27 @@ class VLLMEngine:
             return 0.0
         start = time.perf_counter()
         self.llm.collective_rpc("reload_weights", kwargs={"weights_path": str(model_path)})
+        if self.device == "cpu":  # a tied head would keep the first policy's packed weights (tied_heads.py)
+            from selfplay.generate.tied_heads import repack_tied_heads
+
+            self.llm.collective_rpc(repack_tied_heads)
         self.loaded_policy = str(model_path)
         self.reloads += 1
         return time.perf_counter() - start
 
     def generate(self, prompt_token_ids: list[list[int]], seeds: list[int], n: int, temperature: float,
-                 top_p: float, max_tokens: int) -> list[list[dict]]:
+                 top_p: float, max_tokens: int, logprobs: bool = False) -> list[list[dict]]:
         """For each prompt, n samples (one request with n=K shares the prompt prefix).
 
         Each prompt's request has its own seed, so its samples do not depend on which replica
-        or batch it landed in.
+        or batch it landed in. Sampled-token log-probs (about 30% of the time on a tiny model)
+        are computed only when `logprobs` is true; otherwise each sample's "logprobs" is None.
         """
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
         params = [SamplingParams(n=n, temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed,
-                                 logprobs=0) for seed in seeds]
+                                 logprobs=0 if logprobs else None) for seed in seeds]
         outputs = self.llm.generate([TokensPrompt(prompt_token_ids=ids) for ids in prompt_token_ids],
                                     sampling_params=params, use_tqdm=False)
         results = []
@@ -60,11 +149,15 @@ class VLLMEngine:
             samples = []
             for completion in sorted(output.outputs, key=lambda c: c.index):
                 token_ids = list(completion.token_ids)
-                logprobs = [step[token].logprob for step, token in zip(completion.logprobs or [], token_ids)]
-                samples.append({"text": completion.text, "token_ids": token_ids, "logprobs": logprobs,
+                sampled = ([step[token].logprob for step, token in zip(completion.logprobs, token_ids)]
+                           if logprobs else None)
+                samples.append({"text": completion.text, "token_ids": token_ids, "logprobs": sampled,
                                 "finish_reason": completion.finish_reason})
             results.append(samples)
         return results
 
     def stats(self) -> dict:
-        return {"start_seconds": self.start_seconds, "reloads": self.reloads, "loaded_policy": self.loaded_policy}
+        import torch
+
+        return {"start_seconds": self.start_seconds, "reloads": self.reloads, "loaded_policy": self.loaded_policy,
+                "device": self.device, "threads": torch.get_num_threads(), "pid": os.getpid()}

@@ -26,11 +26,12 @@ def test_sharding_over_two_replicas_matches_one(ray_session, tiny_policy, tmp_pa
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_policy)
     prompts = [f"Tell me about item {i}." for i in range(7)]   # 7 prompts over 2 replicas: 4 + 3
-    sampling = dict(n=3, temperature=1.0, top_p=1.0, max_tokens=8, run_seed=5, iteration=1, purpose="train")
+    sampling = dict(n=3, temperature=1.0, top_p=1.0, max_tokens=8, run_seed=5, iteration=1, purpose="train",
+                    max_model_len=1024)
     tables = {}
     for replicas in (1, 2):
         pool = EnginePool(str(tiny_policy), GenerateConfig(replicas=replicas, samples_per_prompt=3), "float32", seed=0)
-        tables[replicas] = generate_samples(pool, tokenizer, list(range(7)), prompts, **sampling).to_pylist()
+        tables[replicas] = generate_samples(pool, tokenizer, list(range(7)), prompts, **sampling)[0].to_pylist()
         pool.shutdown()
     assert [r["prompt_id"] for r in tables[2]] == [i for i in range(7) for _ in range(3)]   # none dropped, in order
     assert [r["token_ids"] for r in tables[2]] == [r["token_ids"] for r in tables[1]]     # seeds, not placement
@@ -44,6 +45,7 @@ def test_in_place_reload_matches_a_fresh_engine(ray_session, tiny_policy, tmp_pa
 
     from selfplay.generate.engine import VLLMEngine
     from selfplay.generate.stage import chat_prompt_ids
+    from selfplay.recipe import GenerateConfig
 
     changed = tmp_path / "changed"
     model = AutoModelForCausalLM.from_pretrained(tiny_policy)
@@ -53,13 +55,14 @@ def test_in_place_reload_matches_a_fresh_engine(ray_session, tiny_policy, tmp_pa
     AutoTokenizer.from_pretrained(tiny_policy).save_pretrained(changed)
     ids = [chat_prompt_ids(AutoTokenizer.from_pretrained(tiny_policy), "Hello there.")]
     engine_cls = ray.remote(num_cpus=1)(VLLMEngine)
-    reused = engine_cls.remote(str(tiny_policy))
-    before = ray.get(reused.generate.remote(ids, [3], n=2, temperature=1.0, top_p=1.0, max_tokens=8))
+    sampling = dict(n=2, temperature=1.0, top_p=1.0, max_tokens=8, logprobs=True)
+    reused = engine_cls.remote(str(tiny_policy), GenerateConfig())
+    before = ray.get(reused.generate.remote(ids, [3], **sampling))
     assert ray.get(reused.load_policy.remote(str(changed))) > 0
-    after = ray.get(reused.generate.remote(ids, [3], n=2, temperature=1.0, top_p=1.0, max_tokens=8))
+    after = ray.get(reused.generate.remote(ids, [3], **sampling))
     ray.kill(reused)
-    fresh = engine_cls.remote(str(changed))
-    expected = ray.get(fresh.generate.remote(ids, [3], n=2, temperature=1.0, top_p=1.0, max_tokens=8))
+    fresh = engine_cls.remote(str(changed), GenerateConfig())
+    expected = ray.get(fresh.generate.remote(ids, [3], **sampling))
     ray.kill(fresh)
     assert [s["token_ids"] for s in after[0]] == [s["token_ids"] for s in expected[0]]
     assert [s["token_ids"] for s in after[0]] != [s["token_ids"] for s in before[0]]
