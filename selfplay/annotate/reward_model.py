@@ -24,7 +24,9 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 class RewardModelJudge(Judge):
     def __init__(self, path: str, batch_tokens: int = 8192, device: str = "cpu", dtype: str = "float32"):
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+        from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+
+        from selfplay.models.causal_lm import attn_implementation
 
         if dtype not in DTYPES:
             raise ValueError(f"reward model dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
@@ -33,7 +35,10 @@ class RewardModelJudge(Judge):
         self.device = device
         self.tokenizer = AutoTokenizer.from_pretrained(self.path)
         require_chat_template(self.tokenizer, self.path, "reward model")
-        self.model = AutoModelForSequenceClassification.from_pretrained(self.path, dtype=DTYPES[dtype])
+        # eager attention for a soft-capped backbone (Gemma-2 reward models), as causal_lm.py explains
+        attention = attn_implementation(AutoConfig.from_pretrained(self.path))
+        self.model = AutoModelForSequenceClassification.from_pretrained(self.path, dtype=DTYPES[dtype],
+                                                                        attn_implementation=attention)
         if self.model.config.num_labels != 1:
             raise ValueError(f"reward model: {self.path}/config.json has num_labels={self.model.config.num_labels}; "
                              f"a scalar reward model has 1")

@@ -32,7 +32,9 @@ class SelfieJudge(Judge):
 
     def __init__(self, policy_path: str, reference_path: str, batch_tokens: int = 8192, device: str = "cpu",
                  dtype: str = "float32"):
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoTokenizer
+
+        from selfplay.models.causal_lm import load_causal_lm
 
         if dtype not in DTYPES:
             raise ValueError(f"selfie dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
@@ -49,7 +51,7 @@ class SelfieJudge(Judge):
         if self.pad_id is None:
             self.pad_id = self.tokenizer.eos_token_id
         self.eos = [] if self.tokenizer.eos_token_id is None else [self.tokenizer.eos_token_id]
-        self.policy, self.reference = (AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype]).to(device).eval()
+        self.policy, self.reference = (load_causal_lm(path, DTYPES[dtype]).to(device).eval()
                                        for path in (self.policy_path, self.reference_path))
         self.max_length = min(model.config.max_position_embeddings for model in (self.policy, self.reference))
 

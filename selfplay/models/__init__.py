@@ -1,8 +1,10 @@
 """Model references in recipes: a local HF folder, or `tiny:<kind>` built here on first use.
 
-`tiny:llama` (the quickstart policy), and the judges' tiny models registered in TINY_BUILDERS.
+`tiny:llama` (the quickstart policy), tiny policies of the paper families (`tiny:mistral`,
+`tiny:llama3`, `tiny:gemma2`, `tiny:qwen2`, see tiny_families.py) and the judges' tiny models,
+all registered in TINY_BUILDERS.
 Built models are cached under $SELFPLAY_CACHE (default ~/.cache/selfplay)/models, keyed by
-kind and seed, written to a temporary folder and renamed into place.
+kind, builder version and seed, written to a temporary folder and renamed into place.
 """
 
 import os
@@ -26,7 +28,19 @@ def _build_reward(out_dir, seed):
     return build_tiny_reward(out_dir, seed=seed)
 
 
-TINY_BUILDERS = {"llama": _build_llama, "pairrm": _build_pairrm, "reward": _build_reward}
+def _family_builder(family):
+    def build(out_dir, seed):
+        from selfplay.models.tiny_families import build_tiny_family
+        return build_tiny_family(family, out_dir, seed=seed)
+    return build
+
+
+TINY_BUILDERS = {"llama": _build_llama, "pairrm": _build_pairrm, "reward": _build_reward,
+                 **{family: _family_builder(family) for family in ("mistral", "llama3", "gemma2", "qwen2")}}
+
+
+# Bumped when a builder's output changes, so a cache built by older code is not reused.
+BUILD_VERSIONS = {"pairrm": 2}  # 2: backbone tokenizer as DeBERTa-v3 ships it (spm.model, no tokenizer.json)
 
 
 def cache_dir() -> Path:
@@ -44,7 +58,8 @@ def resolve_model(spec: str, seed: int = 0) -> Path:
     kind = spec.split(":", 1)[1]
     if kind not in TINY_BUILDERS:
         raise ValueError(f"unknown tiny model {spec!r}; allowed: {', '.join('tiny:' + k for k in TINY_BUILDERS)}")
-    target = cache_dir() / "models" / f"tiny-{kind}-seed{seed}"
+    version = f"-v{BUILD_VERSIONS[kind]}" if kind in BUILD_VERSIONS else ""
+    target = cache_dir() / "models" / f"tiny-{kind}{version}-seed{seed}"
     if target.exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)

@@ -7,9 +7,12 @@ The real PairRM (llm-blender/PairRM) cannot be downloaded in tests, yet both jud
                                 model_name is "backbone", relative to out_dir
     out_dir/model.safetensors   pretrained_model.* (embeddings resized for the 4 marker tokens)
                                 and head_layer.*
-    out_dir/backbone/           a tiny DeBERTa-v3-style model (relative attention only) and a
-                                DebertaV2Tokenizer from a sentencepiece unigram model trained on
-                                Python standard-library sources (always on disk)
+    out_dir/backbone/           a tiny DeBERTa-v3-style model (relative attention only) laid out
+                                as microsoft/deberta-v3-large is: config.json, weights, spm.model
+                                (a sentencepiece unigram model trained here on Python standard-
+                                library sources and a few lines of accented, CJK and emoji text)
+                                and tokenizer_config.json, no tokenizer.json. [MASK] is not an spm
+                                piece: the tokenizer adds it after the pieces, as DeBERTa-v3's does.
 
 Weights are random. The initializer range is 0.5 instead of 0.02: at 0.02 a tiny ranker's
 logits are about 1e-7, too small to tell a wrong input format from a right one in tests.
@@ -30,24 +33,55 @@ RANKER_CONFIG = {"ranker_type": "pairranker", "model_type": "deberta", "model_na
                  "inference_mode": "bubble", "drop_out": 0.05, "fp16": True}
 
 
-def build_deberta_tokenizer(vocab_size: int = 1000):
-    """DebertaV2Tokenizer with DeBERTa-v3's special ids: [PAD]=0 [CLS]=1 [SEP]=2 [UNK]=3 [MASK]=4."""
+# So that accented, CJK and emoji text has pieces of its own, as in a real multilingual vocabulary.
+UNICODE_LINES = ["Café crème brûlée, naïve façade, Ångström, Øresund, Straße, señor, jalapeño.",
+                 "日本語のテキストです。中文文本。한국어 텍스트입니다.",
+                 "Emoji: 🎉 party, 👍 thumbs up, ❤️ heart, 🙂 smile.",
+                 "Ελληνικά, кириллица, עברית, العربية, हिन्दी."]
+# microsoft/deberta-v3-large's tokenizer_config.json, whole.
+TOKENIZER_CONFIG = {"do_lower_case": False, "vocab_type": "spm"}
+
+
+def train_spm(vocab_size: int = 1000) -> bytes:
+    """A sentencepiece unigram model with DeBERTa-v3's ids: [PAD]=0 [CLS]=1 [SEP]=2 [UNK]=3."""
     import sentencepiece as spm
-    from transformers import DebertaV2Tokenizer
 
     stdlib = Path(sysconfig.get_paths()["stdlib"])
     lines = [line for name in STDLIB_FILES if (stdlib / name).exists()
              for line in (stdlib / name).read_text(encoding="utf-8").splitlines() if line.strip()]
     model = io.BytesIO()
     spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(lines), model_writer=model, vocab_size=vocab_size, model_type="unigram",
-        pad_id=0, bos_id=1, eos_id=2, unk_id=3, pad_piece="[PAD]", bos_piece="[CLS]", eos_piece="[SEP]",
-        unk_piece="[UNK]", user_defined_symbols=["[MASK]"], character_coverage=1.0,
+        sentence_iterator=iter(lines + UNICODE_LINES * 10), model_writer=model, vocab_size=vocab_size,
+        model_type="unigram", pad_id=0, bos_id=1, eos_id=2, unk_id=3, pad_piece="[PAD]", bos_piece="[CLS]",
+        eos_piece="[SEP]", unk_piece="[UNK]", character_coverage=1.0,
         num_threads=1, minloglevel=2)  # one thread: the same pieces every time
-    processor = spm.SentencePieceProcessor(model_proto=model.getvalue())
-    # Passing only an spm vocab_file gives a 7-token vocabulary in transformers 5 (ENVIRONMENT.md).
-    vocab = [(processor.id_to_piece(i), processor.get_score(i)) for i in range(processor.get_piece_size())]
-    return DebertaV2Tokenizer(vocab=vocab, unk_id=3)
+    return model.getvalue()
+
+
+def write_deberta_tokenizer(folder: Path, vocab_size: int = 1000) -> None:
+    """spm.model and tokenizer_config.json, DeBERTa-v3's tokenizer files (no tokenizer.json)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "spm.model").write_bytes(train_spm(vocab_size))
+    (folder / "tokenizer_config.json").write_text(json.dumps(TOKENIZER_CONFIG))
+
+
+def load_deberta_tokenizer(folder: Path):
+    """The tokenizer of a backbone folder, as the PairRM judge loads it (the class named, because
+    AutoTokenizer needs the backbone's config.json, which is written after)."""
+    from transformers import DebertaV2Tokenizer
+
+    from selfplay.annotate.pairrm import match_sentencepiece
+
+    return match_sentencepiece(DebertaV2Tokenizer.from_pretrained(folder), folder)
+
+
+def build_deberta_tokenizer(vocab_size: int = 1000):
+    """A DeBERTa-v3-style tokenizer object (for tests that need another vocabulary)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        write_deberta_tokenizer(Path(tmp), vocab_size)
+        return load_deberta_tokenizer(Path(tmp))
 
 
 def build_tiny_pairrm(out_dir: str | Path, seed: int = 0, hidden_size: int = 64, num_layers: int = 2,
@@ -63,8 +97,10 @@ def build_tiny_pairrm(out_dir: str | Path, seed: int = 0, hidden_size: int = 64,
     from selfplay.annotate.pairrm import MARKER_TOKENS, PairRMModel
 
     out_dir = Path(out_dir)
-    tokenizer = build_deberta_tokenizer(vocab_size)
-    config = DebertaV2Config(vocab_size=len(tokenizer), hidden_size=hidden_size, num_hidden_layers=num_layers,
+    write_deberta_tokenizer(out_dir / "backbone", vocab_size)
+    tokenizer = load_deberta_tokenizer(out_dir / "backbone")
+    # DeBERTa-v3's embedding rows outnumber its tokenizer (128100 vs 128001); llm-blender's resize cuts them.
+    config = DebertaV2Config(vocab_size=len(tokenizer) + 99, hidden_size=hidden_size, num_hidden_layers=num_layers,
                              num_attention_heads=num_heads, intermediate_size=intermediate_size or 2 * hidden_size,
                              max_position_embeddings=512, relative_attention=True, position_buckets=position_buckets,
                              norm_rel_ebd="layer_norm", share_att_key=True, pos_att_type=["p2c", "c2p"],
@@ -73,7 +109,6 @@ def build_tiny_pairrm(out_dir: str | Path, seed: int = 0, hidden_size: int = 64,
     torch.manual_seed(seed)
     backbone = DebertaV2Model(config)
     backbone.save_pretrained(out_dir / "backbone")
-    tokenizer.save_pretrained(out_dir / "backbone")
 
     # What llm-blender does before loading a checkpoint: add the markers, resize the embeddings.
     tokenizer.add_tokens(MARKER_TOKENS)

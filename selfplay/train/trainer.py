@@ -15,6 +15,7 @@
 
 import inspect
 import json
+import math
 import os
 import time
 from pathlib import Path
@@ -35,6 +36,11 @@ def _init_distributed(rank: int, world_size: int, master_addr: str, master_port:
         # as an attribute is the torch package itself, hence sys.modules.)
         sys.modules["deepspeed.comm.torch"].build_shm_op = lambda: None
     deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo", auto_mpi_discovery=False)
+
+
+def _diverged(what: str, config: dict, lr: float) -> str:
+    return (f"training diverged: {what} (lr {lr:g}); lower train.learning_rate ({config['learning_rate']:g}), or "
+            f"check train.beta ({config['beta']:g}), train.max_grad_norm and train.loss_options; nothing was saved")
 
 
 def _load_pairs(pairs_path: Path):
@@ -78,11 +84,11 @@ class TrainerRank:
         """Summed log-probs of chosen and rejected under a frozen model, for all rows."""
         import torch
         import torch.distributed as dist
-        from transformers import AutoModelForCausalLM
 
+        from selfplay.models.causal_lm import load_causal_lm
         from selfplay.train.logps import response_logps
 
-        model = AutoModelForCausalLM.from_pretrained(model_path, dtype=self._dtype(config)).to(device).eval()
+        model = load_causal_lm(model_path, self._dtype(config)).to(device).eval()
         mine = {}
         indices = list(range(self.rank, len(rows), self.world_size))
         step = config["micro_batch_size"]
@@ -110,8 +116,9 @@ class TrainerRank:
         import deepspeed
         import torch
         import torch.distributed as dist
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoTokenizer
 
+        from selfplay.models.causal_lm import load_causal_lm
         from selfplay.train.data import epoch_batches, rank_micro_batches, steps_per_epoch
         from selfplay.train.logps import response_logps
         from selfplay.train.losses import LOSSES, SelfieThreshold, selfie_alpha
@@ -129,7 +136,7 @@ class TrainerRank:
         reference = self._reference_logps(reference_path, rows, config, pad_id, device)
         reference_seconds = time.perf_counter() - started
 
-        model = AutoModelForCausalLM.from_pretrained(policy_path, dtype=self._dtype(config))
+        model = load_causal_lm(policy_path, self._dtype(config))
         if config["gradient_checkpointing"]:
             model.gradient_checkpointing_enable()
         gas = config["global_batch_size"] // (config["micro_batch_size"] * self.world_size)
@@ -211,6 +218,9 @@ class TrainerRank:
                 if selfie_threshold is not None:
                     margin = config["beta"] * (record["chosen_reward"] - record["rejected_reward"])
                     record.update(alpha=step_options["alpha"], threshold=selfie_threshold.update(margin))
+                if not math.isfinite(record["loss"]):  # deterministic: the stage fails, nothing is saved
+                    raise FloatingPointError(_diverged(f"the loss of step {step} (epoch {epoch}) is {record['loss']}",
+                                                       config, lr))
                 history.append(record)
                 if checkpoint_dir and config["checkpoint_every"] and step % config["checkpoint_every"] == 0 \
                         and step < total_steps:
@@ -218,14 +228,30 @@ class TrainerRank:
                               "selfie_threshold": selfie_threshold.state_dict() if selfie_threshold else None}
                     engine.save_checkpoint(checkpoint_dir, tag=f"step{step:06d}", client_state=client)
 
+        self._check_finite_weights(engine, config, device, scheduler.get_last_lr()[0])
         self._save(engine, model, tokenizer, policy_path, Path(out_dir))
         dist.barrier()
         return {"history": history, "total_steps": total_steps, "warmup_steps": warmup_steps,
                 "gradient_accumulation_steps": gas, "num_pairs": len(rows),
                 "reference_seconds": reference_seconds, "train_seconds": time.perf_counter() - started}
 
+    def _check_finite_weights(self, engine, config, device, lr) -> None:
+        """Each rank checks the weights it holds (under ZeRO-3 its partition); all agree, then raise."""
+        import torch
+        import torch.distributed as dist
+
+        bad = next((name for name, param in engine.module.named_parameters()
+                    if not torch.isfinite(getattr(param, "ds_tensor", param)).all()), None)
+        flag = torch.tensor([0.0 if bad is None else 1.0], device=device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        if flag.item():
+            raise FloatingPointError(_diverged(f"weight {bad or '(on another rank)'} is not finite after training",
+                                               config, lr))
+
     def _save(self, engine, model, tokenizer, policy_path, out_dir):
         import shutil
+
+        from selfplay.models.causal_lm import state_dict_for_save
 
         if engine.zero_optimization_stage() == 3:
             state = engine._zero3_consolidated_16bit_state_dict()  # collective: every rank calls it
@@ -234,9 +260,8 @@ class TrainerRank:
         if self.rank != 0:
             return
         out_dir.mkdir(parents=True, exist_ok=True)
-        # save_pretrained empties a state dict passed to it (transformers 5): give it a copy.
-        model.save_pretrained(out_dir, state_dict={k: v.detach().cpu().clone() for k, v in state.items()},
-                              safe_serialization=True)
+        # A copy (save_pretrained empties the dict it gets) without tied aliases (causal_lm.py).
+        model.save_pretrained(out_dir, state_dict=state_dict_for_save(model, state), safe_serialization=True)
         tokenizer.save_pretrained(out_dir)
         for extra in ("generation_config.json", "selfplay_tiny.json"):
             if (Path(policy_path) / extra).exists():

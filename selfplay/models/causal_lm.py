@@ -1,0 +1,47 @@
+"""Loading and saving a policy so that it stays the model its architecture defines.
+
+Two rules every place that loads a policy for training or log-probs follows (trainer policy,
+trainer reference, Selfie judge; the reward-model judge takes rule 1), so that they score the
+model vLLM samples from:
+
+1. Attention: transformers' sdpa and flash kernels ignore attention logit soft-capping
+   (Gemma-2's `attn_logit_softcapping`); vLLM applies it. A config with soft-capping is loaded
+   with the "eager" implementation, which computes tanh capping; everything else with "sdpa".
+2. Saving: a tied model (Gemma-2, Qwen2: `lm_head.weight` is `embed_tokens.weight`) is saved
+   without the alias. Copying a state dict breaks the tie, and transformers then writes both
+   tensors; vLLM's strict loaders (Gemma-2) refuse the extra `lm_head.weight`.
+"""
+
+from pathlib import Path
+
+
+def attn_implementation(config) -> str:
+    """'eager' when the (text) config asks for attention logit soft-capping, else 'sdpa'."""
+    text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    return "eager" if getattr(text_config, "attn_logit_softcapping", None) else "sdpa"
+
+
+def load_causal_lm(path: str | Path, dtype):
+    """AutoModelForCausalLM from a local folder with the attention implementation its config needs."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(path)
+    return AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation=attn_implementation(config))
+
+
+def tied_aliases(model) -> set[str]:
+    """State-dict keys that are aliases of another parameter in `model` (e.g. lm_head.weight when tied)."""
+    declared = getattr(model, "all_tied_weights_keys", None)
+    if declared is None and hasattr(model, "get_expanded_tied_weights_keys"):
+        declared = model.get_expanded_tied_weights_keys(all_submodels=True)
+    return set(declared or {})
+
+
+def state_dict_for_save(model, state: dict) -> dict:
+    """CPU copies of `state` without tied aliases, ready for `model.save_pretrained(state_dict=...)`.
+
+    Copies because save_pretrained empties the dict it is given (transformers 5) and the
+    tensors may live on a GPU or be a ZeRO-3 gather.
+    """
+    aliases = tied_aliases(model)
+    return {key: tensor.detach().cpu().clone() for key, tensor in state.items() if key not in aliases}
