@@ -1,13 +1,30 @@
-"""Example scoring functions for `annotate.type: function` (called as fn(prompt, response) -> float).
+"""Example scoring functions for `annotate.type: function` (called as fn(prompt, response) -> number).
 
 They give a known ground-truth preference, so tests and the quickstart can show that a
-training algorithm really moves the policy toward what the judge prefers.
+training algorithm really moves the policy toward what the judge prefers. The letter-'e'
+fraction comes on three scales (x1, x0.001, x1000): the same preference, which must train the
+policy the same way (annotate.temperature: auto).
 """
 
 
 def letter_e_count(prompt: str, response: str) -> float:
     """Prefers responses with more letter 'e' (a preference a tiny random policy can learn)."""
     return float(response.lower().count("e"))
+
+
+def letter_e_fraction(prompt: str, response: str) -> float:
+    """The share of the response's characters that are the letter 'e': a score in [0, 1]."""
+    return response.lower().count("e") / max(1, len(response))
+
+
+def letter_e_fraction_milli(prompt: str, response: str) -> float:
+    """letter_e_fraction x 0.001."""
+    return letter_e_fraction(prompt, response) * 0.001
+
+
+def letter_e_fraction_kilo(prompt: str, response: str) -> float:
+    """letter_e_fraction x 1000."""
+    return letter_e_fraction(prompt, response) * 1000.0
 
 
 def shorter_is_better(prompt: str, response: str) -> float:

@@ -3,6 +3,8 @@
 A judge sees one prompt and its K responses at a time (batched internally as it likes) and
 returns either K scalar `scores` or a K x K matrix of `pairwise_logits` (L[i, j]: logit that
 response i beats response j). The raw output is stored; `win_matrix()` derives P.
+A NaN score marks an empty response that no judge saw (annotate.stage.judge_groups); it is
+filled in relative to the temperature (win_matrix.fill_empty_scores).
 """
 
 from dataclasses import dataclass
@@ -12,15 +14,28 @@ import numpy as np
 from selfplay.annotate import win_matrix as wm
 
 
+class JudgeTimeout(RuntimeError):
+    """A judge call ran past annotate.timeout_seconds."""
+
+
 @dataclass
 class Judgment:
     scores: np.ndarray | None = None            # shape (K,)
     pairwise_logits: np.ndarray | None = None   # shape (K, K)
 
+    def filled_scores(self, temperature: float = 1.0) -> np.ndarray:
+        return wm.fill_empty_scores(self.scores, temperature)
+
     def win_matrix(self, rule: str = "aggregated", temperature: float = 1.0) -> np.ndarray:
         if self.pairwise_logits is not None:
             return wm.from_pairwise_logits(self.pairwise_logits, rule)
-        return wm.bradley_terry(self.scores, temperature)
+        return wm.bradley_terry(self.filled_scores(temperature), temperature)
+
+    def wins(self) -> np.ndarray:
+        """W[i, j]: 1 if the judge prefers i to j, 0.5 on a tie (win_matrix.comparison_wins)."""
+        if self.pairwise_logits is not None:
+            return wm.comparison_wins(pairwise_logits=self.pairwise_logits)
+        return wm.comparison_wins(scores=self.filled_scores())
 
 
 class Judge:

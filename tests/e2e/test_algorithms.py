@@ -1,6 +1,7 @@
 """Iterative DPO, DRIFT and Selfie recipes end to end (real vLLM, DeepSpeed, Ray): each raises
 the win rate against the initial policy over 3 iterations under the function judge's known
-preference. (SPPO is covered by test_sppo_run.py.)"""
+preference, as a statistic: the bootstrap 95% lower bound of the final win rate over the eval
+prompts exceeds 0.5. (SPPO is covered by test_sppo_run.py.)"""
 
 import json
 import subprocess
@@ -12,22 +13,27 @@ from conftest import REPO
 
 pytestmark = pytest.mark.slow
 
-# (recipe, lowest acceptable final win rate); measured on CPU: DPO 0.61/0.70/0.75,
-# DRIFT 0.56/0.60/0.64, Selfie 0.64/0.78/0.90 (see the issue notes).
-CASES = [("iterative-dpo-cpu", 0.68), ("drift-cpu", 0.58), ("selfie-cpu", 0.85)]
+RECIPES = ["iterative-dpo-cpu", "drift-cpu", "selfie-cpu"]
 
 
-@pytest.mark.parametrize("recipe, floor", CASES)
-def test_recipe_learns_the_judges_preference(tmp_path, tiny_policy, recipe, floor):
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_recipe_learns_the_judges_preference(tmp_path, tiny_policy, recipe):
+    import pyarrow.parquet as pq
+
+    from selfplay.evaluate.bootstrap import bootstrap_interval
+
     run_dir = tmp_path / recipe
+    # 24 eval prompts: all that 3 x 32 training prompts leave of the 120 in each prompt file
     result = subprocess.run([sys.executable, "-m", "selfplay.cli", "run", f"recipes/{recipe}.yaml",
-                             "--run-dir", str(run_dir), "tracking.wandb=false"],
+                             "--run-dir", str(run_dir), "tracking.wandb=false", "prompts.eval_size=24"],
                             capture_output=True, text=True, timeout=900, cwd=REPO)
     assert result.returncode == 0, result.stderr[-3000:]
     win_rates = [json.loads((run_dir / f"iter-{t:03d}/evaluate/metrics.json").read_text())["win_rate_vs_initial"]
                  for t in (1, 2, 3)]
-    print(recipe, win_rates)
-    assert win_rates[-1] > floor and win_rates[-1] > win_rates[0], win_rates
+    final = pq.read_table(run_dir / "iter-003/evaluate/eval.parquet").column("win_rate").to_pylist()
+    lower, upper = bootstrap_interval(final, resamples=2000, seed=0)
+    print(recipe, win_rates, f"final 95% interval over {len(final)} prompts: ({lower:.3f}, {upper:.3f})")
+    assert lower > 0.5, (win_rates, lower)
     trains = [json.loads((run_dir / f"iter-{t:03d}/train/manifest.json").read_text()) for t in (1, 2, 3)]
     expected_reference = "initial" if recipe == "iterative-dpo-cpu" else "previous"
     assert all(t["reference"]["rule"] == expected_reference for t in trains)
