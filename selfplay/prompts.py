@@ -3,9 +3,20 @@ per-iteration slices (SPPO trains on new prompts each iteration).
 
 Sources: JSONL (one object per line), Parquet, or a local HF `datasets` folder
 (`save_to_disk`). Every prompt gets a stable `prompt_id` (its row index in the source).
+
+Duplicates: prompts with the same text up to Unicode normalization, case and whitespace are
+one prompt. Only the first row of each is ever selected (later copies keep their row index
+but are never drawn), so the eval slice shares no prompt text with any training slice. A file
+without duplicates splits exactly as before duplicates were looked for.
+
+A file that cannot be read (not UTF-8, not Parquet, not a datasets folder, a non-string
+prompt) is a PromptError naming the file and the line or row: the CLI's one-line exit 2.
 """
 
 import json
+import unicodedata
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -15,38 +26,84 @@ class PromptError(ValueError):
     pass
 
 
+def _unreadable(source: Path, what: str, error: Exception) -> PromptError:
+    detail = next((line.strip() for line in str(error).splitlines() if line.strip()), type(error).__name__)
+    return PromptError(f"{source}: {what} ({type(error).__name__}: {detail[:200]})")
+
+
+def _dataset_column(source: Path, field: str) -> list:
+    import datasets
+
+    try:
+        rows = datasets.load_from_disk(str(source))
+        if isinstance(rows, datasets.DatasetDict):
+            if not rows:
+                raise PromptError(f"{source}: the DatasetDict has no splits")
+            rows = rows[next(iter(rows))]
+        if field not in rows.column_names:
+            raise PromptError(f"prompts.field: column {field!r} not in {source} "
+                              f"(columns: {', '.join(rows.column_names)})")
+        return list(rows[field])
+    except PromptError:
+        raise
+    except Exception as error:  # a folder of something else, or damaged arrow files: the user's input
+        raise _unreadable(source, "not a readable datasets folder (one written by Dataset.save_to_disk)",
+                          error) from None
+
+
+def _parquet_column(source: Path, field: str) -> list:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        columns = pq.read_schema(source).names
+        if field not in columns:
+            raise PromptError(f"prompts.field: column {field!r} not in {source} (columns: {', '.join(columns)})")
+        return pq.read_table(source, columns=[field]).column(field).to_pylist()
+    except PromptError:
+        raise
+    except (pa.ArrowException, OSError, ValueError) as error:  # truncated, not Parquet, unreadable
+        raise _unreadable(source, "not a readable Parquet file", error) from None
+
+
 def load_prompts(path: str, field: str = "prompt") -> list[str]:
     source = Path(path)
     if source.is_dir():
-        import datasets
-
-        rows = datasets.load_from_disk(str(source))
-        if isinstance(rows, datasets.DatasetDict):
-            rows = rows[next(iter(rows))]
-        if field not in rows.column_names:
-            raise PromptError(f"prompts.field: column {field!r} not in {source} (columns: {', '.join(rows.column_names)})")
-        prompts = list(rows[field])
+        prompts = _dataset_column(source, field)
     elif source.suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        table = pq.read_table(source)
-        if field not in table.column_names:
-            raise PromptError(f"prompts.field: column {field!r} not in {source} (columns: {', '.join(table.column_names)})")
-        prompts = table.column(field).to_pylist()
+        prompts = _parquet_column(source, field)
     elif source.suffix in (".jsonl", ".json"):
         prompts = [row[field] for row in read_jsonl_records(source, (field,), "a prompt (set prompts.field)")]
     else:
         raise PromptError(f"prompts.path: {source} must be .jsonl, .parquet or a datasets folder")
     for index, prompt in enumerate(prompts):
         if not isinstance(prompt, str) or not prompt.strip():
-            raise PromptError(f"{source}: prompt {index} is empty or not a string")
+            got = "an empty string" if isinstance(prompt, str) else f"{type(prompt).__name__} {str(prompt)[:40]!r}"
+            raise PromptError(f"{source}: row {index} of column {field!r}: a prompt must be a non-empty string, "
+                              f"got {got}")
     return prompts
+
+
+def _read_text(path: Path) -> str:
+    """A UTF-8 file's text; a bad byte is named by line and column."""
+    try:
+        raw = path.read_bytes()
+    except OSError as error:
+        raise PromptError(f"{path}: cannot read ({error.strerror or error})") from None
+    try:
+        return raw.decode("utf-8").removeprefix("\ufeff")  # the byte-order mark some editors write
+    except UnicodeDecodeError as error:
+        line = raw.count(b"\n", 0, error.start) + 1
+        column = error.start - raw.rfind(b"\n", 0, error.start)
+        raise PromptError(f"{path}:{line}: not UTF-8 (byte 0x{raw[error.start]:02x} at column {column}); "
+                          f"save the file as UTF-8") from None
 
 
 def read_jsonl_records(path: str | Path, fields: tuple[str, ...], what: str) -> list[dict]:
     """JSONL rows, each required to hold non-empty strings in `fields`; errors name file:line."""
     rows = []
-    for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+    # split on "\n" only: str.splitlines would also cut at U+2028 and friends, which JSON strings may hold
+    for number, line in enumerate(_read_text(Path(path)).split("\n"), 1):
         if not line.strip():
             continue
         try:
@@ -64,32 +121,99 @@ def read_jsonl_records(path: str | Path, fields: tuple[str, ...], what: str) -> 
     return rows
 
 
-def split_prompts(num_prompts: int, iterations: int, per_iteration: int, eval_size: int,
-                  seed: int = 0, reuse: bool = False) -> tuple[list[int], list[list[int]]]:
-    """Return (eval_ids, [train ids of iteration 1..T]) as indices into the pool.
+def normalized(text: str) -> str:
+    """The text duplicates are found by: Unicode NFC, case-folded, whitespace runs collapsed, ends stripped."""
+    return " ".join(unicodedata.normalize("NFC", text).casefold().split())
 
+
+def distinct_ids(prompts: list[str]) -> list[int]:
+    """Row indices of each prompt's first occurrence by normalized text, in row order."""
+    seen, ids = set(), []
+    for index, text in enumerate(prompts):
+        key = normalized(text)
+        if key not in seen:
+            seen.add(key)
+            ids.append(index)
+    return ids
+
+
+class TrainSlices(Sequence):
+    """The training prompt ids of iterations 1..T, computed when asked for.
+
+    The stream is the pool in its shuffled order, then (prompts.reuse) a new permutation of the
+    pool per pass; iteration t takes the stream's t-th run of per_iteration ids. One slice costs
+    O(per_iteration + pool) whatever T is, so a recipe with a huge iteration count validates
+    in bounded time and memory.
+    """
+
+    def __init__(self, pool: list[int], iterations: int, per_iteration: int, seed: int):
+        self.pool, self.iterations, self.per_iteration, self.seed = pool, iterations, per_iteration, seed
+        self._passes: dict[int, list[int]] = {}
+
+    def __len__(self) -> int:
+        return self.iterations
+
+    def __getitem__(self, t):
+        if isinstance(t, slice):
+            return [self[i] for i in range(*t.indices(len(self)))]
+        t = t + self.iterations if t < 0 else t
+        if not 0 <= t < self.iterations:
+            raise IndexError(f"iteration index {t} out of range (0..{self.iterations - 1})")
+        size = len(self.pool)
+        ids, position, stop = [], t * self.per_iteration, (t + 1) * self.per_iteration
+        while position < stop:
+            number, offset = divmod(position, size)
+            take = min(stop - position, size - offset)
+            ids += self._pass(number)[offset:offset + take]
+            position += take
+        return ids
+
+    def _pass(self, number: int) -> list[int]:
+        if number == 0:
+            return self.pool
+        if number not in self._passes:
+            if len(self._passes) > 2:  # a slice walks passes in order: a few in memory suffice
+                self._passes.clear()
+            self._passes[number] = np.random.default_rng(self.seed + number).permutation(self.pool).tolist()
+        return self._passes[number]
+
+
+def split_prompts(prompt_ids: int | list[int], iterations: int, per_iteration: int, eval_size: int,
+                  seed: int = 0, reuse: bool = False, duplicates: int = 0) -> tuple[list[int], TrainSlices]:
+    """Return (eval_ids, training slices of iteration 1..T) as indices into the source.
+
+    `prompt_ids`: the selectable row ids (distinct prompts), or a count meaning range(count).
     A seeded permutation; the first eval_size ids are held out, then consecutive disjoint
     slices of per_iteration. With reuse=True the training pool wraps around (a new pass is a
     new permutation) instead of failing when it runs out.
     """
-    if eval_size >= num_prompts:
-        raise PromptError(f"prompts.eval_size ({eval_size}) must be smaller than the pool ({num_prompts} prompts)")
-    order = np.random.default_rng(seed).permutation(num_prompts).tolist()
+    ids = list(range(prompt_ids)) if isinstance(prompt_ids, int) else list(prompt_ids)
+    dropped = f" ({duplicates} duplicate prompts dropped)" if duplicates else ""
+    if eval_size >= len(ids):
+        raise PromptError(f"prompts.eval_size ({eval_size}) must be smaller than the pool ({len(ids)} prompts"
+                          f"{dropped})")
+    order = [ids[i] for i in np.random.default_rng(seed).permutation(len(ids)).tolist()]
     eval_ids, pool = order[:eval_size], order[eval_size:]
     needed = iterations * per_iteration
     if needed > len(pool) and not reuse:
         raise PromptError(f"prompts: {iterations} iterations x {per_iteration} per_iteration = {needed} prompts, "
-                          f"but only {len(pool)} remain after the eval slice (lower prompts.per_iteration, "
+                          f"but only {len(pool)} remain after the eval slice{dropped} (lower prompts.per_iteration, "
                           f"or set prompts.reuse=true)")
-    stream, rounds = list(pool), 1
-    while len(stream) < needed:
-        stream += np.random.default_rng(seed + rounds).permutation(pool).tolist()
-        rounds += 1
-    return eval_ids, [stream[t * per_iteration:(t + 1) * per_iteration] for t in range(iterations)]
+    return eval_ids, TrainSlices(pool, iterations, per_iteration, seed)
 
 
-def load_prompt_pool(recipe) -> tuple[list[str], list[dict] | None, list[int], list[list[int]]]:
-    """A recipe's prompts, DRIFT records (pairs.type drift, else None), eval ids and per-iteration slices."""
+@dataclass
+class PromptPool:
+    """A recipe's prompts (row order of the source), DRIFT records (pairs.type drift, else None),
+    eval ids, per-iteration training slices and the number of duplicate rows never selected."""
+    prompts: list[str]
+    records: list[dict] | None
+    eval_ids: list[int]
+    slices: TrainSlices
+    duplicates: int
+
+
+def load_prompt_pool(recipe) -> PromptPool:
     records = None
     if recipe.pairs.type == "drift":
         from selfplay.pairs.drift import load_dsat_records  # drift reads its records through this module
@@ -98,7 +222,7 @@ def load_prompt_pool(recipe) -> tuple[list[str], list[dict] | None, list[int], l
         prompts = [r["prompt"] for r in records]
     else:
         prompts = load_prompts(recipe.prompts.path, recipe.prompts.field)
-    eval_ids, slices = split_prompts(len(prompts), recipe.iterations, recipe.prompts.per_iteration,
-                                     recipe.prompts.eval_size, recipe.prompts.shuffle_seed, recipe.prompts.reuse)
-    return prompts, records, eval_ids, slices
-
+    ids = distinct_ids(prompts)
+    eval_ids, slices = split_prompts(ids, recipe.iterations, recipe.prompts.per_iteration, recipe.prompts.eval_size,
+                                     recipe.prompts.shuffle_seed, recipe.prompts.reuse, len(prompts) - len(ids))
+    return PromptPool(prompts, records, eval_ids, slices, len(prompts) - len(ids))

@@ -28,9 +28,45 @@ def test_quickstart_recipe_loads_with_overrides():
     ("pairs.type=magic", "pairs.type", "must be one of"),
     ("train.zero_stage=4", "train.zero_stage", "0, 1, 2 or 3"),
     ("train.global_batch_size=6", "train.global_batch_size", "multiple of"),
+    # every float finite, every range the one its math needs (issue 13 finding 3)
+    ("train.learning_rate=.inf", "train.learning_rate", "finite"),
+    ("train.beta=.inf", "train.beta", "finite"),
+    ("train.beta=.nan", "train.beta", "finite"),
+    ("generate.temperature=.inf", "generate.temperature", "finite"),
+    ("generate.temperature=-1", "generate.temperature", "greater than or equal to 0"),
+    ("generate.top_p=0", "generate.top_p", "greater than 0"),
+    ("evaluate.top_p=1.5", "evaluate.top_p", "less than or equal to 1"),
+    ("drift.temperature=.inf", "drift.temperature", "finite"),
+    ("train.weight_decay=.inf", "train.weight_decay", "finite"),
+    ("train.max_grad_norm=.inf", "train.max_grad_norm", "finite"),
+    ("train.max_grad_norm=-1", "train.max_grad_norm", "greater than or equal to 0"),
+    ("train.warmup_ratio=1", "train.warmup_ratio", "less than 1"),
+    ("generate.kv_cache_gib=.inf", "generate.kv_cache_gib", "finite"),
+    ("generate.num_gpus_per_replica=.inf", "generate.num_gpus_per_replica", "finite"),
+    ("annotate.temperature=.inf", "annotate.temperature", "finite"),
+    ("train.loss=dpo train.loss_options.label_smoothing=5", "train.loss_options.label_smoothing", "[0, 0.5)"),
+    ("train.loss=dpo train.loss_options.label_smoothing=0.5", "train.loss_options.label_smoothing", "[0, 0.5)"),
+    ("train.loss=dpo train.loss_options.label_smoothing=-0.1", "train.loss_options.label_smoothing", "[0, 0.5)"),
+    ("train.loss=dpo train.loss_options.label_smoothing=.nan", "train.loss_options.label_smoothing", "finite"),
+    ("train.loss=drift train.loss_options.nll_weight=-1", "train.loss_options.nll_weight", ">= 0"),
+    ("train.loss=selfie train.loss_options.alpha=2", "train.loss_options.alpha", "in [0, 1]"),
+    ("train.loss=selfie train.loss_options.threshold=0.1", "train.loss_options.threshold", "allowed: alpha"),
+    ("train.loss=ipo train.loss_options.chosen_lengths=3", "train.loss_options.chosen_lengths", "allowed: none"),
+    ("seed=-1", "seed", "greater than or equal to 0"),
+    ("train.seed=4294967296", "train.seed", "less than 2147483648"),
+    ("prompts.shuffle_seed=-3", "prompts.shuffle_seed", "greater than or equal to 0"),
+    # settings that only conflict with each other (finding 8)
+    ("evaluate.max_tokens=-5", "evaluate.max_tokens", "greater than 0"),
+    ("evaluate.max_tokens=1024", "evaluate.max_tokens", "smaller than generate.max_model_len (1024)"),
+    ("generate.max_tokens=2048", "generate.max_tokens", "smaller than generate.max_model_len (1024)"),
+    ("seed_training.path=data/seed_pairs.jsonl seed_training.loss=bogus", "seed_training.loss", "must be one of dpo"),
+    ("seed_training.path=data/seed_pairs.jsonl seed_training.loss=sppo_single", "seed_training.loss",
+     "chosen_beats_rejected"),
+    ("seed_training.path=data/seed_pairs.jsonl seed_training.learning_rate=.inf", "seed_training.learning_rate",
+     "finite"),
 ])
 def test_bad_recipe_values_exit_2_with_one_line(capsys, override, field, allowed):
-    code = main(["validate", str(QUICKSTART), override])
+    code = main(["validate", str(QUICKSTART), *override.split()])
     err = capsys.readouterr().err.strip()
     assert code == 2
     assert len(err.splitlines()) == 1, err
@@ -74,3 +110,36 @@ def test_every_shipped_recipe_is_valid(recipe, prompts_file):
     first_line = recipe.read_text().splitlines()[0]
     assert first_line.startswith("#")                        # every recipe starts by saying what it is
     assert "selfplay run recipes/" in recipe.read_text()     # and the command that runs it
+
+
+def test_seed_stage_settings_are_trains_with_the_seed_fields():
+    """What the seed stage trains with: validated like train, and the dict the stage digests as before."""
+    recipe = load_recipe(REPO / "recipes" / "selfie-cpu.yaml", ["seed_training.beta=0.2"])
+    seed = recipe.seed_train_config()
+    before = recipe.train.model_copy(update={"loss": "dpo", "epochs": 8, "reference": "initial", "loss_options": {},
+                                             "learning_rate": recipe.train.learning_rate, "beta": 0.2})
+    assert seed.model_dump() == before.model_dump()
+
+
+def test_zero_max_grad_norm_means_no_clipping_and_is_allowed():
+    assert load_recipe(QUICKSTART, ["train.max_grad_norm=0"]).train.max_grad_norm == 0
+
+
+def test_validate_checks_the_policy_folder(capsys, tmp_path, tiny_policy):
+    """Issue 9 item 5: a policy path that does not exist is an error, not `ok`; a real one passes."""
+    assert main(["validate", str(QUICKSTART), f"policy.path={tmp_path / 'missing'}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "policy.path" in err and "does not exist" in err, err
+    assert main(["validate", str(QUICKSTART), f"policy.path={tiny_policy}"]) == 0
+    assert "ok (3 iterations" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("override, expected", [
+    ("drift.hindsight_template={prompt} {answer}", "unknown placeholder {answer}; allowed: {prompt}"),
+    ("drift.hindsight_template=Answer {prompt", "not a format string"),
+    ("name=a: b: c", "name: must be 1-100 characters"),    # not valid YAML: taken as the text itself
+])
+def test_templates_and_override_text_that_is_not_yaml(capsys, override, expected):
+    assert main(["validate", str(REPO / "recipes" / "drift-cpu.yaml"), override]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and expected in err and "Traceback" not in err, err

@@ -1,0 +1,159 @@
+"""Bad inputs through the real CLI (`python -m selfplay.cli`), one subprocess per case.
+
+Each case must end with exit code 2, exactly one line on stderr naming the field or file, no
+traceback, and nothing written: the working directory and the model cache are unchanged and,
+for `run`, no run directory (so no run.json) exists. The `run` cases fail in pre-flight,
+before Ray starts. Cases: issue 13 findings 3 (non-finite settings), 7 (bad policy paths),
+8 (evaluate.max_tokens, tiny kinds), 9 (damaged prompt files), 10 (validate of a huge reuse
+run in bounded time), 11 (duplicates), and issue 9 item 5 (validate on a missing policy).
+"""
+
+import json
+import os
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from conftest import REPO
+
+QUICKSTART = REPO / "recipes" / "quickstart-cpu.yaml"
+DPO = REPO / "recipes" / "iterative-dpo-cpu.yaml"
+SELFIE = REPO / "recipes" / "selfie-cpu.yaml"
+
+
+def make_inputs(root: Path) -> None:
+    """Damaged or wrong inputs a user can produce, under root/inputs."""
+    inputs = root / "inputs"
+    inputs.mkdir()
+    (inputs / "latin1.jsonl").write_bytes(b'{"prompt": "fine"}\n{"prompt": "caf\xe9 au lait"}\n')
+    (inputs / "not-a-dataset").mkdir()
+    (inputs / "not-a-dataset" / "notes.txt").write_text("hello")
+    (inputs / "corrupt.parquet").write_bytes(b"PAR1" + os.urandom(64))
+    pq.write_table(pa.table({"prompt": list(range(40))}), inputs / "numbers.parquet")
+    (inputs / "no-config-model").mkdir()
+    (inputs / "no-config-model" / "model.safetensors").write_bytes(b"")
+    # 40 rows, only 12 distinct texts (case and whitespace differ): too few for 3 x 32 + 16
+    rows = [f"Tell me about  Topic {i % 12}" if i % 2 else f"tell me about topic {i % 12}" for i in range(40)]
+    (inputs / "duplicates.jsonl").write_text("".join(json.dumps({"prompt": r}) + "\n" for r in rows))
+
+
+CASES = [
+    # finding 3: every float is finite and in the range its math needs
+    ("lr-inf", "run", QUICKSTART, ["train.learning_rate=.inf"], "train.learning_rate"),
+    ("beta-inf", "validate", QUICKSTART, ["train.beta=.inf"], "train.beta"),
+    ("temperature-inf", "validate", QUICKSTART, ["generate.temperature=.inf"], "generate.temperature"),
+    ("eval-temperature-nan", "validate", QUICKSTART, ["evaluate.temperature=.nan"], "evaluate.temperature"),
+    ("weight-decay-inf", "validate", QUICKSTART, ["train.weight_decay=.inf"], "train.weight_decay"),
+    ("max-grad-norm-inf", "validate", QUICKSTART, ["train.max_grad_norm=.inf"], "train.max_grad_norm"),
+    ("kv-cache-inf", "validate", QUICKSTART, ["generate.kv_cache_gib=.inf"], "generate.kv_cache_gib"),
+    ("label-smoothing-5", "validate", DPO, ["train.loss_options.label_smoothing=5"], "[0, 0.5)"),
+    ("label-smoothing-nan", "validate", DPO, ["train.loss_options.label_smoothing=.nan"],
+     "train.loss_options.label_smoothing"),
+    ("annotate-temperature-inf", "validate", QUICKSTART, ["annotate.temperature=.inf"], "annotate.temperature"),
+    ("seed-loss-bogus", "validate", SELFIE, ["seed_training.loss=bogus"], "seed_training.loss"),
+    ("seed-loss-needs-targets", "validate", SELFIE, ["seed_training.loss=sppo"], "chosen_win_rate"),
+    ("negative-seed", "validate", QUICKSTART, ["prompts.shuffle_seed=-1"], "prompts.shuffle_seed"),
+    ("max-tokens-fill-context", "validate", QUICKSTART, ["generate.max_tokens=1024"], "generate.max_model_len"),
+    ("template-placeholder", "validate", REPO / "recipes" / "drift-cpu.yaml",
+     ["drift.hindsight_template={prompt} {answer}"], "unknown placeholder {answer}"),
+    # finding 8
+    ("eval-max-tokens-negative", "run", QUICKSTART, ["evaluate.max_tokens=-5"], "evaluate.max_tokens"),
+    ("eval-max-tokens-over-context", "validate", QUICKSTART, ["evaluate.max_tokens=4096"], "generate.max_model_len"),
+    ("tiny-unknown", "run", QUICKSTART, ["policy.path=tiny:unknown"], "allowed: tiny:llama"),
+    ("tiny-judge-as-policy", "validate", QUICKSTART, ["policy.path=tiny:pairrm"], "allowed: tiny:llama"),
+    # finding 7 and issue 9 item 5: policy folders, checked before run.json exists
+    ("missing-policy-validate", "validate", QUICKSTART, ["policy.path={root}/no/such/model"], "does not exist"),
+    ("missing-policy-run", "run", QUICKSTART, ["policy.path={root}/no/such/model"], "does not exist"),
+    ("policy-without-config", "run", QUICKSTART, ["policy.path={root}/inputs/no-config-model"], "no config.json"),
+    ("hub-id", "run", QUICKSTART, ["policy.path=some-org/some-model"], "hf download some-org/some-model"),
+    ("judge-folder-missing", "validate", QUICKSTART,
+     ["annotate.type=reward_model", "annotate.path={root}/no/judge"], "annotate.path"),
+    ("soup-missing", "validate", DPO, ["train.reference=soup", "train.soup=[tiny:llama,{root}/no/soup]"],
+     "train.soup[1]"),
+    # finding 9: damaged prompt files, named with the line or row
+    ("prompt-not-utf8", "run", QUICKSTART, ["prompts.path={root}/inputs/latin1.jsonl"], "latin1.jsonl:2: not UTF-8"),
+    ("prompt-folder-not-dataset", "validate", QUICKSTART, ["prompts.path={root}/inputs/not-a-dataset"],
+     "not a readable datasets folder"),
+    ("prompt-corrupt-parquet", "run", QUICKSTART, ["prompts.path={root}/inputs/corrupt.parquet"],
+     "not a readable Parquet file"),
+    ("prompt-parquet-not-strings", "validate", QUICKSTART, ["prompts.path={root}/inputs/numbers.parquet"],
+     "row 0 of column 'prompt'"),
+    # finding 11: duplicates are dropped, and the shortfall says so
+    ("duplicates-too-few", "validate", QUICKSTART, ["prompts.path={root}/inputs/duplicates.jsonl"],
+     "28 duplicate prompts dropped"),
+]
+
+
+def snapshot(*folders: Path) -> dict[str, int]:
+    return {str(path): path.stat().st_size for folder in folders if folder.exists()
+            for path in sorted(folder.rglob("*")) if path.is_file()}
+
+
+@pytest.fixture(scope="module")
+def sandbox(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bad-inputs")
+    make_inputs(root)
+    env = {**os.environ, "SELFPLAY_CACHE": str(root / "cache"), "HF_HOME": str(root / "hf"), "HF_HUB_OFFLINE": "1",
+           "WANDB_MODE": "offline", "RAY_AUTH_MODE": "disabled"}
+    return root, env
+
+
+def cli(root: Path, env: dict, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "selfplay.cli", *args], cwd=root, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def outcomes(sandbox):
+    """Every case's CLI result, and the files present before and after them all. The cases run four
+    at a time: each is mostly the interpreter importing torch and transformers."""
+    root, env = sandbox
+    before = snapshot(root)
+
+    def one(case):
+        name, command, recipe, overrides, _ = case
+        extra = ["--run-dir", str(root / "runs" / name)] if command == "run" else []
+        return name, cli(root, env, command, str(recipe), *[o.replace("{root}", str(root)) for o in overrides], *extra)
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        results = dict(pool.map(one, CASES))
+    return results, before, snapshot(root)
+
+
+@pytest.mark.parametrize("name, command, recipe, overrides, expected", CASES, ids=[c[0] for c in CASES])
+def test_bad_input_is_one_line_and_exit_2(sandbox, outcomes, name, command, recipe, overrides, expected):
+    root, _ = sandbox
+    results, before, after = outcomes
+    result = results[name]
+    err = result.stderr.strip()
+    assert result.returncode == 2, (result.returncode, err[-3000:])
+    assert len(err.splitlines()) == 1, err
+    assert "Traceback" not in err and err.startswith("selfplay: error: "), err
+    assert expected in err, err
+    assert not (root / "runs" / name).exists()    # no run directory, so no run.json frozen
+    assert after == before, sorted(set(after) ^ set(before))  # nothing written anywhere else either
+
+
+def test_validate_of_a_huge_reuse_run_is_bounded(sandbox):
+    """Finding 10: the prompt stream of 10**9 iterations is never built; validate answers at once."""
+    root, env = sandbox
+    started = time.monotonic()
+    result = cli(root, env, "validate", str(QUICKSTART), "iterations=1000000000", "prompts.reuse=true", timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "ok (1000000000 iterations" in result.stdout
+    # the import of torch and transformers is most of it (2-10 s); the old code never finished
+    assert time.monotonic() - started < 120
+
+
+def test_validate_reports_dropped_duplicates(sandbox):
+    root, env = sandbox
+    result = cli(root, env, "validate", str(QUICKSTART), f"prompts.path={root}/inputs/duplicates.jsonl",
+                 "iterations=1", "prompts.per_iteration=4", "prompts.eval_size=4")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "40 prompts (28 duplicates dropped)" in result.stdout
