@@ -20,6 +20,15 @@ def tiny_policy() -> Path:
     return resolve_model("tiny:llama", seed=0)
 
 
+@pytest.fixture(scope="session")
+def small_unbroken_run(tmp_path_factory, tiny_policy) -> dict:
+    """The final state of one unbroken run with fault_runs.SMALL settings, shared by the tests
+    that stop a run (test_faults, test_signals) and compare its resumed end with this one."""
+    from fault_runs import unbroken_run
+
+    return unbroken_run(tmp_path_factory.mktemp("unbroken") / "run")
+
+
 @pytest.fixture
 def prompts_file(tmp_path) -> Path:
     import json

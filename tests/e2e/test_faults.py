@@ -3,86 +3,32 @@ training, a corrupted artifact, a half-committed stage. After `selfplay resume` 
 exactly where an unbroken run ends: bit-identical weights, same metrics, one W&B run."""
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
-from pathlib import Path
 
-import pyarrow.parquet as pq
 import pytest
 
 from selfplay.track.wandb_offline import find_run_files, read_history
 
-from conftest import REPO
+from fault_runs import SMALL, cli, driver_session, final_state, kill_actors_when, kill_when, start_cli, start_run
 
 pytestmark = pytest.mark.slow
-SMALL = ["iterations=2", "prompts.per_iteration=16", "prompts.eval_size=8", "train.epochs=2",
-         "train.checkpoint_every=1", "tracking.project=selfplay-tests"]
 
 
-def cli(*args, timeout=900, **kwargs):
-    return subprocess.run([sys.executable, "-m", "selfplay.cli", *args], capture_output=True, text=True,
-                          timeout=timeout, cwd=REPO, **kwargs)
-
-
-def start_run(run_dir: Path, *extra) -> subprocess.Popen:
-    # A session of its own, so the kill takes the driver and its local Ray cluster together.
-    return subprocess.Popen([sys.executable, "-m", "selfplay.cli", "run", "recipes/quickstart-cpu.yaml",
-                             "--run-dir", str(run_dir), *SMALL, *extra], cwd=REPO, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-
-
-def kill_when(process: subprocess.Popen, marker: Path, signal_number=signal.SIGKILL, delay: float = 0.0) -> None:
-    deadline = time.time() + 600
-    while not marker.exists():
-        assert process.poll() is None, f"run ended before {marker} appeared: {process.stderr.read()[-2000:]}"
-        assert time.time() < deadline
-        time.sleep(0.02)
-    time.sleep(delay)
-    os.killpg(process.pid, signal_number)
-    process.wait(timeout=60)
-
-
-def kill_actors_when(process: subprocess.Popen, marker: Path, actor: str) -> str:
-    """SIGKILL every Ray actor process of class `actor` once `marker` exists; the driver's stderr."""
-    while not marker.exists():
-        assert process.poll() is None, process.stderr.read()[-2000:]
-        time.sleep(0.02)
-    pids = subprocess.run(["pgrep", "-f", f"ray::{actor}"], capture_output=True, text=True).stdout.split()
-    assert pids
-    for pid in pids:
-        os.kill(int(pid), signal.SIGKILL)
-    return process.communicate(timeout=900)[1]
-
-
-def final_state(run_dir: Path) -> dict:
-    return {"weights": (run_dir / "iter-002/train/policy/model.safetensors").read_bytes(),
-            "metrics": [json.loads((run_dir / f"iter-{t:03d}/evaluate/metrics.json").read_text()) for t in (1, 2)],
-            "samples": [pq.read_table(run_dir / f"iter-{t:03d}/generate/samples.parquet").num_rows for t in (1, 2)],
-            "pairs": [pq.read_table(run_dir / f"iter-{t:03d}/pairs/pairs.parquet").to_pylist() for t in (1, 2)]}
-
-
-@pytest.fixture(scope="module")
-def unbroken(tmp_path_factory, tiny_policy):
-    run_dir = tmp_path_factory.mktemp("faults") / "unbroken"
-    result = cli("run", "recipes/quickstart-cpu.yaml", "--run-dir", str(run_dir), *SMALL)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return final_state(run_dir)
+@pytest.fixture
+def unbroken(small_unbroken_run):
+    return small_unbroken_run
 
 
 def test_sigkill_during_stages_then_resume_matches_an_unbroken_run(tmp_path, unbroken):
     run_dir = tmp_path / "killed"
     # 1) killed in the middle of iteration 1's training (after at least one DeepSpeed checkpoint)
-    kill_when(start_run(run_dir), run_dir / "iter-001/train.checkpoints/latest")
+    with driver_session(start_run(run_dir)) as process:
+        kill_when(process, run_dir / "iter-001/train.checkpoints/latest")
     assert not (run_dir / "iter-001/train/manifest.json").exists()
     status = cli("status", str(run_dir)).stdout
     assert "train          interrupted" in status and "generate       done" in status
     # 2) resumed, then killed while iteration 2 generates
-    process = subprocess.Popen([sys.executable, "-m", "selfplay.cli", "resume", str(run_dir)], cwd=REPO,
-                               start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    kill_when(process, run_dir / "iter-002/generate.tmp")
+    with driver_session(start_cli("resume", str(run_dir))) as process:
+        kill_when(process, run_dir / "iter-002/generate.tmp")
     # 3) a crash between the rename of a stage folder and its manifest, and a half-written stage
     (run_dir / "iter-001/evaluate/manifest.json").unlink()
     (run_dir / "iter-001/pairs.tmp").mkdir()
@@ -100,7 +46,9 @@ def test_sigkill_during_stages_then_resume_matches_an_unbroken_run(tmp_path, unb
     files = find_run_files(run_dir)
     assert len({f.name for f in files}) == 1 and len(files) == 3
     evaluated = [row["iteration"] for f in files for row in read_history(f) if "evaluate/win_rate_vs_initial" in row]
-    assert sorted(evaluated) == [1, 2]
+    recorded = [row["iteration"] for row in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())
+                if row["stage"] == "evaluate"]
+    assert set(evaluated) == {1, 2} and sorted(evaluated) == sorted(recorded)   # W&B mirrors metrics.jsonl
 
 
 def test_corrupted_artifact_is_detected_and_redone(tmp_path, unbroken):
@@ -117,14 +65,14 @@ def test_corrupted_artifact_is_detected_and_redone(tmp_path, unbroken):
 
 def test_killed_training_worker_is_retried(tmp_path, unbroken):
     run_dir = tmp_path / "worker"
-    process = start_run(run_dir)
-    stderr = kill_actors_when(process, run_dir / "iter-002/train.checkpoints/latest", "TrainerRank")
+    with driver_session(start_run(run_dir)) as process:
+        stderr = kill_actors_when(process, run_dir / "iter-002/train.checkpoints/latest", "TrainerRank")
     assert process.returncode == 0, stderr[-3000:]
     assert "a Ray worker died" in stderr and "iter 2 train     running (retry 1)" in stderr
     assert final_state(run_dir)["weights"] == unbroken["weights"]
 
 
-def test_second_driver_and_changed_recipe_are_refused(tmp_path, unbroken):
+def test_second_driver_and_changed_recipe_are_refused(tmp_path, tiny_policy):
     from selfplay.runs import RunLock
 
     run_dir = tmp_path / "locked"
@@ -141,9 +89,9 @@ def test_unwritable_run_directory_is_a_clear_error():
 
 def test_dead_engine_without_retries_stops_clearly_then_resume_finishes(tmp_path, unbroken):
     run_dir = tmp_path / "engine"
-    process = start_run(run_dir, "max_stage_retries=0")
     # the engine idles while iteration 1 trains; the next stage that needs it finds it dead
-    stderr = kill_actors_when(process, run_dir / "iter-001/train.checkpoints/latest", "VLLMEngine")
+    with driver_session(start_run(run_dir, "max_stage_retries=0")) as process:
+        stderr = kill_actors_when(process, run_dir / "iter-001/train.checkpoints/latest", "VLLMEngine")
     assert process.returncode == 1
     error_lines = [line for line in stderr.splitlines() if line.startswith("selfplay: error:")]
     assert len(error_lines) == 1 and "iteration 1 stage eval-gen failed after 1 attempt" in error_lines[0]
