@@ -22,6 +22,8 @@ def _records(data: bytes):
             position += block_left
             continue
         _, length, kind = struct.unpack("<IHB", data[position:position + 7])
+        if position + 7 + length > len(data):  # torn by a crash while W&B was writing it
+            return
         payload = data[position + 7:position + 7 + length]
         position += 7 + length
         if kind == 0 and length == 0:
@@ -39,7 +41,7 @@ def _records(data: bytes):
 
 
 def read_history(run_file: str | Path) -> list[dict]:
-    """The rows logged with `wandb.log`, in order, as {key: value}."""
+    """The rows logged with `wandb.log`, in order, as {key: value} plus the W&B step as `_step`."""
     from wandb.proto import wandb_internal_pb2
 
     rows = []
@@ -47,7 +49,7 @@ def read_history(run_file: str | Path) -> list[dict]:
         record = wandb_internal_pb2.Record()
         record.ParseFromString(payload)
         if record.WhichOneof("record_type") == "history":
-            row = {}
+            row = {"_step": record.history.step.num}
             for item in record.history.item:
                 key = item.key or "/".join(item.nested_key)
                 row[key] = json.loads(item.value_json)
