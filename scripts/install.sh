@@ -22,5 +22,14 @@ PIP=("$VENV/bin/python" -m pip --disable-pip-version-check -q)
 if [ "${1:-}" = "--dev" ]; then
   "${PIP[@]}" install -r requirements/dev.txt torch==2.13.0
   "${PIP[@]}" uninstall -y torchvision torchaudio torchcodec triton >/dev/null 2>&1 || true
+  # The compare report test opens the HTML in a real headless browser (Debian's chromium).
+  if ! command -v chromium >/dev/null 2>&1; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+      apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+    else
+      echo "note: chromium is not installed (the browser check of tests/e2e/test_compare_report.py is skipped);" \
+           "install it with: sudo apt-get install chromium"
+    fi
+  fi
 fi
 echo "selfplay installed in $VENV"

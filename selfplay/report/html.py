@@ -1,0 +1,138 @@
+"""The HTML report of `selfplay compare`: one self-contained file (plots inlined as base64 PNG
+data URIs, inline CSS, no external requests) with the runs and how they relate, the plots, the
+per-iteration table and example generations side by side.
+
+Every text from a run (names, paths, prompts, generations) is HTML-escaped. A few lines of
+inline script set `data-plots` on <body> to "loaded" once every image decoded, so a headless
+browser can check the plots without a screenshot diff.
+"""
+
+import base64
+import time
+from html import escape
+
+from selfplay.report.plots import COLORS
+from selfplay.report.read import Example, RunSeries
+from selfplay.report.table import SHARED_NOTE, table_rows
+
+STYLE = """
+body { font: 14px/1.45 system-ui, sans-serif; margin: 24px; color: #222; max-width: 1400px; }
+h1 { font-size: 22px; margin: 0 0 4px; } h2 { font-size: 17px; margin: 28px 0 8px; }
+.meta, .note { color: #666; font-size: 12px; }
+table { border-collapse: collapse; margin: 6px 0; }
+th, td { border: 1px solid #ddd; padding: 3px 8px; vertical-align: top; }
+th { background: #f4f4f4; text-align: left; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
+td.shared { color: #777; font-style: italic; }
+tr.first-of-metric td { border-top: 2px solid #bbb; }
+.swatch { display: inline-block; width: 10px; height: 10px; border-radius: 2px; margin-right: 6px; }
+.plots { display: flex; flex-wrap: wrap; gap: 12px; }
+figure { margin: 0; border: 1px solid #eee; padding: 4px; flex: 0 1 430px; }
+figure img { display: block; width: 100%; }
+pre { white-space: pre-wrap; word-break: break-word; margin: 0; font: 12px/1.4 ui-monospace, monospace; }
+.example { margin: 10px 0 18px; }
+.example pre.prompt { background: #f7f7f7; padding: 6px; margin-bottom: 6px; }
+.side { table-layout: fixed; width: 100%; }
+details > summary { cursor: pointer; font-weight: 600; margin: 6px 0; }
+"""
+
+READY_SCRIPT = """
+window.addEventListener("load", function () {
+  var images = document.images, loaded = 0;
+  for (var i = 0; i < images.length; i++) if (images[i].complete && images[i].naturalWidth > 0) loaded++;
+  var state = loaded === images.length ? "loaded" : "broken " + loaded + "/" + images.length;
+  document.body.setAttribute("data-plots", state);
+});
+"""
+
+
+def _run_name(series: RunSeries, index: int) -> str:
+    return (f'<span class="swatch" style="background:{COLORS[index % len(COLORS)]}"></span>'
+            f"{escape(series.label)}")
+
+
+def _runs_section(all_series: list[RunSeries]) -> list[str]:
+    lines = ['<h2>Runs</h2>', '<table id="runs">',
+             "<tr><th>run</th><th>directory</th><th>evaluated iterations</th><th>relation</th></tr>"]
+    for index, series in enumerate(all_series):
+        evaluated = ", ".join(map(str, sorted(series.metrics))) or "none yet"
+        lines.append(f"<tr><td>{_run_name(series, index)}</td><td>{escape(str(series.run_dir))}</td>"
+                     f"<td>{evaluated} (of {series.planned_iterations})</td>"
+                     f"<td>{escape(series.relation or 'root run')}</td></tr>")
+    return lines + ["</table>"]
+
+
+def _plots_section(plots: dict[str, bytes]) -> list[str]:
+    lines = ["<h2>Plots</h2>", '<div class="plots">']
+    for metric, png in plots.items():
+        data = base64.b64encode(png).decode("ascii")
+        lines.append(f'<figure><img alt="{escape(metric)}" data-metric="{escape(metric)}" '
+                     f'src="data:image/png;base64,{data}"></figure>')
+    return lines + ["</div>", '<p class="note">shaded: 95% interval where the evaluation recorded one; '
+                              "dashed: a fork's shared iterations (its parent's)</p>"]
+
+
+def _metrics_section(all_series: list[RunSeries], metrics: list[str]) -> list[str]:
+    lines = ["<h2>Per-iteration metrics</h2>", '<table id="metrics">',
+             "<tr><th>metric</th><th>iteration</th>"
+             + "".join(f"<th>{_run_name(s, i)}</th>" for i, s in enumerate(all_series)) + "</tr>"]
+    previous = None
+    for metric, iteration, cells in table_rows(all_series, metrics):
+        first = metric != previous
+        previous = metric
+        row = [f'<td>{escape(metric) if first else ""}</td><td class="num">{iteration}</td>']
+        for series, text in zip(all_series, cells):
+            css = "num shared" if series.is_shared(iteration) else "num"
+            row.append(f'<td class="{css}" data-run="{escape(series.label)}" data-metric="{escape(metric)}" '
+                       f'data-iteration="{iteration}">{escape(text)}</td>')
+        lines.append(f'<tr{" class=first-of-metric" if first else ""}>{"".join(row)}</tr>')
+    lines.append("</table>")
+    if any(s.parent for s in all_series):
+        lines.append(f'<p class="note">{escape(SHARED_NOTE)}</p>')
+    return lines
+
+
+def _example_block(example: Example, all_series: list[RunSeries]) -> list[str]:
+    columns = [(escape(label), text, "") for label, text in example.initial.items()]
+    for index, series in enumerate(all_series):
+        rate = example.prompt_win_rates.get(series.label)
+        note = "" if rate is None else f'<p class="note">win rate vs initial on this prompt: {rate:.3g}</p>'
+        columns.append((_run_name(series, index), example.responses.get(series.label), note))
+    header = "".join(f"<th>{label}</th>" for label, _, _ in columns)
+    body = "".join(f"<td><pre>{escape(text) if text is not None else '-'}</pre>{note}</td>"
+                   for _, text, note in columns)
+    return ['<div class="example">', f"<b>prompt {example.prompt_id}</b>",
+            f'<pre class="prompt">{escape(example.prompt)}</pre>',
+            f'<table class="side"><tr>{header}</tr><tr>{body}</tr></table>', "</div>"]
+
+
+def _examples_section(examples: list[Example], all_series: list[RunSeries]) -> list[str]:
+    lines = ["<h2>Example generations</h2>",
+             '<p class="note">the first sample of each run for the same eval prompt and iteration</p>']
+    iterations = sorted({e.iteration for e in examples})
+    for iteration in iterations:
+        is_last = iteration == iterations[-1]
+        lines.append(f'<details{" open" if is_last else ""} data-iteration="{iteration}">'
+                     f"<summary>iteration {iteration}</summary>")
+        for example in (e for e in examples if e.iteration == iteration):
+            lines += _example_block(example, all_series)
+        lines.append("</details>")
+    if not examples:
+        lines.append("<p>none (no evaluation samples, or --examples 0)</p>")
+    return lines
+
+
+def render_report(all_series: list[RunSeries], metrics: list[str], plots: dict[str, bytes],
+                  examples: list[Example]) -> str:
+    """The whole report as one HTML string."""
+    names = ", ".join(s.label for s in all_series)
+    lines = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+             f"<title>selfplay compare: {escape(names)}</title>", f"<style>{STYLE}</style></head>",
+             '<body data-plots="pending">', "<h1>selfplay compare</h1>",
+             f'<p class="meta">{escape(names)} &middot; written {time.strftime("%Y-%m-%d %H:%M:%S")}</p>']
+    lines += _runs_section(all_series)
+    lines += _plots_section(plots)
+    lines += _metrics_section(all_series, metrics)
+    lines += _examples_section(examples, all_series)
+    lines += [f"<script>{READY_SCRIPT}</script>", "</body></html>"]
+    return "\n".join(lines) + "\n"

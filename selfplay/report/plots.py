@@ -1,0 +1,99 @@
+"""One PNG per metric against the iteration, one line per run, with the 95% band where the
+evaluate stage recorded an interval.
+
+A fork's shared iterations (the parent's, before the fork) are drawn dashed in the fork's
+colour, and its own line starts from the last shared value, so the curve visibly leaves the
+parent's at the fork point. Matplotlib's object API (no pyplot) keeps this free of global
+state and of any display.
+"""
+
+import io
+import os
+import re
+import uuid
+from pathlib import Path
+
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+from selfplay.report.read import RunSeries
+
+COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf", "#7f7f7f",
+          "#bcbd22"]
+
+
+def _values(series: RunSeries, metric: str, iterations: list[int]) -> list[float]:
+    return [series.metrics[t][metric] for t in iterations]
+
+
+def _draw_run(axes, series: RunSeries, metric: str, color: str, parent_shown: bool = False) -> None:
+    """One run's line (and band). With its parent in the same plot, a fork's shared part is
+    drawn under the parent's line and gets no band of its own (the parent's is the same)."""
+    iterations = sorted(t for t, values in series.metrics.items() if metric in values)
+    if not iterations:
+        return  # no legend entry for a run without this metric
+    label = series.label + (f" (fork at iteration {series.first_own_iteration})" if series.parent else "")
+    shared = [t for t in iterations if series.is_shared(t)]
+    own = [t for t in iterations if not series.is_shared(t)]
+    if shared:
+        axes.plot(shared, _values(series, metric, shared), color=color, linestyle="--", marker="o",
+                  markerfacecolor="white", alpha=0.8, label=None if own else label, zorder=1.5)
+    if own:
+        joined = shared[-1:] + own  # the fork's own line leaves from the parent's last shared value
+        axes.plot(joined, _values(series, metric, joined), color=color, marker="o", label=label)
+        if shared:
+            axes.plot(shared[-1:], _values(series, metric, shared[-1:]), color=color, marker="o",
+                      markerfacecolor="white")
+    banded = [t for t in (shared[-1:] + own if parent_shown else iterations)
+              if metric in series.intervals.get(t, {})]
+    if not banded:
+        return
+    low = [series.intervals[t][metric][0] for t in banded]
+    high = [series.intervals[t][metric][1] for t in banded]
+    axes.fill_between(banded, low, high, color=color, alpha=0.15, linewidth=0)
+    if len(banded) == 1:  # a band of one point has no width: show it as an error bar
+        value = series.metrics[banded[0]][metric]
+        axes.errorbar(banded, [value], yerr=[[value - low[0]], [high[0] - value]], color=color, capsize=4)
+
+
+def plot_metric(all_series: list[RunSeries], metric: str) -> bytes:
+    """The PNG bytes of one metric's plot."""
+    figure = Figure(figsize=(5.2, 3.2), dpi=100, layout="constrained")
+    axes = figure.subplots()
+    shown = {s.run_id for s in all_series}
+    for index, series in enumerate(all_series):
+        parent_shown = bool(series.parent) and series.parent.get("run_id") in shown
+        _draw_run(axes, series, metric, COLORS[index % len(COLORS)], parent_shown)
+    axes.set_title(metric)
+    axes.set_xlabel("iteration")
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize="small")
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    return buffer.getvalue()
+
+
+def plot_file_name(metric: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]", "_", metric) + ".png"
+
+
+def write_plots(images: dict[str, bytes], folder: Path) -> dict[str, Path]:
+    """Write {metric: PNG bytes} as folder/<metric>.png, each to a temporary name first and
+    renamed into place (a reader never sees half a PNG; other files in the folder are left)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for metric, png in images.items():
+        paths[metric] = folder / plot_file_name(metric)
+        write_bytes_atomic(paths[metric], png)
+    return paths
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
