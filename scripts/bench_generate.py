@@ -171,7 +171,7 @@ def main() -> int:
 
     work = Path(tempfile.mkdtemp(prefix="bench-generate-"))
     warm = {"n": 2, "temperature": 1.0, "top_p": 1.0, "max_tokens": 8}
-    for name, pool in pools.items():
+    for pool in pools.values():
         run_ours(pool, tokenizer, prompts[:4], warm, config, work / "warm.parquet")
     run_raw_in_child(prompt_ids[:4], seeds[:4], warm)
     engine_pids = [pool.stats[0]["pid"] for pool in pools.values()] + [raw_info["pid"]]

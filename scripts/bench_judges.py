@@ -27,7 +27,6 @@ from pathlib import Path
 os.environ.setdefault("TQDM_DISABLE", "1")  # progress bars would interleave with the figures
 
 import numpy as np
-
 from bench_report import cpu_name, write_section  # scripts/ is on sys.path when run as a script
 
 SECTIONS = {"cpu": "## Judges (scripts/bench_judges.py)", "cuda": "## Judges on GPU (scripts/bench_judges.py --device cuda)"}

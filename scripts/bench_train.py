@@ -47,7 +47,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "disabled")
 
 import numpy as np
-
 from bench_report import cpu_name, write_section  # scripts/ is on sys.path when run as a script
 
 SECTION = "## Training (scripts/bench_train.py)"

@@ -5,8 +5,10 @@ exit code 2, before any work starts; anything else is a bug and keeps its traceb
 """
 
 import argparse
-import logging
-import os
+import contextlib
+import gc
+import shlex
+import signal
 import sys
 from pathlib import Path
 
@@ -34,14 +36,67 @@ def print_summary(rows: list[dict]) -> None:
     Console(width=max(120, Console().width)).print(table)
 
 
+_signals_received: list[int] = []
+
+
+def _raise_interrupted(signum, frame):
+    """SIGINT/SIGTERM -> KeyboardInterrupt, the one exception Ray's blocking calls (ray.get)
+    let through from a signal handler (any other one turns into a SystemError there). It is a
+    BaseException, so a stage's `except Exception` does not record it as a stage failure."""
+    _signals_received.append(signum)
+    # Further signals are ignored while the run stops (actors, W&B, the Ray cluster): seconds.
+    for number in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(number, signal.SIG_IGN)
+    raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def _stop_on_signals():
+    """SIGINT and SIGTERM interrupt the main thread (cluster.start_ray keeps these handlers
+    across ray.init, which would install its own)."""
+    _signals_received.clear()
+    previous = {number: signal.signal(number, _raise_interrupted) for number in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        if not _signals_received:  # after one, signals stay ignored until the run has stopped
+            for number, handler in previous.items():
+                signal.signal(number, handler)
+
+
+def _report_interrupt(driver, run_dir: Path) -> int:
+    """Shut Ray down and say in one line what stopped and how to go on; exit 128 + signal."""
+    from selfplay import console
+
+    console.quiet_actors()
+    try:
+        import ray
+
+        ray.shutdown()
+    except Exception:  # a cluster already gone: nothing left to stop
+        pass
+    # The interpreter's final garbage collection over torch/transformers/pyarrow objects takes
+    # 5-10 s on a small CPU; nothing left needs it, so the stop is not held up by it.
+    gc.freeze()
+    signum = _signals_received[0] if _signals_received else signal.SIGINT
+    where = f"iteration {driver.running[0]} stage {driver.running[1]}" if driver.running else "start-up"
+    print(f"selfplay: interrupted by {signal.Signals(signum).name} during {where}; finished stages are kept: "
+          f"`selfplay resume {shlex.quote(str(run_dir))}` continues", file=sys.stderr)
+    return 128 + signum
+
+
 def _run(recipe, run_dir, args, parent=None) -> int:
     from selfplay.cluster import ClusterError
     from selfplay.driver import Driver, StageFailed
     from selfplay.lineage import LineageError, RecipeChangedError
     from selfplay.runs import RunLockedError
 
+    driver = Driver(recipe, run_dir, ray_address=args.ray_address, allow_changes=args.allow_changes)
     try:
-        rows = Driver(recipe, run_dir, ray_address=args.ray_address, allow_changes=args.allow_changes).run(parent)
+        with _stop_on_signals():
+            rows = driver.run(parent)
+    except KeyboardInterrupt:
+        return _report_interrupt(driver, run_dir)
     except (RunLockedError, RecipeChangedError, LineageError, ClusterError) as error:
         return _fail(str(error))
     except StageFailed as error:
@@ -62,38 +117,65 @@ def cmd_run(args) -> int:
     return _run(recipe, run_dir, args)
 
 
-def _frozen_recipe(run_dir: Path, overrides: list[str]):
-    """A run's frozen recipe (run.json) with overrides applied."""
-    from selfplay.lineage import read_run
+def _frozen_recipe(run_dir: Path, overrides: list[str], for_fork: bool = False):
+    """A run's recipe with overrides applied: the frozen one, or the hand-edited run.json or
+    recipe.yaml (the run then refuses it unless --allow-changes records the edit). A fork
+    never inherits a hand edit of its parent: it takes the change as key=value instead."""
+    from selfplay.lineage import LineageError, recipe_files
     from selfplay.recipe import apply_overrides
 
-    return parse_recipe(apply_overrides(read_run(run_dir)["recipe"], overrides))
+    state = recipe_files(run_dir)
+    if for_fork and state["edits"]:
+        path, keys = state["edits"][0]
+        raise LineageError(f"{path} was edited by hand ({', '.join(keys)}): restore it, and give the change to "
+                           f"the fork as key=value")
+    return parse_recipe(apply_overrides(state["requested"], overrides))
 
 
 def cmd_resume(args) -> int:
-    from selfplay.lineage import LineageError, lock_is_held, supersede_from
+    from selfplay.lineage import (
+        LineageError,
+        RecipeChangedError,
+        fork_start_policy,
+        lock_is_held,
+        read_run,
+        recipe_change,
+        supersede_from,
+    )
 
     run_dir = Path(args.run_dir)
     try:
         recipe = _frozen_recipe(run_dir, args.overrides)
+        info = read_run(run_dir)
+        if info.get("parent") and info["parent"]["iteration"] > 1:
+            fork_start_policy(run_dir, info)  # the driver checks again; this answers before Ray starts
         if args.from_iteration is not None:
             if lock_is_held(run_dir):
                 return _fail(f"run directory {run_dir} is in use by another selfplay driver")
-            moved = supersede_from(run_dir, args.from_iteration)
+            recipe_change(run_dir, recipe, args.allow_changes)  # a refused change moves nothing aside
+            moved = supersede_from(run_dir, args.from_iteration,
+                                   {"changed_keys": sorted(item.split("=", 1)[0] for item in args.overrides)})
             if moved:
-                print(f"iterations >= {args.from_iteration} moved aside to {moved}")
-    except LineageError as error:
+                print(f"iterations >= {args.from_iteration} moved aside to {moved} (reason.json says why)")
+    except (LineageError, RecipeChangedError) as error:
         return _fail(str(error))
+    except OSError as error:
+        return _fail(f"{error.filename or run_dir}: {error.strerror or error}; nothing was moved")
     return _run(recipe, run_dir, args)
 
 
 def cmd_fork(args) -> int:
     from selfplay.lineage import LineageError, create_fork, read_run
+    from selfplay.recipe import check_run_name
 
     parent_dir = Path(args.run_dir)
     try:
-        recipe = _frozen_recipe(parent_dir, args.overrides)
-        recipe.name = args.name or f"{read_run(parent_dir)['name']}-fork-{args.from_iteration}"
+        recipe = _frozen_recipe(parent_dir, args.overrides, for_fork=True)
+        name = args.name if args.name is not None else f"{read_run(parent_dir)['name']}-fork-{args.from_iteration}"
+        try:
+            recipe.name = check_run_name(name)
+        except ValueError as error:
+            raise RecipeError(f"--name: {error}") from None
         fork_dir = Path(args.run_dir_out) if args.run_dir_out else parent_dir.parent / recipe.name
         info = create_fork(parent_dir, fork_dir, args.from_iteration, recipe)
     except LineageError as error:
@@ -103,16 +185,14 @@ def cmd_fork(args) -> int:
 
 
 def cmd_validate(args) -> int:
+    """The recipe, then everything it points at (model folders, tiny kinds, prompts, seed pairs),
+    exactly as `run` checks them before writing anything."""
+    from selfplay.preflight import check_recipe
+
     recipe = load_recipe(args.recipe, args.overrides)
-    from selfplay.prompts import load_prompt_pool
-
-    prompts, _, _, _ = load_prompt_pool(recipe)
-    if recipe.seed_training is not None:
-        from selfplay.prompts import read_jsonl_records
-        from selfplay.train.seed_pairs import FIELDS
-
-        read_jsonl_records(recipe.seed_training.path, FIELDS, "a seed pair")
-    print(f"{args.recipe}: ok ({recipe.iterations} iterations, {len(prompts)} prompts, "
+    pool = check_recipe(recipe)
+    duplicates = f" ({pool.duplicates} duplicates dropped)" if pool.duplicates else ""
+    print(f"{args.recipe}: ok ({recipe.iterations} iterations, {len(pool.prompts)} prompts{duplicates}, "
           f"K={1 if recipe.pairs.type == 'drift' else recipe.generate.samples_per_prompt}, "
           f"judge={recipe.annotate.type}, loss={recipe.train.loss})")
     return 0
@@ -145,31 +225,18 @@ def cmd_lineage(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    """Per-iteration evaluation metrics of several runs side by side (forks read their parents')."""
-    from rich.console import Console
-    from rich.table import Table
+    """Evaluation metrics per iteration of several runs: a table, and with --out a PNG per metric
+    and a self-contained HTML report (forks are shown with their parent's shared iterations)."""
+    from selfplay.report.compare import CompareError, compare
 
-    from selfplay.lineage import LineageError, read_run
-    from selfplay.runs import StageDir
-
-    table = Table(title="win_rate_vs_initial / mean response tokens per iteration")
-    table.add_column("iter", justify="right")
-    columns = []
     try:
-        for run_dir in map(Path, args.run_dirs):
-            info = read_run(run_dir)
-            table.add_column(f"{info['name']} [{info['run_id'][:6]}]", justify="right")
-            columns.append((run_dir, info["recipe"]["iterations"]))
-    except LineageError as error:
+        written = compare(args.run_dirs, args.metric, args.out, args.plots, args.examples)
+    except CompareError as error:
         return _fail(str(error))
-    for iteration in range(1, max(n for _, n in columns) + 1):
-        cells = []
-        for run_dir, _ in columns:
-            manifest = StageDir(run_dir, iteration, "evaluate").manifest()
-            metrics = manifest["metrics"] if manifest else None
-            cells.append(f"{metrics['win_rate_vs_initial']:.3f} / {metrics['mean_response_tokens']:.0f}" if metrics else "-")
-        table.add_row(str(iteration), *cells)
-    Console(width=max(120, Console().width)).print(table)
+    if "plots" in written:
+        print(f"plots: {next(iter(written['plots'].values())).parent}")
+    if "report" in written:
+        print(f"report: {written['report']}")
     return 0
 
 
@@ -200,6 +267,8 @@ def build_parser() -> argparse.ArgumentParser:
     for command in (run, resume, fork):
         command.add_argument("--ray-address", help="connect to an existing Ray cluster")
         command.add_argument("--allow-changes", action="store_true", help="accept a recipe that differs from the run's")
+        command.add_argument("--verbose", action="store_true",
+                             help="also show Ray, vLLM and DeepSpeed logs on the console (always in <run>/logs/driver.log)")
     validate = sub.add_parser("validate", help="check a recipe without running it")
     validate.add_argument("recipe")
     validate.add_argument("overrides", nargs="*")
@@ -207,10 +276,17 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("run_dir")
     tree = sub.add_parser("lineage", help="the tree of runs, forks and checkpoints, with hashes and references")
     tree.add_argument("run_dir")
-    compare = sub.add_parser("compare", help="evaluation metrics per iteration of several runs side by side")
+    compare = sub.add_parser("compare", help="evaluation metrics per iteration of several runs: table, plots, HTML report")
     compare.add_argument("run_dirs", nargs="+")
+    compare.add_argument("--metric", nargs="+", action="extend", metavar="NAME",
+                         help="metrics to show (default: every numeric metric of the evaluations)")
+    compare.add_argument("--out", help="write a self-contained HTML report here, e.g. report.html")
+    compare.add_argument("--plots", help="folder for the PNG plots (default with --out: <report>-plots/)")
+    compare.add_argument("--examples", type=int, default=3, help="eval prompts per iteration shown in the report")
     tiny = sub.add_parser("make-tiny", help="build (or find in the cache) a tiny local model and print its folder")
-    tiny.add_argument("kind", nargs="?", default="llama")
+    from selfplay.models import TINY_BUILDERS
+
+    tiny.add_argument("kind", nargs="?", default="llama", choices=list(TINY_BUILDERS))
     tiny.add_argument("--seed", type=int, default=0)
     return parser
 
@@ -228,8 +304,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(unknown or extra)}")
     if extra:
         args.overrides = list(args.overrides) + extra
-    logging.basicConfig(level=os.environ.get("SELFPLAY_LOG", "INFO"), format="%(asctime)s %(name)s %(message)s",
-                        datefmt="%H:%M:%S")
+    from selfplay import console
+
+    console.setup(verbose=getattr(args, "verbose", False))
     from selfplay.prompts import PromptError
 
     try:

@@ -1,8 +1,8 @@
 """Ray start-up, and the recipe's GPU needs against the cluster.
 
 Start-up: a local cluster sized for the recipe, or an existing cluster by address. Workers get
-the environment the engines need (in-process vLLM, no torch.compile on CPU, the model cache)
-through the job's runtime_env, so the same recipe runs on a laptop and on a cluster.
+the environment they share (the model cache, offline hub flags) through the job's runtime_env,
+so the same recipe runs on a laptop and on a cluster.
 
 GPUs: vLLM engines, model judges and training ranks are separate Ray actors, and a typical
 node cannot hold them all at once (the SPPO recipe: 8 engines + 1 PairRM + 8 ranks on 8 GPUs).
@@ -11,6 +11,8 @@ driver then releases whichever groups are in the way when the next one needs the
 """
 
 import os
+import signal
+import threading
 import time
 
 import ray
@@ -23,21 +25,41 @@ WORKER_ENV = ("SELFPLAY_CACHE", "TORCH_EXTENSIONS_DIR", "HF_HUB_OFFLINE", "TRANS
 def start_ray(address: str | None, min_cpus: int) -> None:
     if ray.is_initialized():
         return
-    env = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "TORCH_COMPILE_DISABLE": "1", "TOKENIZERS_PARALLELISM": "false",
-           "PYTHONWARNINGS": "ignore::DeprecationWarning"}
+    # The CPU engine's own settings (in-process vLLM, no torch.compile) are set by the engine
+    # actor itself, only on CPU (selfplay.generate.engine): on CUDA vLLM keeps its defaults.
+    env = {"TOKENIZERS_PARALLELISM": "false", "PYTHONWARNINGS": "ignore::DeprecationWarning"}
     env.update({k: os.environ[k] for k in WORKER_ENV if k in os.environ})
     runtime_env = {"env_vars": env}
     if address:
         try:
-            ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
+            _init_keeping_signal_handlers(address=address, runtime_env=runtime_env, log_to_driver=True,
+                                          configure_logging=False)
         except ConnectionError as error:
             raise ClusterError(_join_failure(address, error)) from None
         return
     # Logical CPUs: engines and training ranks each hold one; on a small machine they take
     # turns with the real cores (the engine idles while ranks train).
-    ray.init(num_cpus=max(os.cpu_count() or 1, min_cpus), include_dashboard=False,
-             object_store_memory=512 * 1024 * 1024, runtime_env=runtime_env, log_to_driver=True,
-             configure_logging=True, logging_level="WARNING")
+    _init_keeping_signal_handlers(num_cpus=max(os.cpu_count() or 1, min_cpus), include_dashboard=False,
+                                  object_store_memory=512 * 1024 * 1024, runtime_env=runtime_env,
+                                  log_to_driver=True, configure_logging=False)
+
+
+def _init_keeping_signal_handlers(**options) -> None:
+    """ray.init, with Ray's logs routed through selfplay.console (actor lines to the run's log
+    file, errors to the console) and the CLI's SIGINT/SIGTERM handlers kept: ray.init replaces
+    the SIGTERM one with a sys.exit that ends in a core dump."""
+    from selfplay import console
+
+    handlers = {number: signal.getsignal(number) for number in (signal.SIGINT, signal.SIGTERM)}
+    console.route_library_loggers()
+    try:
+        ray.init(**options)
+    finally:
+        if threading.current_thread() is threading.main_thread():
+            for number, handler in handlers.items():
+                if callable(handler):  # one a Python caller installed (the CLI's); else Ray's stays
+                    signal.signal(number, handler)
+    console.route_actor_output()
 
 
 class ClusterError(RuntimeError):

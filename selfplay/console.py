@@ -65,17 +65,23 @@ def log_to_run_dir(run_dir: Path) -> Path:
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
     root.addHandler(handler)
     _state["file_handler"] = handler
+    route_library_loggers()
     with open(path, "a", encoding="utf-8") as log_file:
         log_file.write(f"---- selfplay {' '.join(sys.argv[1:])} (pid {os.getpid()}, {time.strftime('%Y-%m-%d %H:%M:%S')})\n")
     return path
 
 
-def route_ray_logger() -> None:
-    """Ray's driver-side logger keeps its own stderr handler and does not propagate: send its
-    records through ours instead (before ray.init, which would print with its handler)."""
-    ray_logger = logging.getLogger("ray")
-    ray_logger.handlers.clear()
-    ray_logger.propagate = True
+# Libraries whose root logger prints with its own handler and does not propagate to ours.
+LIBRARY_LOGGERS = ("ray", "vllm", "DeepSpeed", "transformers")
+
+
+def route_library_loggers() -> None:
+    """Send these libraries' records through our handlers (console filter, log file) instead of
+    their own stderr handlers. Called again after imports that may configure them (ray.init)."""
+    for name in LIBRARY_LOGGERS:
+        library_logger = logging.getLogger(name)
+        library_logger.handlers.clear()
+        library_logger.propagate = True
 
 
 def route_actor_output() -> bool:

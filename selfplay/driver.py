@@ -21,6 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from selfplay import lineage, runs
+from selfplay.failures import error_summary, is_worker_failure
 from selfplay.recipe import Recipe
 
 log = logging.getLogger("selfplay")
@@ -30,18 +31,10 @@ class StageFailed(RuntimeError):
     """A stage raised; the run directory keeps every finished stage, so `resume` continues."""
 
 
-def _is_worker_failure(error: Exception) -> bool:
-    """A dead actor or worker process (preemption, OOM kill): worth a bounded retry."""
-    import ray.exceptions
-
-    return isinstance(error, (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError,
-                              ray.exceptions.NodeDiedError))
-
-
 def _prepare_checkpoints(folder: Path, key: dict) -> None:
     """Keep in-stage training checkpoints only if they belong to the same inputs and config."""
     key_path = folder / "key.json"
-    if folder.exists() and (not key_path.exists() or runs.read_json(key_path) != runs.digest_of(key)):
+    if folder.exists() and runs.read_scratch_json(key_path, None) != runs.digest_of(key):
         shutil.rmtree(folder)
     folder.mkdir(parents=True, exist_ok=True)
     runs.write_json_atomic(key_path, runs.digest_of(key))
@@ -57,16 +50,21 @@ class Driver:
         self.model_judge = None
         self.eval_judge = None
         self.summary = []
+        self.change_note = None  # the recipe keys this command changed, for superseded/ reason records
+        self.running = None  # (iteration, stage) last entered: what an interrupt stopped
 
     # -- stage bookkeeping ---------------------------------------------------------------
     def run_stage(self, iteration: int, name: str, inputs: dict, config: dict, body) -> dict:
         """body(tmp_dir) -> (output names, metrics, extra manifest fields)."""
+        self.running = (iteration, name)
         stage = runs.StageDir(self.run_dir, iteration, name)
         config_digest = runs.digest_of(config)
         if stage.is_done(inputs, config_digest):
             shutil.rmtree(stage.tmp, ignore_errors=True)  # debris of a crash after the stage had finished
             log.info("iter %d %-9s done earlier, skipped", iteration, name)
-            return stage.manifest()
+            manifest = stage.manifest()
+            self._record(stage, manifest)  # its metrics.jsonl rows, if a crash came before them
+            return manifest
         failed_path = stage.path.with_name(name + ".failed.json")
         started = time.time()
         for attempt in range(self.recipe.max_stage_retries + 1):
@@ -76,10 +74,10 @@ class Driver:
                 outputs, metrics, extra = body(tmp)
                 break
             except Exception as error:
-                summary = f"{type(error).__name__}: {str(error).strip().splitlines()[-1] if str(error).strip() else ''}"
+                summary = error_summary(error)
                 runs.write_json_atomic(failed_path, {"error": summary[:500], "attempt": attempt, "at": time.time(),
                                                      "traceback": traceback.format_exc()})
-                if not _is_worker_failure(error) or attempt == self.recipe.max_stage_retries:
+                if not is_worker_failure(error) or attempt == self.recipe.max_stage_retries:
                     if isinstance(error, OSError):  # disk full, read-only: the CLI explains it
                         raise
                     raise StageFailed(f"iteration {iteration} stage {name} failed after {attempt + 1} attempt(s): "
@@ -92,10 +90,20 @@ class Driver:
                     "config_digest": config_digest, "started_at": started, "seconds": seconds,
                     "metrics": metrics, "packages": self.packages, "code_version": self.code_version,
                     "run_id": self.info["run_id"], **extra}
-        manifest = stage.commit(outputs, manifest)
-        self.tracker.record(iteration, name, {**metrics, "seconds": seconds})
+        manifest = stage.commit(outputs, manifest, self.change_note)  # an earlier result goes to superseded/
+        self._record(stage, manifest)
         log.info("iter %d %-9s finished in %.1f s", iteration, name, seconds)
         return manifest
+
+    def _record(self, stage: runs.StageDir, manifest: dict) -> None:
+        """The stage's rows in metrics.jsonl (and W&B): its train steps, if any, then its metrics."""
+        steps = []
+        if "first_global_step" in manifest:
+            history = (stage.path / "history.jsonl").read_text().splitlines()
+            steps = [{**json.loads(line), "global_step": manifest["first_global_step"] + offset}
+                     for offset, line in enumerate(history)]
+        self.tracker.record(stage.iteration, stage.name, {**manifest["metrics"], "seconds": manifest["seconds"]},
+                            manifest["started_at"], steps)
 
     def _path(self, iteration: int, stage: str, name: str) -> Path:
         return self.run_dir / f"iter-{iteration:03d}" / stage / name
@@ -176,26 +184,35 @@ class Driver:
 
     # -- the run ---------------------------------------------------------------------------
     def run(self, parent: dict | None = None) -> list[dict]:
+        from selfplay import console
         from selfplay.cluster import check_gpu_fit, gpu_needs, start_ray
         from selfplay.models import resolve_model
-        from selfplay.prompts import load_prompt_pool
+        from selfplay.preflight import check_recipe, load_tokenizer
         from selfplay.track.tracker import Tracker
 
         recipe = self.recipe
+        # Pre-flight, before the run directory is touched (and before Ray's start-up): model
+        # folders, tiny kinds, prompts and seed pairs. A broken one must not freeze a run.json.
+        pool = check_recipe(recipe)
+        self.prompts, self.records, self.duplicate_prompts = pool.prompts, pool.records, pool.duplicates
+        self.initial_policy = str(resolve_model(recipe.policy.path, recipe.policy.seed))  # a tiny: one is built
+        self.tokenizer = load_tokenizer("policy.path", self.initial_policy)
         with runs.RunLock(self.run_dir):
+            console.log_to_run_dir(self.run_dir)  # before Ray starts: its lines and the actors' go there
+            if pool.duplicates:
+                log.info("prompts: %d rows repeat an earlier prompt (same text up to case and whitespace) and are "
+                         "never selected; %d distinct prompts", pool.duplicates, len(pool.prompts) - pool.duplicates)
             start_ray(self.ray_address, recipe.generate.replicas + recipe.train.world_size + 1)
             self.gpu_needs = gpu_needs(recipe)
             check_gpu_fit(self.gpu_needs)  # before run.json: a recipe the cluster cannot hold leaves no run behind
+            started = time.time()
             self.info = lineage.init_run_dir(self.run_dir, recipe, self.allow_changes, parent)
+            accepted = [c for c in self.info.get("recipe_changes", []) if c.get("at", 0) >= started]
+            self.change_note = {"recipe_change": accepted[-1]["keys"]} if accepted else None
             self.packages, self.code_version = runs.package_versions(), runs.code_version()
-            self.initial_policy = str(resolve_model(recipe.policy.path, recipe.policy.seed))
-            self.prompts, self.records, eval_ids, slices = load_prompt_pool(recipe)
             self.tracker = Tracker(self.run_dir, self.info, recipe, self.info["recipe"])
-            from transformers import AutoTokenizer
-
-            self.tokenizer = AutoTokenizer.from_pretrained(self.initial_policy)
             try:
-                self._run_iterations(eval_ids, slices)
+                self._run_iterations(pool.eval_ids, pool.slices)
             finally:
                 self.tracker.finish()
                 self._drop_actors()
@@ -206,7 +223,8 @@ class Driver:
         pairs), re-reading only files changed since the last start: a 7B checkpoint is not
         re-hashed at every resume."""
         cache = self.run_dir / "external_fingerprints.json"
-        known = runs.read_json(cache) if cache.exists() else {}
+        known = runs.read_scratch_json(cache, {})
+        known = known if isinstance(known, dict) else {}
         key = str(Path(path).resolve())
         known[key] = runs.fingerprint(Path(path), known.get(key))
         runs.write_json_atomic(cache, known)
@@ -229,9 +247,8 @@ class Driver:
 
         parent = self.info.get("parent")
         first = parent["iteration"] if parent else 1
-        if first > 1:  # a fork: start from the parent's policy at the start of iteration `first`
-            path = lineage.start_policy(Path(parent["run_dir"]), first)
-            policy = (str(path), runs.StageDir(Path(parent["run_dir"]), first - 1, "train").output_digest("policy"))
+        if first > 1:  # a fork: start from its own copy of the parent's policy, checked against run.json
+            policy = lineage.fork_start_policy(self.run_dir, self.info)
         else:
             policy = self._seed_stage() if recipe.seed_training else self.initial
         for iteration in range(first, recipe.iterations + 1):
@@ -267,7 +284,8 @@ class Driver:
 
         policy_path, policy_digest = policy
         config = {"prompt_ids": prompt_ids, "n": n, **sampling, "seed": self.recipe.seed, "purpose": purpose,
-                  "engine": self.recipe.generate.model_dump(include={"replicas", "tensor_parallel_size", "max_model_len"}),
+                  "engine": self.recipe.generate.model_dump(include={"replicas", "tensor_parallel_size", "max_model_len",
+                                                                     "long_prompts", "store_logprobs", "engine_args"}),
                   "dtype": self.recipe.policy.dtype}
         if prompts is not None:
             config["prompts_digest"] = runs.digest_of(prompts)
@@ -276,14 +294,26 @@ class Driver:
             started = time.time()
             pool = self._engines(policy_path)
             load_seconds = time.time() - started
-            table = generate_samples(pool, self.tokenizer, prompt_ids, prompts or self.prompts, n=n,
-                                     run_seed=self.recipe.seed, iteration=iteration, purpose=purpose, **sampling)
+            table, long_prompts = generate_samples(
+                pool, self.tokenizer, prompt_ids, prompts or self.prompts, n=n, run_seed=self.recipe.seed,
+                iteration=iteration, purpose=purpose, max_model_len=self.recipe.generate.max_model_len,
+                long_prompts=self.recipe.generate.long_prompts, **sampling)
+            for what in ("truncated", "skipped"):
+                if long_prompts[what]:
+                    log.warning("iter %d %-9s %d of %d prompts %s: longer than generate.max_model_len - max_tokens "
+                                "(%d tokens; generate.long_prompts=%s), prompt ids %s", iteration, name,
+                                len(long_prompts[what]), len(prompt_ids), what, long_prompts["budget"],
+                                long_prompts["rule"], long_prompts[what][:10])
             pq.write_table(table, tmp / "samples.parquet")
             tokens = sum(len(t) for t in table.column("token_ids").to_pylist())
             seconds = time.time() - started
-            return ["samples.parquet"], {"samples": table.num_rows, "prompts": len(prompt_ids), "tokens": tokens,
-                                         "engine_load_seconds": load_seconds,
-                                         "tokens_per_second": tokens / max(seconds - load_seconds, 1e-9)}, {}
+            metrics = {"samples": table.num_rows, "prompts": len(prompt_ids), "tokens": tokens,
+                       "prompts_truncated": len(long_prompts["truncated"]),
+                       "prompts_skipped": len(long_prompts["skipped"]), "engine_load_seconds": load_seconds,
+                       "tokens_per_second": tokens / max(seconds - load_seconds, 1e-9)}
+            if name == "baseline":  # the prompt pool, recorded once per run
+                metrics["duplicate_prompts_dropped"] = self.duplicate_prompts
+            return ["samples.parquet"], metrics, {"long_prompts": long_prompts}
 
         return self.run_stage(iteration, name, {"policy": policy_digest}, config, body)
 
@@ -300,14 +330,19 @@ class Driver:
             token_ids = [(rows[0]["prompt_token_ids"], [r["token_ids"] for r in rows]) for _, _, rows in grouped]
             judgments = judge_groups(self._judge(policy[0]), groups, desc=f"iter {iteration} annotate",
                                      token_ids=token_ids)
-            table = judgments_table(groups, judgments, recipe.annotate.win_matrix, recipe.annotate.temperature)
+            table, metrics, warnings = judgments_table(groups, judgments, recipe.annotate.win_matrix,
+                                                       recipe.annotate.temperature)
             pq.write_table(table, tmp / "judgments.parquet")
-            return ["judgments.parquet"], {"prompts": table.num_rows}, {}
+            for warning in warnings:
+                log.warning("iter %d %s", iteration, warning)
+            return ["judgments.parquet"], metrics, {"warnings": warnings}
 
         inputs = {"samples": generated["outputs"]["samples.parquet"]}
         if recipe.annotate.type == "selfie":  # the judge is the policy itself
             inputs["policy"] = policy[1]
-        return self.run_stage(iteration, "annotate", inputs, recipe.annotate.model_dump(mode="json"), body)
+        # the timeout changes no result: changing it re-judges nothing
+        config = recipe.annotate.model_dump(mode="json", exclude={"timeout_seconds"})
+        return self.run_stage(iteration, "annotate", inputs, {**config, **runs.judge_identity(recipe.annotate)}, body)
 
     def _pairs_stage(self, iteration, generated, annotated):
         from selfplay.pairs import PAIR_BUILDERS
@@ -378,7 +413,6 @@ class Driver:
             (tmp / "history.jsonl").write_text("".join(json.dumps(h) + "\n" for h in history))
             earlier = [] if name == "seed" else [runs.StageDir(self.run_dir, 0, "seed").manifest()]
             earlier += [runs.StageDir(self.run_dir, t, "train").manifest() for t in range(1, iteration)]
-            self.tracker.log_train_steps(iteration, history, sum(m["metrics"]["steps"] for m in earlier if m))
             last = history[-1]
             metrics = {"loss": sum(h["loss"] for h in history) / len(history), "final_loss": last["loss"],
                        "accuracy": last["accuracy"], "steps": len(history), "pairs": result["num_pairs"],
@@ -386,6 +420,8 @@ class Driver:
             if "loss_over_eta_sq" in last:
                 metrics["loss_over_eta_sq"] = sum(h["loss_over_eta_sq"] for h in history) / len(history)
             extra = {"reference": {"rule": config.reference, "path": reference[0], "digest": reference[1]},
+                     # where this stage's steps start on the run-wide train-step axis (metrics.jsonl, W&B)
+                     "first_global_step": sum(m["metrics"]["steps"] for m in earlier if m),
                      "schedule": {"total_steps": result["total_steps"], "warmup_steps": result["warmup_steps"],
                                   "epochs": config.epochs, "scheduler": config.scheduler,
                                   "gradient_accumulation_steps": result["gradient_accumulation_steps"]}}
@@ -408,10 +444,7 @@ class Driver:
 
         paired = self.run_stage(0, "seed-pairs", {"seed_pairs": self._external_digest(seed.path)},
                                 seed.model_dump(), body)
-        config = self.recipe.train.model_copy(update={
-            "loss": seed.loss, "epochs": seed.epochs, "reference": "initial", "loss_options": {},
-            "learning_rate": seed.learning_rate or self.recipe.train.learning_rate,
-            "beta": seed.beta or self.recipe.train.beta})
+        config = self.recipe.seed_train_config()
         _, policy = self._train_stage(0, self.initial, paired, name="seed", config=config, reference=self.initial)
         return policy
 
@@ -431,7 +464,7 @@ class Driver:
         return str(self._path(0, "reference-soup", "policy")), manifest["outputs"]["policy"]
 
     def _evaluate_stage(self, iteration, policy, eval_samples):
-        from selfplay.evaluate.stage import response_stats, win_rate_vs_initial
+        from selfplay.evaluate.stage import judge_against_initial, response_stats
 
         recipe = self.recipe
         samples_path = self._path(iteration, "eval-gen", "samples.parquet")
@@ -439,15 +472,18 @@ class Driver:
         def body(tmp):
             samples = pq.read_table(samples_path)
             judge, judge_config = self._evaluation_judge(policy[0])
-            win_rate, table = win_rate_vs_initial(judge, samples,
-                                                  pq.read_table(self._path(0, "baseline", "samples.parquet")),
-                                                  judge_config.win_matrix, judge_config.temperature)
+            metrics, table, warnings = judge_against_initial(
+                judge, samples, pq.read_table(self._path(0, "baseline", "samples.parquet")),
+                judge_config.win_matrix, judge_config.temperature)
             pq.write_table(table, tmp / "eval.parquet")
-            metrics = {"win_rate_vs_initial": win_rate, **response_stats(samples)}
+            metrics.update(response_stats(samples))
             runs.write_json_atomic(tmp / "metrics.json", metrics)
-            return ["eval.parquet", "metrics.json"], metrics, {}
+            for warning in warnings:
+                log.warning("iter %d %s", iteration, warning)
+            return ["eval.parquet", "metrics.json"], metrics, {"warnings": warnings}
 
         judge_config = recipe.evaluate.judge or recipe.annotate
         return self.run_stage(iteration, "evaluate", {"policy_samples": eval_samples["outputs"]["samples.parquet"],
                                                       "initial_samples": self.baseline["outputs"]["samples.parquet"]},
-                              judge_config.model_dump(mode="json"), body)
+                              {**judge_config.model_dump(mode="json", exclude={"timeout_seconds"}),
+                               **runs.judge_identity(judge_config)}, body)

@@ -6,11 +6,12 @@ that into exit code 2 before any work starts.
 """
 
 import importlib
+import re
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from selfplay.pairs.drift import HINDSIGHT_TEMPLATE
 
@@ -27,20 +28,67 @@ def load_function(spec: str):
     try:
         module = importlib.import_module(module_name)
     except Exception as error:  # any import failure is the user's module, not ours
-        raise ValueError(f"annotate.function {spec!r}: cannot import {module_name!r} ({type(error).__name__}: {error})")
+        raise ValueError(f"annotate.function {spec!r}: cannot import {module_name!r} ({type(error).__name__}: {error})") from None
     fn = getattr(module, attr, None)
     if not callable(fn):
         raise ValueError(f"annotate.function {spec!r}: {module_name!r} has no callable {attr!r}")
     return fn
 
 
+RUN_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,99}")
+
+
+def check_run_name(value: str) -> str:
+    """A run or fork name names its folder (runs/<name>): one safe path component."""
+    if not isinstance(value, str) or not RUN_NAME.fullmatch(value):
+        raise ValueError(f"must be 1-100 characters of letters, digits, '.', '_' or '-', not starting with '.' "
+                         f"(it names the run folder), got {value!r}")
+    return value
+
+
+# Seeds feed numpy (non-negative) and vLLM's np.random.seed (below 2**32, one more per replica).
+Seed = Annotated[int, Field(ge=0, lt=2**31)]
+
+# Limits of the losses' float options (selfplay.train.losses): the ranges their math needs.
+LOSS_OPTION_LIMITS = {
+    "label_smoothing": (lambda v: 0 <= v < 0.5, "in [0, 0.5) (the assumed chance that a preference label is "
+                                                "flipped: 0.5 learns nothing, more learns the reverse)"),
+    "nll_weight": (lambda v: v >= 0, ">= 0"),
+    "alpha": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+}
+# Per-step values the trainer passes to a loss itself (selfie's threshold is re-estimated each step).
+TRAINER_SET_OPTIONS = ("beta", "threshold")
+
+
+def loss_options_of(loss: str) -> list[str]:
+    """A loss's settable options: its keyword-only float parameters (tensor ones are per-pair targets)."""
+    import inspect
+
+    from selfplay.train.losses import LOSSES
+
+    return [p.name for p in inspect.signature(LOSSES[loss]).parameters.values()
+            if p.kind == p.KEYWORD_ONLY and p.annotation is float and p.name not in TRAINER_SET_OPTIONS]
+
+
+def loss_targets(loss: str) -> list[str]:
+    """The per-pair columns a loss requires from the pairs (chosen_nll the trainer computes itself)."""
+    import inspect
+
+    from selfplay.train.losses import LOSSES
+
+    return [p.name for p in inspect.signature(LOSSES[loss]).parameters.values()
+            if p.kind == p.KEYWORD_ONLY and p.default is p.empty and p.annotation is not float
+            and p.name != "chosen_nll"]
+
+
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # Every float must be finite: an inf learning rate trains a NaN policy that would count as done.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class PolicyConfig(Strict):
     path: str = Field("tiny:llama", description="HF model folder, or tiny:llama (built locally on first use)")
-    seed: int = Field(0, description="seed for building a tiny: model")
+    seed: Seed = Field(0, description="seed for building a tiny: model")
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
 
 
@@ -49,7 +97,7 @@ class PromptsConfig(Strict):
     field: str = Field("prompt", description="column holding the user prompt text")
     per_iteration: int = Field(64, gt=0, description="prompts per iteration (disjoint slices)")
     eval_size: int = Field(32, gt=0, description="held-out prompts for evaluation")
-    shuffle_seed: int = 0
+    shuffle_seed: Seed = 0
     reuse: bool = Field(False, description="wrap around when the pool runs out instead of failing")
 
 
@@ -65,6 +113,25 @@ class GenerateConfig(Strict):
     kv_cache_gib: float = Field(0.25, gt=0.0, description="CPU KV cache size")
     max_model_len: int = Field(1024, gt=0)
     keep_engine: bool = Field(True, description="keep engines alive across iterations and reload weights in place")
+    long_prompts: Literal["truncate", "skip"] = Field(
+        "truncate", description="a chat-templated prompt longer than max_model_len - max_tokens: keep its last "
+                                "tokens (truncate) or leave the prompt out (skip); counted in the stage manifest")
+    store_logprobs: bool = Field(False, description="store sampled-token log-probs in samples.parquet "
+                                                    "(costs ~30% of generation on a tiny model; nothing reads them)")
+    cpu_threads: int = Field(0, ge=0, description="torch/OpenMP threads per CPU engine; 0: the cores / replicas")
+    engine_args: dict[str, object] = Field(default_factory=dict,
+                                           description="further vllm.EngineArgs fields, passed through (they win)")
+
+    @model_validator(mode="after")
+    def _check_room(self):
+        if self.max_tokens >= self.max_model_len:
+            raise ValueError(f"generate.max_tokens ({self.max_tokens}) must be smaller than generate.max_model_len "
+                             f"({self.max_model_len}): the prompt and the response share the engine's context")
+        if self.engine_args:  # reads vLLM's source, not `import vllm` (15-25 s)
+            from selfplay.generate.engine import check_engine_args
+
+            check_engine_args(self.engine_args)
+        return self
 
 
 class AnnotateConfig(Strict):
@@ -74,9 +141,31 @@ class AnnotateConfig(Strict):
     backend: Literal["native", "llm-blender"] = "native"
     reference: str | None = Field(None, description="fixed reference model for type=selfie")
     win_matrix: Literal["aggregated", "direct"] = "aggregated"
-    temperature: float = Field(1.0, gt=0.0, description="Bradley-Terry temperature for scalar scores")
+    temperature: Literal["auto"] | float = Field(
+        "auto", description="Bradley-Terry temperature for scalar scores: 'auto' (the spread of the stage's "
+                            "scores, so their scale and offset do not matter) or a fixed positive number")
+    timeout_seconds: float | None = Field(
+        600.0, description="the most one judge call (one prompt's samples) or a model judge's start-up may take; "
+                           "null waits forever")
     batch_tokens: int = Field(8192, gt=0)
     num_gpus: float = Field(0.0, ge=0.0)
+
+    @field_validator("temperature", mode="before")
+    @classmethod
+    def _check_temperature(cls, value):
+        if value == "auto":
+            return value
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
+            raise ValueError(f"must be 'auto' or a finite number > 0, got {value!r}")
+        return float(value)
+
+    @field_validator("timeout_seconds", mode="before")
+    @classmethod
+    def _check_timeout(cls, value):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                  or not 0 < value < float("inf")):
+            raise ValueError(f"must be a finite number of seconds > 0, or null for no limit; got {value!r}")
+        return value
 
     @model_validator(mode="after")
     def _check_type_fields(self):
@@ -111,14 +200,14 @@ class TrainConfig(Strict):
     offload_optimizer: bool = False
     precision: Literal["fp32", "bf16"] = "fp32"
     gradient_checkpointing: bool = False
-    max_grad_norm: float = Field(1.0, ge=0.0)
+    max_grad_norm: float = Field(1.0, ge=0.0, description="gradient clipping norm; 0 turns clipping off")
     num_gpus_per_rank: float = Field(0.0, ge=0.0)
     loss_options: dict[str, float] = Field(default_factory=dict,
                                            description="extra keyword arguments of the loss, e.g. label_smoothing")
     reference: Literal["previous", "initial", "soup"] = "previous"
     soup: list[str] = Field(default_factory=list, description="checkpoints averaged into the reference (SALSA)")
     checkpoint_every: int = Field(0, ge=0, description="DeepSpeed checkpoint every N optimizer steps (0: off)")
-    seed: int = 0
+    seed: Seed = 0
 
     @model_validator(mode="after")
     def _check_batch(self):
@@ -126,14 +215,14 @@ class TrainConfig(Strict):
 
         if self.loss not in LOSSES:
             raise ValueError(f"train.loss must be one of {', '.join(sorted(LOSSES))}, got {self.loss!r}")
-        import inspect
-
-        allowed = [p.name for p in inspect.signature(LOSSES[self.loss]).parameters.values()
-                   if p.kind == p.KEYWORD_ONLY and p.name != "beta"]
-        for key in self.loss_options:
+        allowed = loss_options_of(self.loss)
+        for key, value in self.loss_options.items():
             if key not in allowed:
                 raise ValueError(f"train.loss_options.{key}: not an option of loss {self.loss!r} "
-                                 f"(allowed: {', '.join(allowed)})")
+                                 f"(allowed: {', '.join(allowed) or 'none'})")
+            within, limits = LOSS_OPTION_LIMITS.get(key, (lambda v: True, ""))
+            if not within(value):
+                raise ValueError(f"train.loss_options.{key} must be {limits}, got {value!r}")
         if self.reference == "soup" and len(self.soup) < 2:
             raise ValueError("train.soup must name at least two checkpoints when train.reference is 'soup'")
         per_step = self.micro_batch_size * self.world_size
@@ -149,7 +238,7 @@ class EvaluateConfig(Strict):
     samples_per_prompt: int = Field(2, ge=1, description="samples per eval prompt for each policy")
     temperature: float = Field(0.7, ge=0.0)
     top_p: float = Field(0.9, gt=0.0, le=1.0)
-    max_tokens: int | None = Field(None, description="defaults to generate.max_tokens")
+    max_tokens: int | None = Field(None, gt=0, description="defaults to generate.max_tokens")
     judge: AnnotateConfig | None = Field(None, description="judge for the win rate; defaults to the annotate section")
 
 
@@ -161,11 +250,41 @@ class SeedTrainingConfig(Strict):
     learning_rate: float | None = Field(None, gt=0.0, description="defaults to train.learning_rate")
     beta: float | None = Field(None, gt=0.0, description="defaults to train.beta")
 
+    @field_validator("loss")
+    @classmethod
+    def _check_loss(cls, value):
+        from selfplay.train.losses import LOSSES
+
+        usable = sorted(name for name in LOSSES if not loss_targets(name))
+        if value not in usable:
+            needs = (f" ({value!r} needs per-pair targets {', '.join(loss_targets(value))} that labelled pairs "
+                     f"do not have)" if value in LOSSES else "")
+            raise ValueError(f"must be one of {', '.join(usable)}{needs}, got {value!r}")
+        return value
+
 
 class DriftConfig(Strict):
     hindsight_template: str = Field(HINDSIGHT_TEMPLATE, description="uses {prompt}, {dsat_response}, {feedback}")
     temperature: float = Field(0.7, ge=0.0)
     top_p: float = Field(0.9, gt=0.0, le=1.0)
+
+    @field_validator("hindsight_template")
+    @classmethod
+    def _check_template(cls, value):
+        """Filled with str.format from each record: an unknown {name} or a stray brace would fail mid-run."""
+        import string
+
+        from selfplay.pairs.drift import RECORD_FIELDS
+
+        try:
+            names = {name for _, name, _, _ in string.Formatter().parse(value) if name is not None}
+        except ValueError as error:
+            raise ValueError(f"not a format string ({error}); write a literal brace as {{{{ or }}}}") from None
+        unknown = sorted(names - set(RECORD_FIELDS))
+        if unknown:
+            raise ValueError(f"unknown placeholder {{{unknown[0]}}}; allowed: "
+                             f"{', '.join('{' + f + '}' for f in RECORD_FIELDS)}")
+        return value
 
 
 class TrackingConfig(Strict):
@@ -178,7 +297,12 @@ class TrackingConfig(Strict):
 
 class Recipe(Strict):
     name: str = "selfplay-run"
-    seed: int = 0
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, value):
+        return check_run_name(value)
+    seed: Seed = 0
     iterations: int = Field(3, ge=1)
     max_stage_retries: int = Field(2, ge=0, description="retries of a stage whose Ray worker died")
     policy: PolicyConfig = PolicyConfig()
@@ -205,9 +329,36 @@ class Recipe(Strict):
                              f"got {self.pairs.type!r}")
         return self
 
+    @model_validator(mode="after")
+    def _check_settings_together(self):
+        max_model_len = self.generate.max_model_len
+        if self.evaluate.max_tokens is not None and self.evaluate.max_tokens >= max_model_len:
+            raise ValueError(f"evaluate.max_tokens ({self.evaluate.max_tokens}) must be smaller than "
+                             f"generate.max_model_len ({max_model_len}): the prompt and the response share the "
+                             f"engine's context")
+        if self.seed_training is not None:
+            try:
+                self.seed_train_config()
+            except ValidationError as error:
+                raise ValueError(f"seed_training: {_format_error(error)}") from None
+        return self
+
+    def seed_train_config(self) -> TrainConfig:
+        """The train settings of the seed stage: train's, with seed_training's loss, epochs, lr and beta,
+        validated like train itself (a bad combination fails here, not mid-run)."""
+        seed = self.seed_training
+        return TrainConfig.model_validate({
+            **self.train.model_dump(), "loss": seed.loss, "epochs": seed.epochs, "reference": "initial",
+            "loss_options": {}, "learning_rate": seed.learning_rate or self.train.learning_rate,
+            "beta": seed.beta or self.train.beta})
+
 
 def _parse_value(text: str):
-    return yaml.safe_load(text) if text != "" else ""
+    """A YAML scalar or list; text that is not valid YAML (e.g. "{prompt} {answer}") is the string itself."""
+    try:
+        return yaml.safe_load(text) if text != "" else ""
+    except yaml.YAMLError:
+        return text
 
 
 def apply_overrides(data: dict, overrides: list[str]) -> dict:

@@ -43,6 +43,14 @@ def read_json(path: Path):
     return json.loads(Path(path).read_text())
 
 
+def read_scratch_json(path: Path, default):
+    """A cache or scratch file selfplay can rebuild: missing or damaged gives `default`."""
+    try:
+        return read_json(path)
+    except (OSError, ValueError):
+        return default
+
+
 def file_digest_of_module(module_name: str) -> str:
     """sha256 of a Python module's source file (a function judge's identity includes it, so a
     changed scoring function re-annotates). The module is imported already by recipe checks."""

@@ -12,12 +12,13 @@ import pytest
 from matplotlib.collections import PolyCollection
 from matplotlib.figure import Figure
 
-from compare_helpers import png_size, read_report
 from selfplay.cli import main
 from selfplay.report.compare import CompareError, load_runs
 from selfplay.report.plots import _draw_run
 from selfplay.report.read import read_examples, read_series, split_metrics
 from selfplay.report.table import table_rows
+
+from compare_helpers import png_size, read_report
 
 DONE = {"status": "done", "inputs": {}, "config_digest": "c", "outputs": {}, "output_files": {}}
 NASTY = 'if a < b && c > "d" then <script>alert(1)</script>'

@@ -2,6 +2,7 @@
 
 import errno
 import json
+import sys
 
 import pytest
 
@@ -15,7 +16,7 @@ class Records:
     def __init__(self):
         self.lines = []
 
-    def record(self, iteration, stage, metrics, log_wandb=True):
+    def record(self, iteration, stage, metrics, started_at, steps=()):
         self.lines.append((iteration, stage))
 
 
@@ -69,3 +70,151 @@ def test_a_dead_worker_is_retried_then_the_stage_commits(driver, tmp_path):
     assert driver.tracker.lines == [(1, "train")]
     assert driver.run_stage(1, "train", {"a": "b"}, {"c": 1}, body) == manifest  # done: skipped
     assert len(calls) == 2
+
+
+# -- through a real Ray: which failures are retried, and what the summary names ---------------
+
+@pytest.fixture(scope="module")
+def ray_session():
+    import ray
+
+    from selfplay.cluster import start_ray
+
+    start_ray(None, 2)
+    # the actors below are defined in this test module, which Ray's workers cannot import
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    yield
+    ray.cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
+    ray.shutdown()
+
+
+def test_an_actor_whose_constructor_raises_is_not_retried_and_named(ray_session, driver, tmp_path):
+    """A model folder the engine cannot load fails the same way every time: one attempt, and the
+    summary is the constructor's exception, not the last line of Ray's text (issue 13 finding 7)."""
+    import ray
+    from pydantic import BaseModel
+
+    class EngineConfig(BaseModel):
+        model: int
+
+    class Engine:
+        def __init__(self, folder):
+            EngineConfig(model=f"{folder} has no config.json")  # pydantic's error, with its URL trailer
+
+        def ready(self):
+            return True
+
+    calls = []
+
+    def body(tmp):
+        calls.append(1)
+        ray.get(ray.remote(num_cpus=0)(Engine).remote("/models/x").ready.remote())
+
+    with pytest.raises(StageFailed) as failure:
+        driver.run_stage(1, "generate", {}, {}, body)
+    message = str(failure.value)
+    assert len(calls) == 1 and "after 1 attempt" in message
+    assert "ValidationError: model: Input should be a valid integer" in message, message
+    assert "errors.pydantic.dev" not in message
+    recorded = json.loads((tmp_path / "iter-001/generate.failed.json").read_text())
+    assert recorded["error"].startswith("ValidationError: model: Input should be a valid integer")
+    assert "Traceback" in recorded["traceback"]
+
+
+def test_a_worker_killed_by_a_signal_is_retried(ray_session, driver, tmp_path):
+    import os
+    import signal
+
+    import ray
+
+    class Worker:
+        def pid(self):
+            return os.getpid()
+
+    calls = []
+
+    def body(tmp):
+        calls.append(1)
+        worker = ray.remote(num_cpus=0)(Worker).remote()
+        pid = ray.get(worker.pid.remote())
+        if len(calls) == 1:
+            os.kill(pid, signal.SIGKILL)  # as the OOM killer would
+            ray.get(worker.pid.remote())
+        (tmp / "out.txt").write_text(str(pid))
+        return ["out.txt"], {}, {}
+
+    manifest = driver.run_stage(1, "generate", {}, {}, body)
+    assert len(calls) == 2 and manifest["status"] == "done"
+
+
+def test_a_remote_exception_is_summarized_by_its_own_first_line(ray_session):
+    import ray
+
+    from selfplay.failures import error_summary
+
+    def fails():
+        raise KeyError("prompt 7")
+
+    with pytest.raises(Exception) as failure:
+        ray.get(ray.remote(num_cpus=0)(fails).remote())
+    assert error_summary(failure.value) == "KeyError: 'prompt 7'"
+    assert error_summary(ValueError("first line\nFor further information visit https://x\nmore")) == \
+        "ValueError: first line"
+
+
+@pytest.mark.slow
+def test_training_that_diverges_fails_the_stage_and_commits_nothing(ray_session, driver, tmp_path, tiny_policy):
+    """Issue 13 finding 3 at run time: a huge learning rate (finite, so the recipe allows it) gives
+    a non-finite loss or weights; the train stage fails once, with the setting named."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from selfplay.recipe import TrainConfig
+    from selfplay.train.stage import train_policy
+
+    rng = np.random.default_rng(0)
+    def ids(n):
+        return rng.integers(10, 2000, n).tolist()
+
+    rows = [{"prompt_token_ids": ids(8), "chosen_token_ids": ids(6), "rejected_token_ids": ids(6),
+             "chosen_win_rate": 0.8, "rejected_win_rate": 0.2} for _ in range(8)]
+    pairs = tmp_path / "pairs.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), pairs)
+    base = dict(loss="sppo", beta=0.1, optimizer="rmsprop", warmup_ratio=0.0, global_batch_size=4, micro_batch_size=4,
+                max_length=32, max_prompt_length=16)
+    cases = [("train", dict(learning_rate=1e30, epochs=1), "the loss of step 2"),  # weights blow up, then the loss
+             ("seed", dict(learning_rate=1e38, epochs=1, global_batch_size=8, micro_batch_size=8),
+              "is not finite after training")]                                  # one step: only the weights
+    for name, settings, expected in cases:
+        config = TrainConfig(**{**base, **settings})
+        calls = []
+
+        def body(tmp, calls=calls, config=config):
+            calls.append(1)
+            train_policy(str(tiny_policy), str(tiny_policy), str(pairs), str(tmp / "policy"), config)
+            return ["policy"], {}, {}
+
+        with pytest.raises(StageFailed) as failure:
+            driver.run_stage(1, name, {}, {}, body)
+        message = str(failure.value)
+        assert len(calls) == 1 and "FloatingPointError: training diverged" in message, message
+        assert expected in message and "train.learning_rate" in message, message
+        assert not (tmp_path / f"iter-001/{name}").exists()
+
+
+def test_damaged_scratch_files_are_rebuilt_not_a_traceback(driver, tmp_path):
+    """external_fingerprints.json (a hash cache) and a checkpoint folder's key.json are selfplay's
+    scratch: a damaged one is rebuilt (re-hash; checkpoints of unknown inputs dropped)."""
+    from selfplay.driver import _prepare_checkpoints
+    from selfplay.runs import content_digest, fingerprint
+
+    (tmp_path / "external_fingerprints.json").write_text('{"trunc')
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("{}\n")
+    assert driver._external_digest(str(pairs)) == content_digest(fingerprint(pairs))
+    checkpoints = tmp_path / "iter-001" / "train.checkpoints"
+    (checkpoints / "step000001").mkdir(parents=True)
+    (checkpoints / "key.json").write_text("")
+    _prepare_checkpoints(checkpoints, {"inputs": 1})
+    assert not (checkpoints / "step000001").exists() and json.loads((checkpoints / "key.json").read_text())

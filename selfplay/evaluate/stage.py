@@ -8,14 +8,16 @@ prompt together. For each prompt, over the m x m (new_i, initial_j) comparisons:
   judge it does not depend on the temperature or on any increasing transform of the scores;
 - `mean_preference`: the mean preference probability P[new_i, initial_j] (Bradley-Terry at
   the stage's temperature, or the win-matrix rule of a pairwise judge).
-`win_rate_vs_initial` and `mean_preference_vs_initial` are their means over prompts; eval.parquet
-keeps the per-prompt values (bootstrap.py turns them into a confidence interval).
+`win_rate_vs_initial` and `mean_preference_vs_initial` are their means over prompts, with the
+win rate's 95% bootstrap interval over prompts (`win_rate_vs_initial_ci_low` / `_ci_high`,
+bootstrap.py); eval.parquet keeps the per-prompt values.
 """
 
 import numpy as np
 import pyarrow as pa
 
 from selfplay.annotate.stage import judge_groups, signal_report, stage_temperature
+from selfplay.evaluate.bootstrap import bootstrap_interval
 from selfplay.generate.stage import group_by_prompt
 
 
@@ -47,7 +49,10 @@ def judge_against_initial(judge, policy_samples: pa.Table, initial_samples: pa.T
                            "mean_preference": float(matrix[:m, m:].mean()),
                            "policy_responses": responses[:m], "initial_responses": responses[m:]})
     no_signal, warnings = signal_report(judgments, matrices, "evaluate")
-    metrics = {"win_rate_vs_initial": float(np.mean([p["win_rate"] for p in per_prompt])),
+    win_rates = [p["win_rate"] for p in per_prompt]
+    low, high = bootstrap_interval(win_rates)
+    metrics = {"win_rate_vs_initial": float(np.mean(win_rates)),
+               "win_rate_vs_initial_ci_low": low, "win_rate_vs_initial_ci_high": high,
                "mean_preference_vs_initial": float(np.mean([p["mean_preference"] for p in per_prompt])),
                "judge_temperature": resolved, "no_signal_fraction": no_signal}
     return metrics, pa.Table.from_pylist(per_prompt), warnings

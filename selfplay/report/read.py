@@ -231,7 +231,7 @@ def _prompt_win_rates(path: Path | None) -> dict[int, float]:
 
 def _baselines(all_series: list[RunSeries]) -> dict[str, dict[int, tuple[str, str]]]:
     """The initial policy's samples, once per distinct baseline (a fork shares its parent's)."""
-    found, digests = {}, {}
+    digests = {}
     for series in all_series:
         path = series.stage_path(0, "baseline")
         if path is None:

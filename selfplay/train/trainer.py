@@ -14,7 +14,6 @@
 """
 
 import inspect
-import json
 import math
 import os
 import time

@@ -5,11 +5,10 @@ import time
 
 import numpy as np
 import pytest
+from test_function_judge import deadline
 
 from selfplay.annotate.base import JudgeTimeout, Judgment
 from selfplay.annotate.stage import RemoteJudge, judge_groups
-
-from test_function_judge import deadline
 
 
 @pytest.fixture(scope="module")

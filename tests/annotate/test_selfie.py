@@ -9,8 +9,8 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from selfplay.annotate.selfie import SelfieJudge
-from selfplay.models.tiny_policy import build_tiny_policy
 from selfplay.models.tiny_pairrm import build_deberta_tokenizer
+from selfplay.models.tiny_policy import build_tiny_policy
 
 PROMPTS = ["What is the capital of France?", "Write a haiku about the sea."]
 RESPONSES = [["Paris.", "It is Paris, on the Seine.", "London"],

@@ -14,9 +14,10 @@ from pathlib import Path
 
 import pytest
 
+from selfplay.report.read import split_metrics
+
 from compare_helpers import png_size, read_report
 from conftest import REPO
-from selfplay.report.read import split_metrics
 
 pytestmark = pytest.mark.slow
 TINY = ["iterations=2", "prompts.per_iteration=8", "prompts.eval_size=8", "train.epochs=1", "tracking.wandb=false"]

@@ -2,9 +2,11 @@
 `selfplay` command: a function judge scoring in [0, 1] (the share of letter 'e') teaches SPPO,
 and the same judge x0.001 and x1000 gives the same pairs and a policy that learns too.
 
-Three 2-iteration quickstart runs, shared by the tests. 56 eval prompts (all the prompt file
+A 2-iteration quickstart run with the [0, 1] judge and 56 eval prompts (all the prompt file
 leaves after 2 x 32 training prompts), so the learning floor is a statistic: the bootstrap 95%
-lower bound of the final win rate over eval prompts must exceed 0.5."""
+lower bound of the final win rate over eval prompts must exceed 0.5. The x0.001 and x1000 runs
+stop after iteration 1: same pairs and a bit-identical policy there make every later iteration
+the same too, so they learn exactly as the first run does."""
 
 import json
 import subprocess
@@ -35,8 +37,9 @@ def runs(tmp_path_factory, tiny_policy):
     done = {}
     for name, function in JUDGES.items():
         run_dir = base / name
+        iterations = 2 if name == "unit" else 1
         result = subprocess.run([sys.executable, "-m", "selfplay.cli", "run", "recipes/quickstart-cpu.yaml",
-                                 "--run-dir", str(run_dir), "iterations=2", "prompts.eval_size=56",
+                                 "--run-dir", str(run_dir), f"iterations={iterations}", "prompts.eval_size=56",
                                  "tracking.wandb=false", f"annotate.function=selfplay.judges:{function}"],
                                 capture_output=True, text=True, timeout=1500, cwd=REPO)
         assert result.returncode == 0, result.stderr[-3000:]
@@ -72,13 +75,14 @@ def test_the_judge_on_another_scale_gives_the_same_pairs_and_learns(runs, name):
     reference, scaled = runs["unit"], runs[name]
     ratio = manifest(scaled, 1, "annotate")["metrics"]["temperature"] / manifest(reference, 1, "annotate")["metrics"]["temperature"]
     assert ratio == pytest.approx(SCALES[name], rel=1e-9)
-    for iteration in (1, 2):
-        before, after = (pq.read_table(run / f"iter-{iteration:03d}/pairs/pairs.parquet").to_pylist()
-                         for run in (reference, scaled))
-        assert [(p["prompt_id"], p["chosen_token_ids"], p["rejected_token_ids"]) for p in before] == \
-               [(p["prompt_id"], p["chosen_token_ids"], p["rejected_token_ids"]) for p in after]
-        np.testing.assert_allclose([p["chosen_win_rate"] for p in after], [p["chosen_win_rate"] for p in before],
-                                   rtol=0, atol=1e-9)
-    win_rate, lower = final_win_rate_lower_bound(scaled, 2)
-    print(f"x{SCALES[name]:g} judge: final win rate {win_rate:.3f}, lower bound {lower:.3f}")
-    assert lower > 0.5, (win_rate, lower)
+    before, after = (pq.read_table(run / "iter-001/pairs/pairs.parquet").to_pylist() for run in (reference, scaled))
+    assert [(p["prompt_id"], p["chosen_token_ids"], p["rejected_token_ids"]) for p in before] == \
+           [(p["prompt_id"], p["chosen_token_ids"], p["rejected_token_ids"]) for p in after]
+    np.testing.assert_allclose([p["chosen_win_rate"] for p in after], [p["chosen_win_rate"] for p in before],
+                               rtol=0, atol=1e-9)
+    # the same policy, bit for bit, so iteration 2 (and its learning) would repeat the first run's
+    assert manifest(scaled, 1, "train")["outputs"]["policy"] == manifest(reference, 1, "train")["outputs"]["policy"]
+    assert manifest(scaled, 1, "evaluate")["metrics"]["win_rate_vs_initial"] == \
+           manifest(reference, 1, "evaluate")["metrics"]["win_rate_vs_initial"]
+    win_rate, lower = final_win_rate_lower_bound(scaled, 1)
+    print(f"x{SCALES[name]:g} judge: iteration 1 win rate {win_rate:.3f}, lower bound {lower:.3f}")

@@ -45,6 +45,8 @@ def test_win_rate_counts_comparisons_with_ties_half():
                                                      "aggregated", "auto")
     assert [row["win_rate"] for row in table.to_pylist()] == [0.875, 0.25]
     assert metrics["win_rate_vs_initial"] == 0.5625 and warnings == []
+    # the bootstrap resamples the two prompts: means 0.25, 0.5625 or 0.875, the extremes a quarter each
+    assert metrics["win_rate_vs_initial_ci_low"] == 0.25 and metrics["win_rate_vs_initial_ci_high"] == 0.875
     # auto temperature: deviations (1.75, -0.25, -0.25, -1.25) and (-0.5, -0.5, 1.5, -0.5): squares 4.75 + 3, dof 6
     temperature = math.sqrt(7.75 / 6)
     assert metrics["judge_temperature"] == pytest.approx(temperature)

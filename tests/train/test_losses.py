@@ -14,8 +14,18 @@ Reference numbers from the math module: softplus(x) = log(1 + e^x) = -log sigmoi
 import pytest
 import torch
 
-from selfplay.train.losses import (LOSSES, SelfieThreshold, dpo_loss, drift_loss, ipo_loss, selfie_alpha,
-                                   selfie_loss, sppo_hard_loss, sppo_loss, sppo_single_loss)
+from selfplay.train.losses import (
+    LOSSES,
+    SelfieThreshold,
+    dpo_loss,
+    drift_loss,
+    ipo_loss,
+    selfie_alpha,
+    selfie_loss,
+    sppo_hard_loss,
+    sppo_loss,
+    sppo_single_loss,
+)
 
 BETA = 0.5
 SP_M075, SP_075, SP_05, SP_M05 = 0.38687100611489994, 1.1368710061148999, 0.9740769841801067, 0.4740769841801067
