@@ -44,18 +44,19 @@ class LineageError(ValueError):
     pass
 
 
-def _flatten(data: dict, prefix: str = "") -> dict:
+def flatten(data: dict, prefix: str = "") -> dict:
+    """{"train": {"beta": 0.1}} -> {"train.beta": 0.1}: recipe keys as the CLI writes them."""
     flat = {}
     for key, value in data.items():
         if isinstance(value, dict) and value:
-            flat.update(_flatten(value, f"{prefix}{key}."))
+            flat.update(flatten(value, f"{prefix}{key}."))
         else:
             flat[f"{prefix}{key}"] = value
     return flat
 
 
 def changed_keys(old: dict, new: dict) -> list[str]:
-    old, new = _flatten(old), _flatten(new)
+    old, new = flatten(old), flatten(new)
     return sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from selfplay import runs
-from selfplay.lineage import LineageError, changed_keys, read_run
+from selfplay.lineage import LineageError, changed_keys, flatten, read_run
 
 VALUE_KEYS = ("value", "mean", "estimate", "point")
 LOW_KEYS = ("ci_low", "low", "lower", "lo")
@@ -148,20 +148,10 @@ def _evaluate_metrics(path: Path) -> dict | None:
 
 
 def _fork_changes(parent_recipe: dict, recipe: dict, limit: int = 6) -> list[str]:
-    flat_old, flat_new = _flat(parent_recipe), _flat(recipe)
+    flat_old, flat_new = flatten(parent_recipe), flatten(recipe)
     keys = [k for k in changed_keys(parent_recipe, recipe) if k not in BOOKKEEPING_KEYS]
     text = [f"{k}: {flat_old.get(k, '-')} -> {flat_new.get(k, '-')}" for k in keys[:limit]]
     return text + ([f"and {len(keys) - limit} more"] if len(keys) > limit else [])
-
-
-def _flat(data: dict, prefix: str = "") -> dict:
-    flat = {}
-    for key, value in data.items():
-        if isinstance(value, dict) and value:
-            flat.update(_flat(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
 
 
 def read_series(run_dir: Path) -> RunSeries:
