@@ -137,10 +137,11 @@ def main() -> int:
     import torch
     from transformers import AutoTokenizer
 
+    from selfplay.artifacts import chat_prompt_ids
     from selfplay.cluster import start_ray
     from selfplay.generate.engine import available_cores, detect_device
     from selfplay.generate.pool import EnginePool
-    from selfplay.generate.stage import chat_prompt_ids, request_seed
+    from selfplay.generate.stage import request_seed
     from selfplay.models import resolve_model
     from selfplay.recipe import GenerateConfig
 

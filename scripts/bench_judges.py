@@ -73,8 +73,8 @@ def interleaved_seconds(runs: dict, prompts, responses, repeats: int = REPEATS) 
 
 
 def bench_pairrm(checkpoint: Path, prompts, responses, budgets, device: str, repeats: int):
-    from selfplay.annotate.pairrm import PairRMJudge
-    from selfplay.annotate.win_matrix import aggregated_scores
+    from selfplay.judging.pairrm import PairRMJudge
+    from selfplay.judging.win_matrix import aggregated_scores
 
     native = PairRMJudge(str(checkpoint), device=device)  # one model, its budget set per run
 
@@ -133,8 +133,8 @@ def main():
 
     import torch
 
-    from selfplay.annotate.reward_model import RewardModelJudge
-    from selfplay.annotate.selfie import SelfieJudge
+    from selfplay.judging.reward_model import RewardModelJudge
+    from selfplay.judging.selfie import SelfieJudge
     from selfplay.models.tiny_pairrm import build_tiny_pairrm
     from selfplay.models.tiny_policy import build_tiny_policy
     from selfplay.models.tiny_reward import build_tiny_reward

@@ -53,6 +53,8 @@ def prepare(run_dir: Path, case: Path) -> None:
 
 def train_once(case: Path, name: str, out: Path) -> None:
     """One setting in this process: a 1-rank process group (NCCL on CUDA) and the train stage."""
+    from selfplay.recipe import TrainConfig
+    from selfplay.train.settings import TrainSettings
     from selfplay.train.trainer import TrainerRank
 
     zero_stage, precision = SETTINGS[name]
@@ -63,7 +65,7 @@ def train_once(case: Path, name: str, out: Path) -> None:
     rank = TrainerRank(0, 1)
     rank.connect("127.0.0.1", port)
     result = rank.train(str(case / "policy"), str(case / "policy"), str(case / "pairs.parquet"),
-                        str(out / name / "policy"), config)
+                        str(out / name / "policy"), TrainSettings.of(TrainConfig.model_validate(config)))
     rank.shutdown()
     (out / name / "result.json").write_text(json.dumps(result))
 

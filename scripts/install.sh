@@ -16,7 +16,7 @@ PIP=("$VENV/bin/python" -m pip --disable-pip-version-check -q)
 "${PIP[@]}" install setuptools wheel ninja
 "${PIP[@]}" install --no-build-isolation deepspeed==0.19.8
 # PairRM's own library pins old dependencies; it runs on our stack through
-# selfplay/annotate/blender_compat.py, so it is installed without them.
+# selfplay/judging/blender_compat.py, so it is installed without them.
 "${PIP[@]}" install --no-deps llm-blender==0.0.2
 "${PIP[@]}" install --no-deps -e .
 if [ "${1:-}" = "--dev" ]; then

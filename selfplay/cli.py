@@ -1,4 +1,4 @@
-"""The `selfplay` command: run | resume | fork | validate | status | lineage | compare | make-tiny.
+"""The `selfplay` command: run | resume | fork | validate | status | verify | lineage | compare | make-tiny | doctor.
 
 User mistakes (a bad recipe, a missing file, a locked run) end with one line on stderr and
 exit code 2, before any work starts; anything else is a bug and keeps its traceback.
@@ -21,18 +21,23 @@ def _fail(message: str) -> int:
 
 
 def print_summary(rows: list[dict]) -> None:
+    """One line per iteration: its win rate, length and loss, and each stage's seconds (the
+    columns are the pipeline's stages as they ran; `-` where an iteration has no such stage)."""
     from rich.console import Console
     from rich.table import Table
 
-    stages = ["generate", "annotate", "pairs", "train", "evaluate"]
+    stages = list(dict.fromkeys(name for row in rows for name in row["seconds"]))
     table = Table(title="selfplay: per-iteration results (stage timings in seconds)")
     for column in ["iter", "win_rate_vs_initial", "mean_tokens", "loss"] + stages:
         table.add_column(column, justify="right")
+
+    def number(value, form):
+        return "-" if value is None else format(value, form)
+
     for row in rows:
-        loss = row.get("loss")
-        table.add_row(str(row["iteration"]), f"{row['win_rate_vs_initial']:.3f}", f"{row['mean_response_tokens']:.1f}",
-                      "-" if loss is None else f"{loss:.4g}",
-                      *[f"{row['seconds'][s]:.1f}" if s in row["seconds"] else "-" for s in stages])
+        table.add_row(str(row["iteration"]), number(row.get("win_rate_vs_initial"), ".3f"),
+                      number(row.get("mean_response_tokens"), ".1f"), number(row.get("loss"), ".4g"),
+                      *[number(row["seconds"].get(s), ".1f") for s in stages])
     Console(width=max(120, Console().width)).print(table)
 
 
@@ -189,6 +194,11 @@ def cmd_validate(args) -> int:
     exactly as `run` checks them before writing anything."""
     from selfplay.preflight import check_recipe
 
+    if args.schema_only:  # the recipe alone: its files and models may live on the cluster
+        recipe = load_recipe(args.recipe, args.overrides, check_paths=False)
+        print(f"{args.recipe}: schema ok ({recipe.iterations} iterations, judge={recipe.annotate.type}, "
+              f"loss={recipe.train.loss}; model folders and data files not checked)")
+        return 0
     recipe = load_recipe(args.recipe, args.overrides)
     pool = check_recipe(recipe)
     duplicates = f" ({pool.duplicates} duplicates dropped)" if pool.duplicates else ""
@@ -211,6 +221,26 @@ def cmd_status(args) -> int:
         shared = "  (shared with parent run)" if row["shared"] else ""
         error = f"  {row['error']}" if "error" in row else ""
         print(f"iter {row['iteration']:>3}  {row['stage']:<14} {row['state']:<11} {timing}{shared}{error}")
+    return 0
+
+
+def cmd_verify(args) -> int:
+    from selfplay.lineage import LineageError, read_run, verify_run
+
+    run_dir = Path(args.run_dir)
+    try:
+        read_run(run_dir)
+        rows = verify_run(run_dir)
+    except LineageError as error:
+        return _fail(str(error))
+    for row in rows:
+        print(f"iter {row['iteration']:>3}  {row['stage']:<14} {'ok' if row['ok'] else 'DAMAGED  ' + row['problem']}")
+    damaged = [row for row in rows if not row["ok"]]
+    if damaged:
+        print(f"selfplay: {len(damaged)} stage(s) damaged: `selfplay resume {run_dir}` redoes them "
+              f"(their old folders go to superseded/)", file=sys.stderr)
+        return 1
+    print(f"all {len(rows)} stages match their manifests")
     return 0
 
 
@@ -238,6 +268,18 @@ def cmd_compare(args) -> int:
     if "report" in written:
         print(f"report: {written['report']}")
     return 0
+
+
+def cmd_doctor(args) -> int:
+    """One line per check of what a run needs here (and on the cluster with --ray-address)."""
+    from selfplay.doctor import run_checks
+
+    checks = run_checks(args.run_dir, args.ray_address, args.min_free_gib, args.expect_gpus)
+    for check in checks:
+        print(check.line())
+    failed = [check.name for check in checks if check.status == "fail"]
+    print(f"selfplay doctor: {len(failed)} failed ({', '.join(failed)})" if failed else "selfplay doctor: all checks passed")
+    return 1 if failed else 0
 
 
 def cmd_make_tiny(args) -> int:
@@ -272,6 +314,15 @@ def build_parser() -> argparse.ArgumentParser:
     validate = sub.add_parser("validate", help="check a recipe without running it")
     validate.add_argument("recipe")
     validate.add_argument("overrides", nargs="*")
+    validate.add_argument("--schema-only", action="store_true",
+                          help="check the recipe's fields and their rules only, not the files and models it names")
+    doctor = sub.add_parser("doctor", help="check the environment a run needs, one line per check")
+    doctor.add_argument("--run-dir", default="runs", help="where runs will be written (its disk's free space)")
+    doctor.add_argument("--ray-address", help="also check this Ray cluster: resources, and versions on every node")
+    doctor.add_argument("--min-free-gib", type=float, default=20.0, help="free disk the run directory needs")
+    doctor.add_argument("--expect-gpus", type=int, default=0, help="fail unless CUDA sees at least this many GPUs")
+    verify = sub.add_parser("verify", help="re-hash every stage's outputs against its manifest")
+    verify.add_argument("run_dir")
     status = sub.add_parser("status", help="per iteration and stage: done / running / failed / pending, with timings")
     status.add_argument("run_dir")
     tree = sub.add_parser("lineage", help="the tree of runs, forks and checkpoints, with hashes and references")
@@ -292,7 +343,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 COMMANDS = {"run": cmd_run, "resume": cmd_resume, "fork": cmd_fork, "validate": cmd_validate, "status": cmd_status,
-            "lineage": cmd_lineage, "compare": cmd_compare, "make-tiny": cmd_make_tiny}
+            "verify": cmd_verify, "lineage": cmd_lineage, "compare": cmd_compare, "make-tiny": cmd_make_tiny, "doctor": cmd_doctor}
 
 
 def main(argv: list[str] | None = None) -> int:

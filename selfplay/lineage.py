@@ -350,9 +350,6 @@ def supersede_from(run_dir: Path, iteration: int, note: dict | None = None) -> P
 
 
 # -- status and lineage ----------------------------------------------------------------------
-STAGE_ORDER = ["seed", "reference-soup", "baseline", "generate", "annotate", "pairs", "train", "eval-gen", "evaluate"]
-
-
 def _failure(path: Path) -> str:
     try:
         return str(runs.read_json(path)["error"])
@@ -360,21 +357,33 @@ def _failure(path: Path) -> str:
         return f"(failure record {path.name} is damaged)"
 
 
+def _stage_names(recipe, folder: Path, iteration: int, forked: bool) -> list[str]:
+    """The pipeline's stages of the iteration, then any other stage folder found there (a run
+    of an older recipe schema lists only its folders)."""
+    from selfplay import pipeline
+
+    listed = [stage.name for stage in pipeline.stages(recipe, iteration, forked)] if recipe else []
+    found = sorted({p.name.split(".")[0] for p in folder.iterdir()} - set(listed)) if folder.is_dir() else []
+    return listed + found
+
+
 def stage_status(run_dir: Path, lock_held: bool) -> list[dict]:
-    """Every stage folder of a run: done / running / interrupted / failed / pending."""
+    """Every stage of a run, in pipeline order: done / running / interrupted / failed / pending."""
+    from pydantic import ValidationError
+
+    from selfplay.recipe import Recipe
+
     info = read_run(run_dir)
+    try:
+        recipe = Recipe.model_validate(info["recipe"])
+    except ValidationError:  # written by an older schema: its stage folders are listed as found
+        recipe = None
     rows = []
     parent = info.get("parent") or {}
     shared = set(parent.get("shared_iterations", []))
     for iteration in range(0, info["recipe"]["iterations"] + 1):
         folder = _iteration_dir(run_dir, iteration)
-        names = [n for n in STAGE_ORDER if (folder / n).exists() or (folder / f"{n}.tmp").exists()
-                 or (folder / f"{n}.failed.json").exists()]
-        if iteration >= 1:
-            expected = ["generate", "pairs", "train", "eval-gen", "evaluate"]
-            if info["recipe"].get("pairs", {}).get("type") != "drift":
-                expected.insert(1, "annotate")
-            names = [n for n in STAGE_ORDER if n in names or n in expected]
+        names = _stage_names(recipe, folder, iteration, forked=parent.get("iteration", 1) > 1)
         # forks made before hard-linked sharing used symlinks to the parent's folders
         is_shared = iteration in shared or (0 < iteration < parent.get("iteration", 0) and folder.is_symlink())
         for name in names:
@@ -454,3 +463,24 @@ def lock_is_held(run_dir: Path) -> bool:
             return True
         fcntl.flock(handle, fcntl.LOCK_UN)
         return False
+
+
+# -- verify ----------------------------------------------------------------------------------
+def verify_run(run_dir: Path) -> list[dict]:
+    """Re-hash every committed output of every stage (no size/mtime shortcut) against its
+    manifest: one row per stage, `ok` or what no longer matches. Slow on big checkpoints by
+    design; resume's own check stays the fast fingerprint one."""
+    rows = []
+    for iteration, folder in sorted(iteration_folders(run_dir).items()):
+        for stage_folder in sorted(p for p in folder.iterdir() if p.is_dir() and "." not in p.name):
+            stage = runs.StageDir(run_dir, iteration, stage_folder.name)
+            manifest = stage.manifest()
+            if manifest is None:
+                rows.append({"iteration": iteration, "stage": stage.name, "ok": False,
+                             "problem": "manifest missing or damaged"})
+                continue
+            bad = [name for name, digest in manifest["outputs"].items()
+                   if not (stage.path / name).exists() or runs.content_digest(runs.fingerprint(stage.path / name)) != digest]
+            rows.append({"iteration": iteration, "stage": stage.name, "ok": not bad,
+                         "problem": f"{', '.join(bad)} no longer hash to the manifest's record" if bad else ""})
+    return rows

@@ -20,11 +20,13 @@ import json
 import re
 from pathlib import Path
 
+from selfplay.judging.registry import JUDGES
 from selfplay.recipe import RecipeError
 
 # `org/name` as the Hugging Face hub spells a model id
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
-JUDGE_KINDS = {"pairrm": "pairrm", "reward_model": "reward"}  # annotate.type -> its tiny: kind
+# tiny: kinds that are judges, never a policy (each judge config declares its own)
+JUDGE_TINY_KINDS = frozenset(kind for judge in JUDGES.values() for kind in judge.config.tiny_kinds)
 # vLLM registry tables whose architectures generate text
 VLLM_GENERATIVE_TABLES = ("_TEXT_GENERATION_MODELS", "_MULTIMODAL_MODELS", "_TRANSFORMERS_SUPPORTED_MODELS")
 
@@ -55,12 +57,8 @@ def check_recipe(recipe):
 
 
 def check_judge(field: str, judge) -> None:
-    if judge.type in JUDGE_KINDS:
-        folder = model_folder(f"{field}.path", judge.path, [JUDGE_KINDS[judge.type]])
-        if folder is not None:
-            (_check_pairrm if judge.type == "pairrm" else _check_reward_model)(f"{field}.path", folder)
-    elif judge.type == "selfie" and judge.reference:  # unset: the initial policy, checked as policy.path
-        check_causal_lm(f"{field}.reference", judge.reference)
+    """The folders a judge section reads, as its config checks them (JudgeConfigBase.preflight)."""
+    judge.preflight(field)
 
 
 def check_causal_lm(field: str, spec: str, serve: bool = False, chat: bool = False) -> Path | None:
@@ -68,7 +66,7 @@ def check_causal_lm(field: str, spec: str, serve: bool = False, chat: bool = Fal
     architecture too; chat: the tokenizer must have a chat template."""
     from selfplay.models import TINY_BUILDERS
 
-    folder = model_folder(field, spec, [kind for kind in TINY_BUILDERS if kind not in JUDGE_KINDS.values()])
+    folder = model_folder(field, spec, [kind for kind in TINY_BUILDERS if kind not in JUDGE_TINY_KINDS])
     if folder is None:
         return None
     config = _complete_folder(field, folder)
@@ -130,7 +128,7 @@ def _hub_advice(field: str, spec: str) -> str:
 
 def _complete_folder(field: str, folder: Path) -> dict:
     """config.json, weights and tokenizer files present; returns the parsed config."""
-    from selfplay.annotate.judge_inputs import check_model_folder
+    from selfplay.judging.judge_inputs import check_model_folder
 
     if not (folder / "config.json").is_file():
         raise PreflightError(f"{field}: {folder} has no config.json (not a Hugging Face model folder)")
@@ -183,7 +181,8 @@ def _causal_architecture(field: str, folder: Path, config: dict) -> str:
     return architecture
 
 
-def _check_reward_model(field: str, folder: Path) -> None:
+def check_reward_model_folder(field: str, folder: Path) -> None:
+    """A reward model: a sequence classifier transformers knows, with a chat template."""
     from transformers.models.auto.modeling_auto import MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES
 
     config = _complete_folder(field, folder)
@@ -198,8 +197,9 @@ def _check_reward_model(field: str, folder: Path) -> None:
                              f"[user, assistant] turns rendered with it")
 
 
-def _check_pairrm(field: str, folder: Path) -> None:
-    from selfplay.annotate.pairrm import WEIGHT_FILES, backbone_folder, read_ranker_config
+def check_pairrm_folder(field: str, folder: Path) -> None:
+    """A PairRM checkpoint: its ranker config, weights and a backbone transformers knows."""
+    from selfplay.judging.pairrm import WEIGHT_FILES, backbone_folder, read_ranker_config
 
     try:
         config = read_ranker_config(folder)

@@ -5,34 +5,19 @@ A recipe is data. `load_recipe(path, overrides)` returns a validated `Recipe` or
 that into exit code 2 before any work starts.
 """
 
-import importlib
 import re
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from selfplay.pairs.drift import HINDSIGHT_TEMPLATE
+from selfplay.judging.registry import JUDGES, FunctionJudgeConfig, JudgeConfig
+from selfplay.prompts import HINDSIGHT_TEMPLATE
 
 
 class RecipeError(ValueError):
     """A user mistake in a recipe or its overrides (one line, names the field)."""
-
-
-def load_function(spec: str):
-    """Import 'package.module:callable'; errors name the spec and what failed."""
-    if ":" not in spec:
-        raise ValueError(f"annotate.function must look like 'package.module:callable', got {spec!r}")
-    module_name, attr = spec.split(":", 1)
-    try:
-        module = importlib.import_module(module_name)
-    except Exception as error:  # any import failure is the user's module, not ours
-        raise ValueError(f"annotate.function {spec!r}: cannot import {module_name!r} ({type(error).__name__}: {error})") from None
-    fn = getattr(module, attr, None)
-    if not callable(fn):
-        raise ValueError(f"annotate.function {spec!r}: {module_name!r} has no callable {attr!r}")
-    return fn
 
 
 RUN_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,99}")
@@ -56,29 +41,31 @@ LOSS_OPTION_LIMITS = {
     "nll_weight": (lambda v: v >= 0, ">= 0"),
     "alpha": (lambda v: 0 <= v <= 1, "in [0, 1]"),
 }
-# Per-step values the trainer passes to a loss itself (selfie's threshold is re-estimated each step).
-TRAINER_SET_OPTIONS = ("beta", "threshold")
 
 
 def loss_options_of(loss: str) -> list[str]:
-    """A loss's settable options: its keyword-only float parameters (tensor ones are per-pair targets)."""
-    import inspect
-
+    """A loss's settable options (train.loss_options): its spec's float keywords the trainer does not set."""
     from selfplay.train.losses import LOSSES
 
-    return [p.name for p in inspect.signature(LOSSES[loss]).parameters.values()
-            if p.kind == p.KEYWORD_ONLY and p.annotation is float and p.name not in TRAINER_SET_OPTIONS]
+    return list(LOSSES[loss].options)
 
 
 def loss_targets(loss: str) -> list[str]:
-    """The per-pair columns a loss requires from the pairs (chosen_nll the trainer computes itself)."""
-    import inspect
-
+    """The per-pair columns a loss needs from pairs.parquet (its spec's pair_columns)."""
     from selfplay.train.losses import LOSSES
 
-    return [p.name for p in inspect.signature(LOSSES[loss]).parameters.values()
-            if p.kind == p.KEYWORD_ONLY and p.default is p.empty and p.annotation is not float
-            and p.name != "chosen_nll"]
+    return list(LOSSES[loss].pair_columns)
+
+
+def _loss_names() -> list[str]:
+    from selfplay.train.losses import LOSSES
+
+    return list(LOSSES)
+
+
+def missing_targets(loss: str, provided: tuple[str, ...]) -> list[str]:
+    """The columns `loss` needs that a pair source declaring `provided` does not emit."""
+    return [name for name in loss_targets(loss) if name not in provided]
 
 
 class Strict(BaseModel):
@@ -134,52 +121,8 @@ class GenerateConfig(Strict):
         return self
 
 
-class AnnotateConfig(Strict):
-    type: Literal["function", "pairrm", "reward_model", "selfie"] = "function"
-    function: str | None = Field(None, description="'package.module:callable' for type=function")
-    path: str | None = Field(None, description="judge checkpoint folder (pairrm, reward_model) or tiny:<kind>")
-    backend: Literal["native", "llm-blender"] = "native"
-    reference: str | None = Field(None, description="fixed reference model for type=selfie")
-    win_matrix: Literal["aggregated", "direct"] = "aggregated"
-    temperature: Literal["auto"] | float = Field(
-        "auto", description="Bradley-Terry temperature for scalar scores: 'auto' (the spread of the stage's "
-                            "scores, so their scale and offset do not matter) or a fixed positive number")
-    timeout_seconds: float | None = Field(
-        600.0, description="the most one judge call (one prompt's samples) or a model judge's start-up may take; "
-                           "null waits forever")
-    batch_tokens: int = Field(8192, gt=0)
-    num_gpus: float = Field(0.0, ge=0.0)
-
-    @field_validator("temperature", mode="before")
-    @classmethod
-    def _check_temperature(cls, value):
-        if value == "auto":
-            return value
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
-            raise ValueError(f"must be 'auto' or a finite number > 0, got {value!r}")
-        return float(value)
-
-    @field_validator("timeout_seconds", mode="before")
-    @classmethod
-    def _check_timeout(cls, value):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
-                                  or not 0 < value < float("inf")):
-            raise ValueError(f"must be a finite number of seconds > 0, or null for no limit; got {value!r}")
-        return value
-
-    @model_validator(mode="after")
-    def _check_type_fields(self):
-        if self.type == "function":
-            if not self.function:
-                raise ValueError("annotate.function is required when annotate.type is 'function'")
-            load_function(self.function)
-        if self.type in ("pairrm", "reward_model") and not self.path:
-            raise ValueError(f"annotate.path is required when annotate.type is '{self.type}'")
-        return self
-
-
 class PairsConfig(Strict):
-    type: str = Field("sppo", description="pair builder name (selfplay.pairs.PAIR_BUILDERS)")
+    type: str = Field("sppo", description="pair rule name (selfplay.pairs.PAIR_TARGETS)")
 
 
 class TrainConfig(Strict):
@@ -239,13 +182,15 @@ class EvaluateConfig(Strict):
     temperature: float = Field(0.7, ge=0.0)
     top_p: float = Field(0.9, gt=0.0, le=1.0)
     max_tokens: int | None = Field(None, gt=0, description="defaults to generate.max_tokens")
-    judge: AnnotateConfig | None = Field(None, description="judge for the win rate; defaults to the annotate section")
+    judge: JudgeConfig | None = Field(None, description="judge for the win rate; defaults to the annotate section")
+    every: int = Field(1, ge=1, description="evaluate every N iterations (and always after the last one)")
+    kl: bool = Field(True, description="estimate KL(policy || initial) from the eval samples (loads both checkpoints)")
 
 
 class SeedTrainingConfig(Strict):
     """A plain preference-training stage on labelled pairs before iteration 1 (DRIFT, Selfie)."""
     path: str = Field(description="JSONL of {prompt, chosen, rejected}")
-    loss: str = "dpo"
+    loss: str = Field("dpo", description="a train.loss that needs no per-pair columns (dpo, ipo, sppo_hard, drift, selfie)")
     epochs: int = Field(3, ge=1)
     learning_rate: float | None = Field(None, gt=0.0, description="defaults to train.learning_rate")
     beta: float | None = Field(None, gt=0.0, description="defaults to train.beta")
@@ -254,11 +199,12 @@ class SeedTrainingConfig(Strict):
     @classmethod
     def _check_loss(cls, value):
         from selfplay.train.losses import LOSSES
+        from selfplay.train.seed_pairs import TARGET_COLUMNS
 
-        usable = sorted(name for name in LOSSES if not loss_targets(name))
+        usable = sorted(name for name in LOSSES if not missing_targets(name, TARGET_COLUMNS))
         if value not in usable:
-            needs = (f" ({value!r} needs per-pair targets {', '.join(loss_targets(value))} that labelled pairs "
-                     f"do not have)" if value in LOSSES else "")
+            needs = (f" ({value!r} needs per-pair targets {', '.join(missing_targets(value, TARGET_COLUMNS))} that "
+                     f"labelled pairs do not have)" if value in LOSSES else "")
             raise ValueError(f"must be one of {', '.join(usable)}{needs}, got {value!r}")
         return value
 
@@ -274,7 +220,7 @@ class DriftConfig(Strict):
         """Filled with str.format from each record: an unknown {name} or a stray brace would fail mid-run."""
         import string
 
-        from selfplay.pairs.drift import RECORD_FIELDS
+        from selfplay.prompts import RECORD_FIELDS
 
         try:
             names = {name for _, name, _, _ in string.Formatter().parse(value) if name is not None}
@@ -308,7 +254,8 @@ class Recipe(Strict):
     policy: PolicyConfig = PolicyConfig()
     prompts: PromptsConfig
     generate: GenerateConfig = GenerateConfig()
-    annotate: AnnotateConfig = Field(default_factory=lambda: AnnotateConfig(function="selfplay.judges:letter_e_count"))
+    annotate: JudgeConfig = Field(default_factory=lambda: FunctionJudgeConfig(function="selfplay.judges:letter_e_count"),
+                                  description="the judge (selfplay.judging.registry.JUDGES), keyed on annotate.type")
     pairs: PairsConfig = PairsConfig()
     train: TrainConfig = TrainConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
@@ -318,15 +265,17 @@ class Recipe(Strict):
 
     @model_validator(mode="after")
     def _check_pairs(self):
-        from selfplay.pairs import PAIR_BUILDERS
+        """pairs.type names a pair source, and it emits every per-pair column train.loss needs."""
+        from selfplay.pairs import PAIR_TARGETS
 
-        if self.pairs.type == "drift" and self.train.loss not in ("drift", "dpo"):
-            raise ValueError(f"train.loss must be 'drift' or 'dpo' when pairs.type is 'drift', got {self.train.loss!r}")
-        if self.pairs.type == "drift":
-            return self
-        if self.pairs.type not in PAIR_BUILDERS:
-            raise ValueError(f"pairs.type must be one of {', '.join(sorted([*PAIR_BUILDERS, 'drift']))}, "
-                             f"got {self.pairs.type!r}")
+        if self.pairs.type not in PAIR_TARGETS:
+            raise ValueError(f"pairs.type must be one of {', '.join(sorted(PAIR_TARGETS))}, got {self.pairs.type!r}")
+        missing = missing_targets(self.train.loss, PAIR_TARGETS[self.pairs.type])
+        if missing:
+            usable = sorted(name for name in _loss_names() if not missing_targets(name, PAIR_TARGETS[self.pairs.type]))
+            raise ValueError(f"train.loss {self.train.loss!r} needs pair columns {', '.join(missing)} that pairs.type "
+                             f"{self.pairs.type!r} does not provide; with it use train.loss {', '.join(usable)}, "
+                             f"or a pairs.type that provides them")
         return self
 
     @model_validator(mode="after")
@@ -377,22 +326,69 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
     return data
 
 
+def _section_of(annotation):
+    """What a field holds: "judge" for a judge union (annotate, evaluate.judge), a section's model, or None."""
+    stack, models = [annotation], []
+    while stack:
+        item = stack.pop()
+        if isinstance(item, type) and issubclass(item, BaseModel):
+            models.append(item)
+        else:
+            stack.extend(get_args(item))
+    if any(kind.config in models for kind in JUDGES.values()):
+        return "judge"
+    return models[0] if len(models) == 1 else None
+
+
+def _recipe_keys(loc: tuple) -> tuple[list[str], str | None]:
+    """An error's location as the recipe's keys, and the judge type when it lies in a judge section.
+
+    Pydantic puts a tagged union's tag into the location (annotate.pairrm.path); the key the user
+    wrote is annotate.path.
+    """
+    section, keys, judge = Recipe, [], None
+    for part in loc:
+        if section == "judge" and part in JUDGES:
+            section, judge = JUDGES[part].config, part
+            continue
+        keys.append(str(part))
+        field = section.model_fields.get(part) if isinstance(section, type) else None
+        section = _section_of(field.annotation) if field is not None else None
+    return keys, judge
+
+
 def _format_error(error: ValidationError) -> str:
     first = error.errors()[0]
-    where = ".".join(str(p) for p in first["loc"]) or "recipe"
+    keys, judge = _recipe_keys(first["loc"])
+    where = ".".join(keys) or "recipe"
     message = first["msg"].removeprefix("Value error, ")
-    if first["type"] == "extra_forbidden":
-        message = "unknown key (check the spelling; `selfplay validate` lists the schema in docs/recipes.md)"
+    given = first.get("input")
+    if first["type"] == "extra_forbidden" and judge is not None:
+        own = JUDGES[judge].config.model_fields
+        other = any(keys[-1] in kind.config.model_fields for kind in JUDGES.values())
+        message = (f"not a field of the {judge} judge (its fields: {', '.join(own)}"
+                   + (f"; set {where}=null to drop it)" if other else ")"))
+    elif first["type"] == "extra_forbidden":
+        message = "unknown key (check the spelling; docs/recipes.md lists every key)"
     elif first["type"] == "missing":
-        message = "required field is missing"
+        message = "required field is missing" + (f" (the {judge} judge needs it)" if judge else "")
+    elif first["type"] == "union_tag_invalid":  # the judge union: its tag is the section's type
+        tag = given.get("type") if isinstance(given, dict) else first["ctx"]["tag"]
+        where, message = f"{where}.type", f"must be one of {', '.join(JUDGES)}, got {tag!r}"
+    elif first["type"] == "union_tag_not_found":
+        message = f"must be a section with a type ({', '.join(JUDGES)}), got {given!r}"
     return message if where == "recipe" or message.startswith(where) else f"{where}: {message}"
 
 
-def parse_recipe(data: dict, base_dir: Path | None = None) -> Recipe:
+def parse_recipe(data: dict, base_dir: Path | None = None, check_paths: bool = True) -> Recipe:
+    """check_paths=False: the schema and its cross-field rules only, for recipes whose files
+    live on another machine (`selfplay validate --schema-only`, the paper recipes' test)."""
     try:
         recipe = Recipe.model_validate(data)
     except ValidationError as error:
         raise RecipeError(_format_error(error)) from None
+    if not check_paths:
+        return recipe
     recipe.prompts.path = _existing_path("prompts.path", recipe.prompts.path, base_dir)
     if recipe.seed_training is not None:
         recipe.seed_training.path = _existing_path("seed_training.path", recipe.seed_training.path, base_dir)
@@ -409,7 +405,7 @@ def _existing_path(field: str, value: str, base_dir: Path | None) -> str:
     return str(path.resolve())
 
 
-def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
+def load_recipe(path: str | Path, overrides: list[str] = (), check_paths: bool = True) -> Recipe:
     path = Path(path)
     if not path.is_file():
         raise RecipeError(f"recipe file not found: {path}")
@@ -419,7 +415,7 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
         raise RecipeError(f"{path}: not valid YAML ({str(error).splitlines()[0]})") from None
     if not isinstance(data, dict):
         raise RecipeError(f"{path}: a recipe must be a mapping of sections")
-    return parse_recipe(apply_overrides(data, list(overrides)), base_dir=path.parent)
+    return parse_recipe(apply_overrides(data, list(overrides)), base_dir=path.parent, check_paths=check_paths)
 
 
 def recipe_to_yaml(recipe: Recipe) -> str:

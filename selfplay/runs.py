@@ -60,11 +60,9 @@ def file_digest_of_module(module_name: str) -> str:
 
 
 def judge_identity(judge_config) -> dict:
-    """Extra config entries that make a judge's identity complete: for a function judge, the
-    digest of the module the function lives in."""
-    if getattr(judge_config, "type", None) != "function" or not judge_config.function:
-        return {}
-    return {"function_source_sha256": file_digest_of_module(judge_config.function.split(":", 1)[0])}
+    """Extra config entries that make a judge's identity complete, as the judge declares them
+    (selfplay.judging.registry: a function judge adds the digest of its function's module)."""
+    return judge_config.identity()
 
 
 def new_superseded_folder(run_dir: Path) -> Path:

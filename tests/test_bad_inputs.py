@@ -73,7 +73,7 @@ CASES = [
     ("policy-without-config", "run", QUICKSTART, ["policy.path={root}/inputs/no-config-model"], "no config.json"),
     ("hub-id", "run", QUICKSTART, ["policy.path=some-org/some-model"], "hf download some-org/some-model"),
     ("judge-folder-missing", "validate", QUICKSTART,
-     ["annotate.type=reward_model", "annotate.path={root}/no/judge"], "annotate.path"),
+     ["annotate.type=reward_model", "annotate.function=null", "annotate.path={root}/no/judge"], "annotate.path"),
     ("soup-missing", "validate", DPO, ["train.reference=soup", "train.soup=[tiny:llama,{root}/no/soup]"],
      "train.soup[1]"),
     # finding 9: damaged prompt files, named with the line or row

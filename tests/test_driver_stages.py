@@ -1,46 +1,38 @@
-"""Driver.run_stage on its own (no engines): what counts as done when a stage fails."""
+"""pipeline.run_stage on its own (no engines): what counts as done when a stage fails."""
 
 import errno
 import json
 import sys
 
 import pytest
+from stage_helpers import BodyStage, RecordingTracker
 
-from selfplay.driver import Driver, StageFailed
+from selfplay.context import RunContext
+from selfplay.pipeline import StageFailed, run_stage
 from selfplay.recipe import load_recipe
 
 from conftest import REPO
 
 
-class Records:
-    def __init__(self):
-        self.lines = []
-
-    def record(self, iteration, stage, metrics, started_at, steps=()):
-        self.lines.append((iteration, stage))
-
-
 @pytest.fixture
-def driver(tmp_path):
+def ctx(tmp_path):
     recipe = load_recipe(REPO / "recipes" / "quickstart-cpu.yaml", ["max_stage_retries=1"])
-    driver = Driver(recipe, tmp_path)
-    driver.info, driver.packages, driver.code_version, driver.tracker = {"run_id": "test"}, {}, "x", Records()
-    return driver
+    return RunContext(run_dir=tmp_path, recipe=recipe, tracker=RecordingTracker(), info={"run_id": "test"})
 
 
-def test_disk_full_during_a_stage_counts_nothing(driver, tmp_path):
+def test_disk_full_during_a_stage_counts_nothing(ctx, tmp_path):
     def body(tmp):
         (tmp / "samples.parquet").write_bytes(b"partial")
         raise OSError(errno.ENOSPC, "No space left on device", str(tmp / "samples.parquet"))
 
     with pytest.raises(OSError, match="No space left"):
-        driver.run_stage(1, "generate", {}, {}, body)
+        run_stage(ctx, BodyStage(1, "generate", {}, {}, body))
     assert not (tmp_path / "iter-001/generate").exists()          # nothing half-written counts
     assert "OSError" in json.loads((tmp_path / "iter-001/generate.failed.json").read_text())["error"]
-    assert driver.tracker.lines == []
+    assert ctx.tracker.lines == []
 
 
-def test_a_failing_stage_is_not_retried_unless_a_worker_died(driver, tmp_path):
+def test_a_failing_stage_is_not_retried_unless_a_worker_died(ctx, tmp_path):
     calls = []
 
     def body(tmp):
@@ -48,11 +40,11 @@ def test_a_failing_stage_is_not_retried_unless_a_worker_died(driver, tmp_path):
         raise ValueError("bad judge output")
 
     with pytest.raises(StageFailed, match="iteration 1 stage annotate failed after 1 attempt"):
-        driver.run_stage(1, "annotate", {}, {}, body)
+        run_stage(ctx, BodyStage(1, "annotate", {}, {}, body))
     assert len(calls) == 1
 
 
-def test_a_dead_worker_is_retried_then_the_stage_commits(driver, tmp_path):
+def test_a_dead_worker_is_retried_then_the_stage_commits(ctx, tmp_path):
     import ray.exceptions
 
     calls = []
@@ -64,11 +56,11 @@ def test_a_dead_worker_is_retried_then_the_stage_commits(driver, tmp_path):
         (tmp / "out.txt").write_text("ok")
         return ["out.txt"], {"n": 1}, {}
 
-    manifest = driver.run_stage(1, "train", {"a": "b"}, {"c": 1}, body)
+    manifest = run_stage(ctx, BodyStage(1, "train", {"a": "b"}, {"c": 1}, body))
     assert len(calls) == 2 and manifest["status"] == "done"
     assert not (tmp_path / "iter-001/train.failed.json").exists()  # cleared by the success
-    assert driver.tracker.lines == [(1, "train")]
-    assert driver.run_stage(1, "train", {"a": "b"}, {"c": 1}, body) == manifest  # done: skipped
+    assert ctx.tracker.lines == [(1, "train")]
+    assert run_stage(ctx, BodyStage(1, "train", {"a": "b"}, {"c": 1}, body)) == manifest  # done: skipped
     assert len(calls) == 2
 
 
@@ -82,13 +74,16 @@ def ray_session():
 
     start_ray(None, 2)
     # the actors below are defined in this test module, which Ray's workers cannot import
-    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    modules = [sys.modules[__name__], sys.modules["stage_helpers"]]
+    for module in modules:
+        ray.cloudpickle.register_pickle_by_value(module)
     yield
-    ray.cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
+    for module in modules:
+        ray.cloudpickle.unregister_pickle_by_value(module)
     ray.shutdown()
 
 
-def test_an_actor_whose_constructor_raises_is_not_retried_and_named(ray_session, driver, tmp_path):
+def test_an_actor_whose_constructor_raises_is_not_retried_and_named(ray_session, ctx, tmp_path):
     """A model folder the engine cannot load fails the same way every time: one attempt, and the
     summary is the constructor's exception, not the last line of Ray's text (issue 13 finding 7)."""
     import ray
@@ -111,7 +106,7 @@ def test_an_actor_whose_constructor_raises_is_not_retried_and_named(ray_session,
         ray.get(ray.remote(num_cpus=0)(Engine).remote("/models/x").ready.remote())
 
     with pytest.raises(StageFailed) as failure:
-        driver.run_stage(1, "generate", {}, {}, body)
+        run_stage(ctx, BodyStage(1, "generate", {}, {}, body))
     message = str(failure.value)
     assert len(calls) == 1 and "after 1 attempt" in message
     assert "ValidationError: model: Input should be a valid integer" in message, message
@@ -121,7 +116,7 @@ def test_an_actor_whose_constructor_raises_is_not_retried_and_named(ray_session,
     assert "Traceback" in recorded["traceback"]
 
 
-def test_a_worker_killed_by_a_signal_is_retried(ray_session, driver, tmp_path):
+def test_a_worker_killed_by_a_signal_is_retried(ray_session, ctx, tmp_path):
     import os
     import signal
 
@@ -143,7 +138,7 @@ def test_a_worker_killed_by_a_signal_is_retried(ray_session, driver, tmp_path):
         (tmp / "out.txt").write_text(str(pid))
         return ["out.txt"], {}, {}
 
-    manifest = driver.run_stage(1, "generate", {}, {}, body)
+    manifest = run_stage(ctx, BodyStage(1, "generate", {}, {}, body))
     assert len(calls) == 2 and manifest["status"] == "done"
 
 
@@ -163,7 +158,7 @@ def test_a_remote_exception_is_summarized_by_its_own_first_line(ray_session):
 
 
 @pytest.mark.slow
-def test_training_that_diverges_fails_the_stage_and_commits_nothing(ray_session, driver, tmp_path, tiny_policy):
+def test_training_that_diverges_fails_the_stage_and_commits_nothing(ray_session, ctx, tmp_path, tiny_policy):
     """Issue 13 finding 3 at run time: a huge learning rate (finite, so the recipe allows it) gives
     a non-finite loss or weights; the train stage fails once, with the setting named."""
     import numpy as np
@@ -196,25 +191,25 @@ def test_training_that_diverges_fails_the_stage_and_commits_nothing(ray_session,
             return ["policy"], {}, {}
 
         with pytest.raises(StageFailed) as failure:
-            driver.run_stage(1, name, {}, {}, body)
+            run_stage(ctx, BodyStage(1, name, {}, {}, body))
         message = str(failure.value)
         assert len(calls) == 1 and "FloatingPointError: training diverged" in message, message
         assert expected in message and "train.learning_rate" in message, message
         assert not (tmp_path / f"iter-001/{name}").exists()
 
 
-def test_damaged_scratch_files_are_rebuilt_not_a_traceback(driver, tmp_path):
+def test_damaged_scratch_files_are_rebuilt_not_a_traceback(ctx, tmp_path):
     """external_fingerprints.json (a hash cache) and a checkpoint folder's key.json are selfplay's
     scratch: a damaged one is rebuilt (re-hash; checkpoints of unknown inputs dropped)."""
-    from selfplay.driver import _prepare_checkpoints
     from selfplay.runs import content_digest, fingerprint
+    from selfplay.train.stage import prepare_checkpoints
 
     (tmp_path / "external_fingerprints.json").write_text('{"trunc')
     pairs = tmp_path / "pairs.jsonl"
     pairs.write_text("{}\n")
-    assert driver._external_digest(str(pairs)) == content_digest(fingerprint(pairs))
+    assert ctx.external(str(pairs)).digest == content_digest(fingerprint(pairs))
     checkpoints = tmp_path / "iter-001" / "train.checkpoints"
     (checkpoints / "step000001").mkdir(parents=True)
     (checkpoints / "key.json").write_text("")
-    _prepare_checkpoints(checkpoints, {"inputs": 1})
+    prepare_checkpoints(checkpoints, {"inputs": 1})
     assert not (checkpoints / "step000001").exists() and json.loads((checkpoints / "key.json").read_text())

@@ -13,7 +13,8 @@ import pytest
 
 from selfplay import lineage, runs
 from selfplay.cli import main
-from selfplay.recipe import AnnotateConfig, RecipeError, parse_recipe
+from selfplay.judging.registry import FunctionJudgeConfig, PairRMJudgeConfig
+from selfplay.recipe import RecipeError, parse_recipe
 
 STAGES = {"generate": ["samples.parquet"], "annotate": ["judgments.parquet"], "pairs": ["pairs.parquet"],
           "train": ["policy", "history.jsonl"], "eval-gen": ["samples.parquet"],
@@ -218,16 +219,15 @@ def test_a_redone_stage_is_moved_to_superseded_with_its_reason(tmp_path, prompts
     assert not list((run_dir / "iter-001").glob("*.stale-*"))
 
 
-class Records:
-    def record(self, *args, **kwargs):
-        pass
 
 
 def test_the_driver_supersedes_a_stage_it_redoes_naming_the_accepted_change(tmp_path, prompts_file):
-    from selfplay.driver import Driver
+    from stage_helpers import BodyStage, RecordingTracker
 
-    driver = Driver(make_recipe(prompts_file), tmp_path)
-    driver.info, driver.packages, driver.code_version, driver.tracker = {"run_id": "t"}, {}, "x", Records()
+    from selfplay.context import RunContext
+    from selfplay.pipeline import run_stage
+
+    ctx = RunContext(run_dir=tmp_path, recipe=make_recipe(prompts_file), tracker=RecordingTracker(), info={"run_id": "t"})
 
     def body(text):
         def write(tmp):
@@ -235,9 +235,9 @@ def test_the_driver_supersedes_a_stage_it_redoes_naming_the_accepted_change(tmp_
             return ["out.txt"], {}, {}
         return write
 
-    driver.run_stage(1, "train", {"policy": "p"}, {"beta": 0.02}, body("old"))
-    driver.change_note = {"recipe_change": ["train.beta"]}      # what Driver.run sets after --allow-changes
-    driver.run_stage(1, "train", {"policy": "p"}, {"beta": 0.5}, body("new"))
+    run_stage(ctx, BodyStage(1, "train", {"policy": "p"}, {"beta": 0.02}, body("old")))
+    ctx.change_note = {"recipe_change": ["train.beta"]}      # what Driver.run sets after --allow-changes
+    run_stage(ctx, BodyStage(1, "train", {"policy": "p"}, {"beta": 0.5}, body("new")))
     [folder] = (tmp_path / "superseded").iterdir()
     assert (folder / "iter-001/train/out.txt").read_text() == "old"
     reason = json.loads((folder / "reason.json").read_text())
@@ -315,11 +315,11 @@ def test_a_function_judges_identity_includes_its_source(tmp_path, monkeypatch):
     module.write_text("def score(prompt, response):\n    return len(response)\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.delitem(sys.modules, "my_scores", raising=False)
-    config = AnnotateConfig(type="function", function="my_scores:score")
+    config = FunctionJudgeConfig(function="my_scores:score")
     first = runs.judge_identity(config)["function_source_sha256"]
     module.write_text("def score(prompt, response):\n    return -len(response)\n")
     assert runs.judge_identity(config)["function_source_sha256"] != first
-    assert runs.judge_identity(config.model_copy(update={"type": "pairrm", "path": "x"})) == {}
+    assert runs.judge_identity(PairRMJudgeConfig(path="x")) == {}
 
 
 # -- names -------------------------------------------------------------------------------------

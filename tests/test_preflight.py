@@ -84,16 +84,16 @@ def test_judge_folders(tiny_policy, tmp_path):
     from selfplay.models import resolve_model
 
     reward = resolve_model("tiny:reward")
-    check("annotate.type=reward_model", f"annotate.path={reward}")
+    check("annotate.type=reward_model", "annotate.function=null", f"annotate.path={reward}")
     with pytest.raises(PreflightError, match="a reward model is a sequence classifier"):
-        check("annotate.type=reward_model", f"annotate.path={tiny_policy}")
+        check("annotate.type=reward_model", "annotate.function=null", f"annotate.path={tiny_policy}")
     with pytest.raises(PreflightError, match="annotate.path: .*field 'ranker_type' is missing"):
-        check("annotate.type=pairrm", f"annotate.path={tiny_policy}")
+        check("annotate.type=pairrm", "annotate.function=null", f"annotate.path={tiny_policy}")
     with pytest.raises(PreflightError, match="evaluate.judge.path: tiny model 'tiny:llama' does not fit here; "
                                              "allowed: tiny:reward"):
         check("evaluate.judge.type=reward_model", "evaluate.judge.path=tiny:llama")
     with pytest.raises(PreflightError, match="annotate.reference: .*does not exist"):
-        check("annotate.type=selfie", f"annotate.reference={tmp_path / 'gone'}")
+        check("annotate.type=selfie", "annotate.function=null", f"annotate.reference={tmp_path / 'gone'}")
 
 
 def test_a_hub_id_in_the_local_cache_is_pointed_at(tmp_path, monkeypatch, tiny_policy):

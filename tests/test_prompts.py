@@ -85,8 +85,7 @@ def test_jsonl_keeps_unicode_line_separators_inside_strings_and_a_bom(tmp_path):
 
 
 def test_drift_records_and_seed_pairs_are_checked(tmp_path):
-    from selfplay.pairs.drift import hindsight_prompt, load_dsat_records
-    from selfplay.prompts import read_jsonl_records
+    from selfplay.prompts import hindsight_prompt, load_dsat_records, read_jsonl_records
 
     good = {"prompt": "Name a colour.", "dsat_response": "Blue.", "feedback": "Say more."}
     (tmp_path / "d.jsonl").write_text(json.dumps(good) + "\n" + json.dumps({**good, "feedback": " "}) + "\n")

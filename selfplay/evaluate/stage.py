@@ -2,57 +2,186 @@
 
 Both policies sample `evaluate.samples_per_prompt` responses per eval prompt (the initial
 policy's once per run, in iter-000/baseline); the run's judge sees all 2m responses of a
-prompt together. For each prompt, over the m x m (new_i, initial_j) comparisons:
-- `win_rate`: the fraction the judge decides for the new response, ties counting half
-  (win_matrix.comparison_wins: raw scores compared, or L[i, j] vs L[j, i]); for a scalar
-  judge it does not depend on the temperature or on any increasing transform of the scores;
-- `mean_preference`: the mean preference probability P[new_i, initial_j] (Bradley-Terry at
-  the stage's temperature, or the win-matrix rule of a pairwise judge).
-`win_rate_vs_initial` and `mean_preference_vs_initial` are their means over prompts, with the
-win rate's 95% bootstrap interval over prompts (`win_rate_vs_initial_ci_low` / `_ci_high`,
-bootstrap.py); eval.parquet keeps the per-prompt values.
+prompt together. The statistics are pure functions in small modules beside this one:
+- head_to_head.py: win rate (comparisons won, ties half) and mean preference against another
+  policy's samples, with a 95% bootstrap interval over prompts (bootstrap.py);
+- agreement.py: how often two judges give the same verdict on the same comparisons;
+- length_control.py: the win rate at zero length difference (AlpacaEval 2 LC style);
+- kl.py / sequence_logps.py: KL(policy || initial) from the eval samples' log-probs;
+- diversity.py: distinct-n within a prompt's samples;
+and response_stats below (lengths, finished share, diversity).
+`judge_against_initial` is head_to_head.judge_against under the names the driver records:
+`win_rate_vs_initial` (+ `_ci_low` / `_ci_high`), `mean_preference_vs_initial`,
+`judge_temperature`, `no_signal_fraction`; eval.parquet keeps the per-prompt values.
 """
+
+import logging
+from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 
-from selfplay.annotate.stage import judge_groups, signal_report, stage_temperature
-from selfplay.evaluate.bootstrap import bootstrap_interval
-from selfplay.generate.stage import group_by_prompt
+from selfplay import runs
+from selfplay.evaluate.agreement import judge_agreement
+from selfplay.evaluate.diversity import mean_distinct_n
+from selfplay.evaluate.head_to_head import HeadToHead, judge_against
+from selfplay.evaluate.kl import kl_metrics
+from selfplay.evaluate.length_control import length_controlled_win_rate_of
+from selfplay.judging.calls import judge_config
+from selfplay.pipeline import StageResult
+
+log = logging.getLogger("selfplay")
+LENGTH_QUANTILES = (10, 50, 90)
 
 
 def response_stats(samples: pa.Table) -> dict:
+    """Length (tokens: mean and LENGTH_QUANTILES percentiles), finished share, distinct texts,
+    and distinct-2 / distinct-3 within each prompt's samples (diversity.py; left out when no
+    sample is long enough to hold an n-gram)."""
     rows = samples.to_pylist()
     lengths = [len(r["token_ids"]) for r in rows]
-    return {"mean_response_tokens": float(np.mean(lengths)),
-            "finished_fraction": float(np.mean([r["finish_reason"] == "stop" for r in rows])),
-            "distinct_responses": len({r["text"] for r in rows}) / max(1, len(rows))}
+    stats = {"mean_response_tokens": float(np.mean(lengths)),
+             "finished_fraction": float(np.mean([r["finish_reason"] == "stop" for r in rows])),
+             "distinct_responses": len({r["text"] for r in rows}) / max(1, len(rows))}
+    for q, value in zip(LENGTH_QUANTILES, np.percentile(lengths, LENGTH_QUANTILES)):
+        stats[f"response_tokens_p{q}"] = float(value)
+    for n in (2, 3):
+        distinct = mean_distinct_n(samples, n)
+        if distinct is not None:
+            stats[f"distinct_{n}"] = distinct
+    return stats
 
 
-def judge_against_initial(judge, policy_samples: pa.Table, initial_samples: pa.Table, rule: str,
-                          temperature) -> tuple[dict, pa.Table, list[str]]:
-    """(metrics, eval.parquet, warnings); `temperature` is "auto" or a float, as annotate.temperature."""
-    initial = {pid: rows for pid, _, rows in group_by_prompt(initial_samples)}
-    groups, sizes, token_ids = [], [], []
-    for prompt_id, prompt, rows in group_by_prompt(policy_samples):
-        both = rows + initial[prompt_id]
-        groups.append((prompt_id, prompt, [r["text"] for r in both]))
-        token_ids.append((rows[0]["prompt_token_ids"], [r["token_ids"] for r in both]))
-        sizes.append(len(rows))
-    judgments = judge_groups(judge, groups, desc="evaluate", token_ids=token_ids)
-    resolved = stage_temperature(temperature, judgments)
-    per_prompt, matrices = [], []
-    for (prompt_id, _, responses), m, judgment in zip(groups, sizes, judgments):
-        matrix = judgment.win_matrix(rule, resolved or 1.0)
-        matrices.append(matrix)
-        per_prompt.append({"prompt_id": prompt_id, "win_rate": float(judgment.wins()[:m, m:].mean()),
-                           "mean_preference": float(matrix[:m, m:].mean()),
-                           "policy_responses": responses[:m], "initial_responses": responses[m:]})
-    no_signal, warnings = signal_report(judgments, matrices, "evaluate")
-    win_rates = [p["win_rate"] for p in per_prompt]
-    low, high = bootstrap_interval(win_rates)
-    metrics = {"win_rate_vs_initial": float(np.mean(win_rates)),
-               "win_rate_vs_initial_ci_low": low, "win_rate_vs_initial_ci_high": high,
-               "mean_preference_vs_initial": float(np.mean([p["mean_preference"] for p in per_prompt])),
-               "judge_temperature": resolved, "no_signal_fraction": no_signal}
-    return metrics, pa.Table.from_pylist(per_prompt), warnings
+def judge_against_initial(judge, policy_samples: pa.Table, initial_samples: pa.Table, rule: str, temperature,
+                          desc: str = "evaluate") -> HeadToHead:
+    """head_to_head.judge_against with name "vs_initial"; the judge's temperature and the
+    no-signal share keep their historical unsuffixed names (`judge_temperature`,
+    `no_signal_fraction`), as every run's metrics.jsonl has them."""
+    result = judge_against(judge, policy_samples, initial_samples, rule, temperature,
+                           name="vs_initial", opponent="initial", desc=desc)
+    result.metrics["judge_temperature"] = result.metrics.pop("judge_temperature_vs_initial")
+    result.metrics["no_signal_fraction"] = result.metrics.pop("no_signal_fraction_vs_initial")
+    return result
+
+
+@dataclass
+class Evaluate:
+    """The policy this iteration trained, on the eval prompts' samples (eval-gen), against the
+    initial policy (iter-000/baseline) and the previous evaluated one: eval.parquet (per prompt,
+    against the initial policy), comparisons.parquet (every comparison, tagged with its opponent
+    and judge) and metrics.json.
+
+    Metrics: `win_rate_vs_initial` / `_vs_previous` with bootstrap intervals, the length-
+    controlled win rate, KL(policy || initial) (`evaluate.kl`), length and diversity stats,
+    SPPO's mean chosen / rejected Phat of the iteration's pairs; with a separate `evaluate.judge`
+    also the training judge's win rate against the initial policy and the two judges' agreement.
+    """
+
+    iteration: int
+    name = "evaluate"
+    produces = ("eval.parquet", "comparisons.parquet", "metrics.json")
+
+    def previous(self, ctx):
+        """The eval samples of the last iteration before this one that has them (evaluate.every);
+        None at the first evaluation, where the previous policy is the initial one."""
+        earlier = [t for t in range(self.iteration - 1, 0, -1) if runs.StageDir(ctx.run_dir, t, "eval-gen").manifest()]
+        return ctx.artifact(earlier[0], "eval-gen", "samples.parquet") if earlier else None
+
+    def inputs(self, ctx) -> dict:
+        inputs = {"policy_samples": ctx.latest(self, "samples.parquet").digest,
+                  "initial_samples": ctx.artifact(0, "baseline", "samples.parquet").digest}
+        if self.previous(ctx) is not None:
+            inputs["previous_samples"] = self.previous(ctx).digest
+        if ctx.recipe.evaluate.kl:
+            inputs.update(policy=ctx.policy("trained", self.iteration).digest, initial_policy=ctx.initial.digest)
+        return inputs
+
+    def config(self, ctx) -> dict:
+        config = {**judge_config(self.judge_settings(ctx)), "kl": ctx.recipe.evaluate.kl}
+        if ctx.recipe.evaluate.judge is not None:
+            config["training_judge"] = judge_config(ctx.recipe.annotate)
+        return config
+
+    @staticmethod
+    def judge_settings(ctx):
+        """The evaluate section's own judge if it has one, else the run's."""
+        return ctx.recipe.evaluate.judge or ctx.recipe.annotate
+
+    def run(self, ctx, tmp) -> StageResult:
+        samples = ctx.latest(self, "samples.parquet").table()
+        initial = ctx.artifact(0, "baseline", "samples.parquet").table()
+        policy_path = str(ctx.policy("trained", self.iteration).path)
+        settings = self.judge_settings(ctx)
+        judge = ctx.actors.judge("annotate" if ctx.recipe.evaluate.judge is None else "evaluate", settings, policy_path)
+
+        def versus(judge, settings, other, name, opponent):
+            return judge_against(judge, samples, other, settings.win_matrix, settings.temperature, name=name,
+                                 opponent=opponent, desc=f"iter {self.iteration} evaluate {name}")
+
+        against_initial = judge_against_initial(judge, samples, initial, settings.win_matrix, settings.temperature,
+                                                desc=f"iter {self.iteration} evaluate")
+        metrics, warnings = dict(against_initial.metrics), list(against_initial.warnings)
+        metrics["length_controlled_win_rate_vs_initial"] = length_controlled_win_rate_of(against_initial.comparisons)
+        comparisons = [_tagged(against_initial.comparisons, "initial", "evaluation")]
+
+        previous = self.previous(ctx)
+        if previous is None:  # the first evaluation: the previous policy is the initial one
+            metrics.update({key.replace("vs_initial", "vs_previous"): value for key, value in against_initial.metrics.items()
+                            if key.startswith(("win_rate_vs_initial", "mean_preference_vs_initial"))})
+        else:
+            against_previous = versus(judge, settings, previous.table(), "vs_previous", "previous")
+            metrics.update({k: v for k, v in against_previous.metrics.items() if k.startswith(("win_rate", "mean_pref"))})
+            warnings += against_previous.warnings
+            comparisons.append(_tagged(against_previous.comparisons, "previous", "evaluation"))
+
+        if ctx.recipe.evaluate.judge is not None:  # does the policy also win by the judge it trains on?
+            training_judge = ctx.actors.judge("annotate", ctx.recipe.annotate, policy_path)
+            by_training_judge = versus(training_judge, ctx.recipe.annotate, initial, "vs_initial_training_judge", "initial")
+            metrics.update({k: v for k, v in by_training_judge.metrics.items() if k.startswith("win_rate")})
+            metrics["judge_agreement_vs_initial"] = judge_agreement(against_initial.comparisons.column("win").to_numpy(),
+                                                                    by_training_judge.comparisons.column("win").to_numpy())
+            comparisons.append(_tagged(by_training_judge.comparisons, "initial", "training"))
+
+        if ctx.recipe.evaluate.kl:
+            metrics.update(policy_kl(ctx, samples, policy_path))
+        metrics.update(response_stats(samples))
+        pairs = runs.StageDir(ctx.run_dir, self.iteration, "pairs").manifest()
+        for key in ("mean_chosen_win_rate", "mean_rejected_win_rate"):  # SPPO: they approach 0.5 as self-play converges
+            if pairs and key in pairs["metrics"]:
+                metrics[key] = pairs["metrics"][key]
+        pq.write_table(against_initial.per_prompt, tmp / "eval.parquet")
+        pq.write_table(pa.concat_tables(comparisons), tmp / "comparisons.parquet")
+        runs.write_json_atomic(tmp / "metrics.json", metrics)
+        for warning in warnings:
+            log.warning("iter %d %s", self.iteration, warning)
+        return StageResult(["eval.parquet", "comparisons.parquet", "metrics.json"], metrics, {"warnings": warnings})
+
+
+    def committed(self, ctx) -> None:
+        """The W&B Table of example generations: the same first eval prompts every iteration."""
+        from selfplay.track.examples import EXAMPLE_PROMPTS, example_rows
+
+        per_prompt = ctx.artifact(self.iteration, self.name, "eval.parquet").table()
+        scores = dict(zip(per_prompt["prompt_id"].to_pylist(), per_prompt["win_rate"].to_pylist()))
+        ctx.tracker.log_examples(self.iteration, example_rows(ctx.latest(self, "samples.parquet").table(),
+                                                              ctx.eval_ids[:EXAMPLE_PROMPTS], scores))
+
+
+def _tagged(comparisons: pa.Table, opponent: str, judge: str) -> pa.Table:
+    rows = comparisons.num_rows
+    return comparisons.append_column("opponent", pa.array([opponent] * rows)).append_column("judge", pa.array([judge] * rows))
+
+
+def policy_kl(ctx, samples: pa.Table, policy_path: str) -> dict:
+    """KL(policy || initial) from the eval samples (kl.py), scored in a Ray task on a GPU when the
+    recipe trains on GPUs (a 7B pair of checkpoints does not belong in the driver), else here."""
+    initial_path = str(ctx.initial.path)
+    gpus = 1 if ctx.recipe.train.num_gpus_per_rank else 0
+    if not gpus:
+        return kl_metrics(samples, policy_path, initial_path)
+    import ray
+
+    ctx.actors.release_engines()
+    ctx.actors.make_room("train")
+    return ray.get(ray.remote(num_gpus=gpus, num_cpus=1)(kl_metrics).remote(samples, policy_path, initial_path))

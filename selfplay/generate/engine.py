@@ -5,11 +5,15 @@ small iteration, so it lives for the whole run: `load_policy(path)` swaps in a n
 with vLLM's `reload_weights` (same architecture), instead of restarting the engine.
 
 Engine settings depend on the device (`engine_options`, `engine_env`):
-  - CUDA: vLLM's own defaults (CUDA graphs, torch.compile, its engine-core process).
-  - CPU: eager mode, no torch.compile, an in-process engine (ENVIRONMENT.md: 6-7 s to start
+  - CUDA: vLLM's own defaults (CUDA graphs, torch.compile, its engine-core process). With
+    tensor_parallel_size > 1, vLLM's Ray executor: its workers (one GPU each) go into the
+    replica's placement group, which the engine actor captures (selfplay.generate.pool).
+  - CPU: eager mode, no torch.compile, an in-process engine (docs/environment.md: 6-7 s to start
     instead of 35-45 s), an explicit KV cache, no chunked prefill (see `engine_options`), and
     torch/OpenMP threads for the cores the engine should use (a Ray actor with num_cpus=1 gets
-    OMP_NUM_THREADS=1 from Ray).
+    OMP_NUM_THREADS=1 from Ray). With tensor_parallel_size > 1, vLLM's multiprocessing executor
+    (worker processes beside the actor, talking over shared memory), unpinned threads, and the
+    engine's threads shared by its workers.
 `generate.engine_args` passes any further `vllm.EngineArgs` field through, last, so it wins.
 """
 
@@ -19,6 +23,11 @@ import time
 # CPU only. In-process engine: 6-7 s to start on CPU instead of 35-45 s; no torch.compile (the
 # sampler's first log-probs call alone compiles for 20-90 s on CPU).
 CPU_ENV = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "TORCH_COMPILE_DISABLE": "1"}
+# CPU with TP > 1: vLLM pins each worker's threads to a NUMA node of its own by default ("auto")
+# and refuses to start with fewer NUMA nodes than workers ("Not enough allowed NUMA nodes"),
+# which is every one-socket machine. "nobind" leaves placement to the OS; OMP_NUM_THREADS (set
+# by the engine) sizes each worker.
+CPU_TP_ENV = {"VLLM_CPU_OMP_THREADS_BIND": "nobind"}
 
 
 def engine_options(device: str, config, model_path: str, dtype: str, seed: int) -> dict:
@@ -35,13 +44,30 @@ def engine_options(device: str, config, model_path: str, dtype: str, seed: int) 
                        kv_cache_memory_bytes=int(config.kv_cache_gib * (1 << 30)))  # the default asks for 92% of RAM
     else:
         options.update(gpu_memory_utilization=config.gpu_memory_utilization)
+    if config.tensor_parallel_size > 1:
+        options.update(distributed_executor_backend=executor_backend(device))
     options.update(config.engine_args)
     return options
 
 
-def engine_env(device: str) -> dict:
+def executor_backend(device: str) -> str:
+    """vLLM's executor for a tensor-parallel replica inside its placement group.
+
+    CUDA: "ray": one Ray worker per GPU bundle of the group vLLM finds (EngineArgs reads the
+    actor's captured group into parallel_config.placement_group). Said explicitly because vLLM's
+    default first compares the GPUs the process sees with the TP size, and an actor that holds
+    no GPU may see none (then it refuses, "World size ... larger than the number of GPUs").
+    CPU: "mp". Inside a captured placement group vLLM would default to "ray", which the CPU
+    platform does not support (no Ray device key); worker processes on the same node do.
+    """
+    return "ray" if device == "cuda" else "mp"
+
+
+def engine_env(device: str, tensor_parallel_size: int = 1) -> dict:
     """Environment variables the engine's process needs before vLLM is imported."""
-    return dict(CPU_ENV) if device == "cpu" else {}
+    if device != "cpu":
+        return {}
+    return {**CPU_ENV, **(CPU_TP_ENV if tensor_parallel_size > 1 else {})}
 
 
 # EngineArgs fields that recipe fields already set: the recipe field is the one place for them.
@@ -83,6 +109,11 @@ def cpu_threads(requested: int, cores: int, replicas: int) -> int:
     return requested if requested > 0 else max(1, cores // max(1, replicas))
 
 
+def worker_threads(engine_threads: int, tensor_parallel_size: int) -> int:
+    """torch/OpenMP threads of each tensor-parallel worker: the engine's threads shared."""
+    return max(1, engine_threads // tensor_parallel_size)
+
+
 def available_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
@@ -97,12 +128,18 @@ class VLLMEngine:
     def __init__(self, model_path: str, config, dtype: str = "float32", seed: int = 0, device: str | None = None):
         """`config` is the recipe's GenerateConfig; `device` defaults to CUDA when torch sees a GPU."""
         device = device or detect_device()
-        for key, value in engine_env(device).items():
+        tp = config.tensor_parallel_size
+        for key, value in engine_env(device, tp).items():
             os.environ.setdefault(key, value)  # a value the user exported wins
+        if device == "cuda" and tp > 1:
+            # The actor holds no GPU, and Ray hides every GPU from such an actor where
+            # RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO=1; vLLM's engine core must see the node's GPUs
+            # to map its Ray workers' GPU ids (vLLM's RLHF example pops it the same way).
+            os.environ.pop("CUDA_VISIBLE_DEVICES", None)
         if device == "cpu":
             import torch
 
-            threads = cpu_threads(config.cpu_threads, available_cores(), config.replicas)
+            threads = worker_threads(cpu_threads(config.cpu_threads, available_cores(), config.replicas), tp)
             os.environ["OMP_NUM_THREADS"] = str(threads)
             torch.set_num_threads(threads)  # before vLLM's CPU worker turns torch.set_num_threads into a no-op
         from vllm import LLM
@@ -157,7 +194,16 @@ class VLLMEngine:
         return results
 
     def stats(self) -> dict:
+        import ray
         import torch
 
         return {"start_seconds": self.start_seconds, "reloads": self.reloads, "loaded_policy": self.loaded_policy,
-                "device": self.device, "threads": torch.get_num_threads(), "pid": os.getpid()}
+                "device": self.device, "threads": torch.get_num_threads(), "pid": os.getpid(),
+                "node": ray.get_runtime_context().get_node_id(), "node_ip": ray.util.get_node_ip_address(),
+                "tensor_parallel_size": self.options["tensor_parallel_size"],
+                "worker_pids": self.llm.collective_rpc(worker_pid)}  # one per tensor-parallel worker
+
+
+def worker_pid(worker) -> int:
+    """Run on each vLLM worker (llm.collective_rpc): its process id."""
+    return os.getpid()

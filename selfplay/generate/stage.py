@@ -12,22 +12,25 @@ model answers after; `skip` leaves the prompt out (it then has no samples, so no
 pairs or win rate). The stage reports the prompts it truncated or skipped.
 """
 
+import logging
+import time
 import zlib
+from dataclasses import dataclass
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from selfplay import runs
+from selfplay.artifacts import chat_prompt_ids
+from selfplay.pipeline import StageResult
+
+log = logging.getLogger("selfplay")
 
 SAMPLES_SCHEMA = pa.schema([("prompt_id", pa.int64()), ("prompt", pa.string()),
                             ("prompt_token_ids", pa.list_(pa.int64())), ("sample_idx", pa.int64()),
                             ("text", pa.string()), ("token_ids", pa.list_(pa.int64())),
                             ("logprobs", pa.list_(pa.float64())), ("finish_reason", pa.string()),
                             ("seed", pa.int64())])
-
-
-def chat_prompt_ids(tokenizer, prompt: str) -> list[int]:
-    text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
-                                         tokenize=False)
-    return tokenizer(text, add_special_tokens=False).input_ids
 
 
 def request_seed(run_seed: int, iteration: int, prompt_id: int, purpose: str) -> int:
@@ -88,14 +91,97 @@ def generate_samples(pool, tokenizer, prompt_ids: list[int], prompts: list[str],
     return pa.Table.from_pylist(rows, schema=SAMPLES_SCHEMA), report
 
 
-def write_table(table: pa.Table, path) -> None:
-    pq.write_table(table, path)
+
+# The engine settings that change what is sampled (a changed timeout or thread count does not).
+ENGINE_KEYS = {"replicas", "tensor_parallel_size", "max_model_len", "long_prompts", "store_logprobs", "engine_args"}
 
 
-def group_by_prompt(table: pa.Table) -> list[tuple[int, str, list[dict]]]:
-    """(prompt_id, prompt, samples sorted by sample_idx) in first-seen prompt order. A prompt
-    the long-prompt rule skipped has no samples, so it has no group."""
-    groups: dict[int, list[dict]] = {}
-    for row in table.to_pylist():
-        groups.setdefault(row["prompt_id"], []).append(row)
-    return [(pid, rows[0]["prompt"], sorted(rows, key=lambda r: r["sample_idx"])) for pid, rows in groups.items()]
+@dataclass
+class Sample:
+    """Sample n responses per prompt with a policy into samples.parquet: the training samples
+    (`generate`), the eval samples of the initial policy (`baseline`) and of each trained one
+    (`eval-gen`), and DRIFT's hindsight answers (`generate`, prompted from DSAT records)."""
+
+    name: str
+    iteration: int
+    purpose: str  # "train" / "eval" / "hindsight": part of each request's seed
+    policy_source: str  # see RunContext.policy
+    n: int
+    sampling: dict  # temperature, top_p, max_tokens
+    hindsight_template: str | None = None
+    produces = ("samples.parquet",)
+
+    @classmethod
+    def generate(cls, recipe, iteration):
+        g = recipe.generate
+        return cls("generate", iteration, "train", "entering", g.samples_per_prompt,
+                   {"temperature": g.temperature, "top_p": g.top_p, "max_tokens": g.max_tokens})
+
+    @classmethod
+    def hindsight(cls, recipe, iteration):
+        drift = recipe.drift
+        return cls("generate", iteration, "hindsight", "entering", 1,
+                   {"temperature": drift.temperature, "top_p": drift.top_p, "max_tokens": recipe.generate.max_tokens},
+                   hindsight_template=drift.hindsight_template)
+
+    @classmethod
+    def baseline(cls, recipe):
+        return cls("baseline", 0, "eval", "initial", recipe.evaluate.samples_per_prompt, eval_sampling(recipe))
+
+    @classmethod
+    def evaluation(cls, recipe, iteration):
+        return cls("eval-gen", iteration, "eval", "trained", recipe.evaluate.samples_per_prompt, eval_sampling(recipe))
+
+    def prompt_ids(self, ctx) -> list[int]:
+        return ctx.eval_ids if self.purpose == "eval" else ctx.slices[self.iteration - 1]
+
+    def prompts(self, ctx) -> list[str]:
+        if self.hindsight_template is None:
+            return ctx.prompts
+        from selfplay.prompts import hindsight_prompt
+
+        return [hindsight_prompt(record, self.hindsight_template) for record in ctx.records]
+
+    def inputs(self, ctx) -> dict:
+        return {"policy": ctx.policy(self.policy_source, self.iteration).digest}
+
+    def config(self, ctx) -> dict:
+        recipe = ctx.recipe
+        config = {"prompt_ids": self.prompt_ids(ctx), "n": self.n, **self.sampling, "seed": recipe.seed,
+                  "purpose": self.purpose, "engine": recipe.generate.model_dump(include=ENGINE_KEYS),
+                  "dtype": recipe.policy.dtype}
+        if self.hindsight_template is not None:
+            config["prompts_digest"] = runs.digest_of(self.prompts(ctx))
+        return config
+
+    def run(self, ctx, tmp) -> StageResult:
+        recipe, prompt_ids = ctx.recipe, self.prompt_ids(ctx)
+        started = time.time()
+        pool = ctx.actors.engines(str(ctx.policy(self.policy_source, self.iteration).path))
+        load_seconds = time.time() - started
+        table, long_prompts = generate_samples(
+            pool, ctx.tokenizer, prompt_ids, self.prompts(ctx), n=self.n, run_seed=recipe.seed,
+            iteration=self.iteration, purpose=self.purpose, max_model_len=recipe.generate.max_model_len,
+            long_prompts=recipe.generate.long_prompts, **self.sampling)
+        for what in ("truncated", "skipped"):
+            if long_prompts[what]:
+                log.warning("iter %d %-9s %d of %d prompts %s: longer than generate.max_model_len - max_tokens "
+                            "(%d tokens; generate.long_prompts=%s), prompt ids %s", self.iteration, self.name,
+                            len(long_prompts[what]), len(prompt_ids), what, long_prompts["budget"],
+                            long_prompts["rule"], long_prompts[what][:10])
+        pq.write_table(table, tmp / "samples.parquet")
+        tokens = sum(len(t) for t in table.column("token_ids").to_pylist())
+        seconds = time.time() - started
+        metrics = {"samples": table.num_rows, "prompts": len(prompt_ids), "tokens": tokens,
+                   "prompts_truncated": len(long_prompts["truncated"]),
+                   "prompts_skipped": len(long_prompts["skipped"]), "engine_load_seconds": load_seconds,
+                   "tokens_per_second": tokens / max(seconds - load_seconds, 1e-9)}
+        if self.name == "baseline":  # the prompt pool, recorded once per run
+            metrics["duplicate_prompts_dropped"] = ctx.duplicate_prompts
+        return StageResult(["samples.parquet"], metrics, {"long_prompts": long_prompts})
+
+
+def eval_sampling(recipe) -> dict:
+    evaluate = recipe.evaluate
+    return {"temperature": evaluate.temperature, "top_p": evaluate.top_p,
+            "max_tokens": evaluate.max_tokens or recipe.generate.max_tokens}

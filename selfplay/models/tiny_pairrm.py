@@ -70,7 +70,7 @@ def load_deberta_tokenizer(folder: Path):
     AutoTokenizer needs the backbone's config.json, which is written after)."""
     from transformers import DebertaV2Tokenizer
 
-    from selfplay.annotate.pairrm import match_sentencepiece
+    from selfplay.judging.pairrm import match_sentencepiece
 
     return match_sentencepiece(DebertaV2Tokenizer.from_pretrained(folder), folder)
 
@@ -94,7 +94,7 @@ def build_tiny_pairrm(out_dir: str | Path, seed: int = 0, hidden_size: int = 64,
     from safetensors.torch import save_file
     from transformers import DebertaV2Config, DebertaV2Model
 
-    from selfplay.annotate.pairrm import MARKER_TOKENS, PairRMModel
+    from selfplay.judging.pairrm import MARKER_TOKENS, PairRMModel
 
     out_dir = Path(out_dir)
     write_deberta_tokenizer(out_dir / "backbone", vocab_size)

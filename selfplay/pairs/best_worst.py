@@ -7,6 +7,9 @@ whose best and worst scores tie is dropped. Ties for first/last place go to the 
 
 import numpy as np
 
+# The per-pair targets each pair carries (besides the sample indices): what losses may ask for.
+TARGET_COLUMNS = ("chosen_score", "rejected_score", "chosen_win_rate", "rejected_win_rate", "chosen_beats_rejected")
+
 
 def best_worst_pairs(win_matrix: np.ndarray, scores: np.ndarray | None = None) -> list[dict]:
     win_matrix = np.asarray(win_matrix, dtype=np.float64)

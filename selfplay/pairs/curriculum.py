@@ -11,6 +11,10 @@ k-th curriculum set is "every prompt's rank-k pair". The list comes back sorted 
 
 import numpy as np
 
+# The per-pair targets each pair carries (besides the sample indices): what losses may ask for.
+TARGET_COLUMNS = ("rank", "gap", "chosen_score", "rejected_score", "chosen_win_rate", "rejected_win_rate",
+                  "chosen_beats_rejected")
+
 
 def curriculum_pairs(win_matrix: np.ndarray, scores: np.ndarray | None = None) -> list[dict]:
     win_matrix = np.asarray(win_matrix, dtype=np.float64)

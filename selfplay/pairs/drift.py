@@ -5,23 +5,12 @@ complaint: {"prompt": ..., "dsat_response": ..., "feedback": ...} in JSONL. Each
 current policy writes ONE fresh answer per record from a hindsight prompt that shows it the
 request, its bad answer and the complaint; the pair trains on the original request:
 chosen = the fresh answer, rejected = the real DSAT turn. No judge or filter (as the
-released code). Only single-turn requests are supported so far.
+released code). Only single-turn requests are supported so far. The records and the hindsight
+prompt are read by selfplay.prompts (they are DRIFT's prompt pool).
 """
 
-from selfplay.prompts import read_jsonl_records
-
-HINDSIGHT_TEMPLATE = ("{prompt}\n\nAn earlier answer to this request was:\n{dsat_response}\n\n"
-                      "The user was not satisfied and said:\n{feedback}\n\n"
-                      "Write an improved answer to the original request.")
-RECORD_FIELDS = ("prompt", "dsat_response", "feedback")
-
-
-def load_dsat_records(path: str) -> list[dict]:
-    return [{f: row[f] for f in RECORD_FIELDS} for row in read_jsonl_records(path, RECORD_FIELDS, "a DRIFT record")]
-
-
-def hindsight_prompt(record: dict, template: str = HINDSIGHT_TEMPLATE) -> str:
-    return template.format(**record)
+# No per-pair targets: a DRIFT pair is (request, fresh answer, DSAT turn) and nothing more.
+TARGET_COLUMNS = ()
 
 
 def drift_pairs(records: list[dict], samples: list[dict], prompt_token_ids: dict[int, list[int]],

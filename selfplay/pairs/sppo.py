@@ -8,6 +8,9 @@ samples only enter through Phat. A group whose samples all tie is dropped.
 
 import numpy as np
 
+# The per-pair targets each pair carries (besides the sample indices): what losses may ask for.
+TARGET_COLUMNS = ("chosen_win_rate", "rejected_win_rate", "chosen_beats_rejected")
+
 
 def sppo_pairs(win_matrix: np.ndarray, scores: np.ndarray | None = None) -> list[dict]:
     win_rates = np.asarray(win_matrix, dtype=np.float64).mean(axis=1)

@@ -4,12 +4,16 @@ pairs.parquet: one row per pair with the prompt token ids and the chosen / rejec
 token ids exactly as sampled (no re-tokenization), their texts, and the builder's targets.
 """
 
+from dataclasses import dataclass
+from functools import partial
+
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 
-from selfplay.annotate.stage import win_matrix_of
-from selfplay.annotate.win_matrix import aggregated_scores
-from selfplay.generate.stage import group_by_prompt
+from selfplay.artifacts import chat_prompt_ids, group_by_prompt, response_token_ids, win_matrix_of
+from selfplay.judging.win_matrix import aggregated_scores
+from selfplay.pipeline import StageResult
 
 
 def build_pairs(samples: pa.Table, judgments: pa.Table, builder) -> pa.Table:
@@ -32,3 +36,56 @@ def build_pairs(samples: pa.Table, judgments: pa.Table, builder) -> pa.Table:
                           "chosen_token_ids": chosen["token_ids"], "rejected_token_ids": rejected["token_ids"],
                           **targets})
     return pa.Table.from_pylist(pairs)
+
+
+@dataclass
+class Pairs:
+    """pairs.parquet from the iteration's samples and judgments, by the recipe's pair builder."""
+
+    iteration: int
+    name = "pairs"
+    produces = ("pairs.parquet",)
+
+    def inputs(self, ctx) -> dict:
+        return {"samples": ctx.latest(self, "samples.parquet").digest,
+                "judgments": ctx.latest(self, "judgments.parquet").digest}
+
+    def config(self, ctx) -> dict:
+        return ctx.recipe.pairs.model_dump()
+
+    def run(self, ctx, tmp) -> StageResult:
+        from selfplay.pairs import PAIR_BUILDERS
+
+        table = build_pairs(ctx.latest(self, "samples.parquet").table(), ctx.latest(self, "judgments.parquet").table(),
+                            PAIR_BUILDERS[ctx.recipe.pairs.type])
+        pq.write_table(table, tmp / "pairs.parquet")
+        metrics = {"pairs": table.num_rows}
+        for column in ("chosen_win_rate", "rejected_win_rate"):  # SPPO: they approach 0.5 as self-play converges
+            if column in table.column_names and table.num_rows:
+                metrics[f"mean_{column}"] = sum(table.column(column).to_pylist()) / table.num_rows
+        return StageResult(["pairs.parquet"], metrics)
+
+
+@dataclass
+class DriftPairs:
+    """DRIFT: (original request, fresh hindsight answer, real DSAT turn) per record."""
+
+    iteration: int
+    name = "pairs"
+    produces = ("pairs.parquet",)
+
+    def inputs(self, ctx) -> dict:
+        return {"samples": ctx.latest(self, "samples.parquet").digest}
+
+    def config(self, ctx) -> dict:
+        return ctx.recipe.pairs.model_dump()
+
+    def run(self, ctx, tmp) -> StageResult:
+        from selfplay.pairs.drift import drift_pairs
+
+        samples = ctx.latest(self, "samples.parquet").table().to_pylist()
+        prompt_ids = {s["prompt_id"]: chat_prompt_ids(ctx.tokenizer, ctx.records[s["prompt_id"]]["prompt"])
+                      for s in samples}
+        rows = drift_pairs(ctx.records, samples, prompt_ids, partial(response_token_ids, ctx.tokenizer))
+        pq.write_table(pa.Table.from_pylist(rows), tmp / "pairs.parquet")
+        return StageResult(["pairs.parquet"], {"pairs": len(rows)})

@@ -11,18 +11,36 @@ W&B history is a copy of the file that a crash cannot leave with holes or duplic
   files of the same run (read back with `wandb_offline`); online, from the resumed run's step
   (W&B ignores a step below the run's current one, so a row is never counted twice).
 
-One W&B run per selfplay run; its id is kept in run.json so a resumed run continues it, and a
-fork is a new run in its parent's group whose config names the parent run and iteration.
-`iteration` is the x-axis of the stage metrics, `train_step/global_step` that of the train curves.
+One W&B run per selfplay run; its id is kept in run.json so a resumed run continues it. All
+runs of a recipe family share one W&B group (tracking.group, else the run's name; a fork gets
+its parent's group from lineage.create_fork) and a fork's config names its parent run and
+iteration. `iteration` is the x-axis of the stage metrics and of the examples Table,
+`train_step/global_step` that of the train curves; each key gets its axis by name as it is
+first logged (no overlapping globs: with "*" and "train_step/*" both defined, W&B took "*" for
+train-step keys and stamped a stale `iteration` into every train-step row).
+
+Beyond the rows (all no-ops when tracking.wandb is false):
+- `log_stage_artifacts`: reference artifacts of policies, samples and pairs with the use links
+  of forks (wandb_artifacts.py);
+- `log_examples`: a Table of example generations per iteration under `examples`, logged at the
+  W&B step of that iteration's last metrics row. Its rows are kept in `<run>/wandb_examples.jsonl`
+  (journal.py) so that the row replay above logs the table again with its row whenever W&B lost it.
 """
 
 import json
+import logging
 import os
 from pathlib import Path
 
+from selfplay.track.journal import append_journal, read_journal
 from selfplay.track.wandb_offline import find_run_files, read_history
 
+log = logging.getLogger("selfplay")
+
 STEP_STAGE = "train_step"  # per-optimizer-step rows of the train and seed stages
+STEP_AXIS = "train_step/global_step"
+EXAMPLES_KEY = "examples"
+EXAMPLE_COLUMNS = ["iteration", "prompt_id", "prompt", "response", "score"]
 
 
 def read_rows(text: str) -> list[dict]:
@@ -37,6 +55,24 @@ def complete_blocks(rows: list[dict]) -> list[dict]:
     while end and rows[end - 1]["stage"] == STEP_STAGE and rows[end - 1].get("started_at") not in finished:
         end -= 1
     return rows[:end]
+
+
+def axis_of(key: str) -> str | None:
+    """The x-axis a W&B key is plotted against (None for the two axes themselves)."""
+    if key in ("iteration", STEP_AXIS):
+        return None
+    return STEP_AXIS if key.startswith(f"{STEP_STAGE}/") else "iteration"
+
+
+def examples_table(iteration: int, rows: list[dict]):
+    """A wandb.Table of one iteration's example generations: {prompt_id, prompt, response, score?}."""
+    import wandb
+
+    missing = [key for key in ("prompt_id", "prompt", "response") if any(key not in row for row in rows)]
+    if missing:
+        raise ValueError(f"log_examples: every row needs prompt_id, prompt and response; missing {missing[0]!r}")
+    return wandb.Table(columns=EXAMPLE_COLUMNS, allow_mixed_types=True,
+                       data=[[iteration, r["prompt_id"], r["prompt"], r["response"], r.get("score")] for r in rows])
 
 
 def wandb_row(row: dict) -> dict:
@@ -58,7 +94,11 @@ class Tracker:
         if text and (len(self.rows) != len(raw) or not text.endswith("\n")):
             self._rewrite()
         self.recorded = {(r["iteration"], r["stage"], r.get("started_at")) for r in self.rows}
-        self.wandb_run = None
+        self.wandb_run = self.artifacts = None
+        self.examples_path = self.metrics_path.with_name("wandb_examples.jsonl")
+        self.examples = {}  # W&B step -> (iteration, rows)
+        self.defined = set()  # keys whose x-axis this session declared
+        self.open_step = None  # the step this session logged last: W&B still accepts keys for it
         if recipe.tracking.wandb:
             import wandb
 
@@ -70,11 +110,16 @@ class Tracker:
                                         id=run_info["wandb_run_id"], resume="allow", dir=str(run_dir),
                                         config={**resolved_config, "selfplay": {
                                             "run_id": run_info["run_id"], "parent": run_info.get("parent")}})
-            self.wandb_run.define_metric("iteration")
-            self.wandb_run.define_metric("*", step_metric="iteration")
-            self.wandb_run.define_metric("train_step/global_step")
-            self.wandb_run.define_metric("train_step/*", step_metric="train_step/global_step")
+            from selfplay.track.wandb_artifacts import ArtifactLog
+
+            for entry in read_journal(self.examples_path):
+                step = entry["step"]
+                if step < len(self.rows) and self.rows[step]["iteration"] == entry["iteration"]:
+                    self.examples[step] = (entry["iteration"], entry["rows"])
+            self._define(["iteration", STEP_AXIS, EXAMPLES_KEY])
             self._mirror(self._rows_in_wandb(earlier))
+            if self.wandb_run.settings.mode != "disabled":  # WANDB_MODE=disabled: W&B accepts and drops all
+                self.artifacts = ArtifactLog(self.wandb_run, run_dir, run_info, earlier)
 
     def _rewrite(self) -> None:
         tmp = self.metrics_path.with_name(self.metrics_path.name + ".tmp")
@@ -88,9 +133,20 @@ class Tracker:
         steps = [row["_step"] for path in earlier_files for row in read_history(path) if "_step" in row]
         return max(steps) + 1 if steps else 0
 
+    def _define(self, keys) -> None:
+        for key in keys:
+            if key not in self.defined:
+                self.wandb_run.define_metric(key, step_metric=axis_of(key))
+                self.defined.add(key)
+
     def _mirror(self, start: int) -> None:
         for index in range(start, len(self.rows)):
-            self.wandb_run.log(wandb_row(self.rows[index]), step=index)
+            data = wandb_row(self.rows[index])
+            if index in self.examples:  # a table W&B lost with its row
+                data[EXAMPLES_KEY] = examples_table(*self.examples[index])
+            self._define(data)
+            self.wandb_run.log(data, step=index)
+            self.open_step = index
 
     def record(self, iteration: int, stage: str, metrics: dict, started_at: float,
                steps: list[dict] = ()) -> None:
@@ -107,6 +163,35 @@ class Tracker:
         self.rows.extend(block)
         if self.wandb_run is not None:
             self._mirror(first)
+
+    def log_stage_artifacts(self, run_dir: Path, iteration: int, stage: str, manifest: dict) -> None:
+        """After a stage is committed (or found done on resume): its policy, samples or pairs as a
+        W&B reference artifact, and use links to the ancestor runs' artifacts among its inputs
+        (wandb_artifacts.py). Once per stage result, whatever crashed in between."""
+        if self.artifacts is not None:
+            self.artifacts.log_stage(run_dir, iteration, stage, manifest)
+
+    def log_examples(self, iteration: int, rows: list[dict]) -> None:
+        """A Table of example generations ({prompt_id, prompt, response, score?} for the same eval
+        prompts each iteration) under `examples`, at the W&B step of the iteration's last
+        metrics row. Call it right after that row is recorded (the evaluate stage's record):
+        W&B accepts keys only for the step it holds open; an older step is skipped with a warning.
+        Once per row: on resume the row replay logs it again if W&B lost it."""
+        if self.wandb_run is None:
+            return
+        step = next((i for i in range(len(self.rows) - 1, -1, -1) if self.rows[i]["iteration"] == iteration
+                     and self.rows[i]["stage"] != STEP_STAGE), None)
+        if step in self.examples:
+            return
+        table = examples_table(iteration, rows)  # checks the rows before anything is written
+        if step is None or step != self.open_step:
+            log.warning("W&B: examples of iteration %d not logged: its metrics row is not the last one W&B "
+                        "holds open (log_examples must follow that row's record())", iteration)
+            return
+        append_journal(self.examples_path, {"step": step, "iteration": iteration, "rows": rows})
+        self.examples[step] = (iteration, rows)
+        self._define([EXAMPLES_KEY])
+        self.wandb_run.log({EXAMPLES_KEY: table}, step=step)
 
     def finish(self) -> None:
         if self.wandb_run is not None:

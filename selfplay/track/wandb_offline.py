@@ -1,9 +1,11 @@
-"""Read the history back from an offline W&B run file (`run-<id>.wandb`).
+"""Read history rows and artifact records back from an offline W&B run file (`run-<id>.wandb`).
 
-W&B's own readers need the network; offline files are a LevelDB-style log: a 7-byte header,
-then 32 KiB blocks of records (crc u32, length u16, type u8: 1 full, 2 first, 3 middle,
-4 last) carrying serialized `wandb_internal_pb2.Record` messages. Used by tests and by users
-who want to check an offline run before syncing it.
+Offline files are a LevelDB-style log: a 7-byte header, then 32 KiB blocks of records
+(crc u32, length u16, type u8: 1 full, 2 first, 3 middle, 4 last) carrying serialized
+`wandb_internal_pb2.Record` messages, parsed here with W&B's own protobuf classes (W&B's CLI
+reader, `wandb leet inspect --json`, prints the same records; the tests use both). The tracker
+uses this on start to learn what W&B already holds; users can check an offline run before
+syncing it.
 """
 
 import json
@@ -40,21 +42,39 @@ def _records(data: bytes):
             pending = b""
 
 
-def read_history(run_file: str | Path) -> list[dict]:
-    """The rows logged with `wandb.log`, in order, as {key: value} plus the W&B step as `_step`."""
+def read_records(run_file: str | Path, kind: str):
+    """The file's `wandb_internal_pb2.Record`s of one record type ("history", "artifact", ...)."""
     from wandb.proto import wandb_internal_pb2
 
-    rows = []
     for payload in _records(Path(run_file).read_bytes()):
         record = wandb_internal_pb2.Record()
         record.ParseFromString(payload)
-        if record.WhichOneof("record_type") == "history":
-            row = {"_step": record.history.step.num}
-            for item in record.history.item:
-                key = item.key or "/".join(item.nested_key)
-                row[key] = json.loads(item.value_json)
-            rows.append(row)
+        if record.WhichOneof("record_type") == kind:
+            yield getattr(record, kind)
+
+
+def read_history(run_file: str | Path) -> list[dict]:
+    """The rows logged with `wandb.log`, in order, as {key: value} plus the W&B step as `_step`."""
+    rows = []
+    for history in read_records(run_file, "history"):
+        row = {"_step": history.step.num}
+        for item in history.item:
+            key = item.key or "/".join(item.nested_key)
+            row[key] = json.loads(item.value_json)
+        rows.append(row)
     return rows
+
+
+def read_artifacts(run_file: str | Path) -> list[dict]:
+    """The artifacts logged (and, with `use_after_commit`, used) in the file, in order:
+    name, type, aliases, metadata, the reference URIs of its entries, and the two flags."""
+    artifacts = []
+    for record in read_records(run_file, "artifact"):
+        artifacts.append({"name": record.name, "type": record.type, "aliases": list(record.aliases),
+                          "metadata": json.loads(record.metadata or "{}"), "digest": record.digest,
+                          "references": sorted(entry.ref for entry in record.manifest.contents if entry.ref),
+                          "use_after_commit": record.use_after_commit, "user_created": record.user_created})
+    return artifacts
 
 
 def find_run_files(run_dir: str | Path) -> list[Path]:

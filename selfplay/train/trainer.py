@@ -1,23 +1,27 @@
 """One DeepSpeed training rank, run as a Ray actor (gloo on CPU, NCCL on GPU).
 
-`TrainerRank.train()` does the whole train stage for its rank, top to bottom:
-  1. join the process group (env vars first: DeepSpeed otherwise tries MPI discovery);
-  2. load pi_t and compute the reference log-probs once, before any update
-     (reference=previous: pi_t itself; reference=initial: pi_0), each rank a strided shard,
-     gathered so every rank holds all of them;
-  3. build the DeepSpeed engine (ZeRO stage, offload, precision from the recipe) around a
-     torch optimizer (RMSprop / AdamW) and a warm-up + linear/cosine LambdaLR;
-  4. walk epochs of global batches, micro-batch by micro-batch, calling the named loss with
-     whatever per-pair targets its signature asks for (win rates, NLL, ...), saving a
-     DeepSpeed checkpoint every `checkpoint_every` steps and resuming from the latest one;
-  5. save an HF safetensors checkpoint (ZeRO-3 weights gathered to rank 0).
+`TrainerRank.train()` does the whole train stage for its rank, in four parts:
+  1. setup: join the process group (`connect`, before; env vars first: DeepSpeed otherwise tries
+     MPI discovery), seed torch, read the tokenizer and the pairs;
+  2. reference log-probs, once, before any update (reference=previous: pi_t itself;
+     reference=initial: pi_0), each rank a strided shard, gathered so every rank holds all;
+     then the DeepSpeed engine (ZeRO stage, offload, precision from the settings) around a torch
+     optimizer (RMSprop / AdamW) and a warm-up + linear/cosine LambdaLR;
+  3. steps: epochs of global batches, micro-batch by micro-batch; the loss is whatever
+     `TrainSettings.loss` names in `selfplay.train.losses.LOSSES`, and its spec says which pair
+     columns, batch-derived values and per-step state it takes (no loss is named here). A
+     DeepSpeed checkpoint every `checkpoint_every` steps; a stage resumes from the latest one;
+  4. save: an HF safetensors checkpoint (ZeRO-3 weights gathered to rank 0).
+Settings come as a frozen `TrainSettings` (selfplay.train.settings).
 """
 
-import inspect
 import math
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
+
+from selfplay.train.settings import TrainSettings
 
 
 def _init_distributed(rank: int, world_size: int, master_addr: str, master_port: int) -> None:
@@ -37,25 +41,59 @@ def _init_distributed(rank: int, world_size: int, master_addr: str, master_port:
     deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo", auto_mpi_discovery=False)
 
 
-def _diverged(what: str, config: dict, lr: float) -> str:
-    return (f"training diverged: {what} (lr {lr:g}); lower train.learning_rate ({config['learning_rate']:g}), or "
-            f"check train.beta ({config['beta']:g}), train.max_grad_norm and train.loss_options; nothing was saved")
+def _diverged(what: str, settings: TrainSettings, lr: float) -> str:
+    return (f"training diverged: {what} (lr {lr:g}); lower train.learning_rate ({settings.learning_rate:g}), or "
+            f"check train.beta ({settings.beta:g}), train.max_grad_norm and train.loss_options; nothing was saved")
 
 
-def _load_pairs(pairs_path: Path):
+def _load_pairs(pairs_path: Path, columns: tuple[str, ...], loss: str) -> list[dict]:
     import pyarrow.parquet as pq
 
-    return pq.read_table(pairs_path).to_pylist()
+    table = pq.read_table(pairs_path)
+    if table.num_rows == 0:
+        raise ValueError(f"{pairs_path}: no training pairs (every prompt's samples tied?)")
+    missing = [name for name in columns if name not in table.column_names]
+    if missing:  # `selfplay validate` checks the pair builder; this catches a hand-made pairs file
+        raise ValueError(f"{pairs_path}: no column {missing[0]!r}, which train.loss {loss!r} needs")
+    return table.to_pylist()
 
 
-def _batch_tensors(rows, pad_id, config, device):
+def _batch_tensors(rows, pad_id, settings: TrainSettings, device):
     """Chosen rows then rejected rows in one padded batch (one forward pass for both)."""
-    from selfplay.train.logps import pad_sequences
+    from selfplay.models.logps import pad_sequences
 
     prompts = [r["prompt_token_ids"] for r in rows] * 2
     responses = [r["chosen_token_ids"] for r in rows] + [r["rejected_token_ids"] for r in rows]
-    tensors = pad_sequences(prompts, responses, pad_id, config["max_length"], config["max_prompt_length"])
+    tensors = pad_sequences(prompts, responses, pad_id, settings.max_length, settings.max_prompt_length)
     return [t.to(device) for t in tensors]
+
+
+def _dtype(settings: TrainSettings):
+    import torch
+
+    return torch.bfloat16 if settings.precision == "bf16" else torch.float32
+
+
+@dataclass
+class _StageData:
+    """What every part of one rank's stage reads: the device, the tokenizer and the pairs."""
+
+    device: object
+    tokenizer: object
+    pad_id: int
+    rows: list[dict]
+
+
+@dataclass
+class _Engine:
+    """The DeepSpeed engine around the policy, its LR scheduler and the stage's step counts."""
+
+    engine: object
+    model: object
+    scheduler: object
+    total_steps: int
+    warmup_steps: int
+    gradient_accumulation_steps: int
 
 
 class TrainerRank:
@@ -79,22 +117,70 @@ class TrainerRank:
     def connect(self, master_addr: str, master_port: int) -> None:
         _init_distributed(self.rank, self.world_size, master_addr, master_port)
 
-    def _reference_logps(self, model_path, rows, config, pad_id, device):
+    def train(self, policy_path: str, reference_path: str, pairs_path: str, out_dir: str, settings: TrainSettings,
+              checkpoint_dir: str | None = None) -> dict:
+        import torch.distributed as dist
+
+        from selfplay.train.data import epoch_batches
+        from selfplay.train.losses import LOSSES
+
+        started = time.perf_counter()
+        spec = LOSSES[settings.loss]
+        data = self._setup(policy_path, pairs_path, settings, spec.pair_columns)
+        reference = self._reference_logps(reference_path, data, settings)
+        reference_seconds = time.perf_counter() - started
+        run = self._engine(policy_path, settings, len(data.rows))
+        state = spec.state(run.total_steps) if spec.state is not None else None
+        history, done_steps = self._resume(run.engine, checkpoint_dir, state)
+
+        step = 0
+        for epoch in range(settings.epochs):
+            for global_batch in epoch_batches(len(data.rows), epoch, settings.seed, settings.global_batch_size):
+                step += 1
+                if step <= done_steps:  # the order is a pure function of (seed, epoch): skip what was trained
+                    continue
+                history.append(self._step(run, spec, state, data, reference, global_batch, step, epoch, settings))
+                if checkpoint_dir and settings.checkpoint_every and step % settings.checkpoint_every == 0 \
+                        and step < run.total_steps:
+                    self._checkpoint(run.engine, checkpoint_dir, step, history, state)
+
+        self._check_finite_weights(run.engine, settings, data.device, run.scheduler.get_last_lr()[0])
+        self._save(run.engine, run.model, data.tokenizer, policy_path, Path(out_dir))
+        dist.barrier()
+        return {"history": history, "total_steps": run.total_steps, "warmup_steps": run.warmup_steps,
+                "gradient_accumulation_steps": run.gradient_accumulation_steps, "num_pairs": len(data.rows),
+                "reference_seconds": reference_seconds, "train_seconds": time.perf_counter() - started}
+
+    # -- 1. setup --------------------------------------------------------------------------
+    def _setup(self, policy_path: str, pairs_path: str, settings: TrainSettings, columns: tuple[str, ...]) -> _StageData:
+        import torch
+        from transformers import AutoTokenizer
+
+        device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+        torch.manual_seed(settings.seed)
+        tokenizer = AutoTokenizer.from_pretrained(policy_path)
+        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        return _StageData(device, tokenizer, pad_id, _load_pairs(Path(pairs_path), columns, settings.loss))
+
+    # -- 2. reference log-probs, then the engine ---------------------------------------------
+    def _reference_logps(self, model_path: str, data: _StageData, settings: TrainSettings) -> list[tuple[float, float]]:
         """Summed log-probs of chosen and rejected under a frozen model, for all rows."""
         import torch
         import torch.distributed as dist
 
         from selfplay.models.causal_lm import load_causal_lm
-        from selfplay.train.logps import response_logps
+        from selfplay.models.logps import response_logps
 
-        model = load_causal_lm(model_path, self._dtype(config)).to(device).eval()
+        rows, device = data.rows, data.device
+        model = load_causal_lm(model_path, _dtype(settings)).to(device).eval()
         mine = {}
         indices = list(range(self.rank, len(rows), self.world_size))
-        step = config["micro_batch_size"]
+        step = settings.micro_batch_size
         with torch.no_grad():
             for start in range(0, len(indices), step):
                 chunk = indices[start:start + step]
-                input_ids, attention, response_mask = _batch_tensors([rows[i] for i in chunk], pad_id, config, device)
+                input_ids, attention, response_mask = _batch_tensors([rows[i] for i in chunk], data.pad_id, settings,
+                                                                      device)
                 logps = response_logps(model, input_ids, attention, response_mask).cpu().tolist()
                 for offset, index in enumerate(chunk):
                     mine[index] = (logps[offset], logps[offset + len(chunk)])
@@ -104,137 +190,114 @@ class TrainerRank:
         del model
         return [merged[i] for i in range(len(rows))]
 
-    @staticmethod
-    def _dtype(config):
-        import torch
-
-        return torch.bfloat16 if config["precision"] == "bf16" else torch.float32
-
-    def train(self, policy_path: str, reference_path: str, pairs_path: str, out_dir: str, config: dict,
-              checkpoint_dir: str | None = None) -> dict:
+    def _engine(self, policy_path: str, settings: TrainSettings, num_pairs: int) -> _Engine:
         import deepspeed
         import torch
-        import torch.distributed as dist
-        from transformers import AutoTokenizer
 
         from selfplay.models.causal_lm import load_causal_lm
-        from selfplay.train.data import epoch_batches, rank_micro_batches, steps_per_epoch
-        from selfplay.train.logps import response_logps
-        from selfplay.train.losses import LOSSES, SelfieThreshold, selfie_alpha
+        from selfplay.train.data import steps_per_epoch
         from selfplay.train.schedule import lr_multiplier
 
-        started = time.perf_counter()
-        device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
-        torch.manual_seed(config["seed"])
-        tokenizer = AutoTokenizer.from_pretrained(policy_path)
-        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        rows = _load_pairs(Path(pairs_path))
-        if not rows:
-            raise ValueError(f"{pairs_path}: no training pairs (every prompt's samples tied?)")
-
-        reference = self._reference_logps(reference_path, rows, config, pad_id, device)
-        reference_seconds = time.perf_counter() - started
-
-        model = load_causal_lm(policy_path, self._dtype(config))
-        if config["gradient_checkpointing"]:
+        model = load_causal_lm(policy_path, _dtype(settings))
+        if settings.gradient_checkpointing:
             model.gradient_checkpointing_enable()
-        gas = config["global_batch_size"] // (config["micro_batch_size"] * self.world_size)
-        total_steps = config["epochs"] * steps_per_epoch(len(rows), config["global_batch_size"])
-        warmup_steps = int(config["warmup_ratio"] * total_steps)
-        optimizer_cls = {"rmsprop": torch.optim.RMSprop, "adamw": torch.optim.AdamW}[config["optimizer"]]
-        if config["offload_optimizer"] and config["optimizer"] == "adamw":
+        gas = settings.global_batch_size // (settings.micro_batch_size * self.world_size)
+        total_steps = settings.epochs * steps_per_epoch(num_pairs, settings.global_batch_size)
+        warmup_steps = int(settings.warmup_ratio * total_steps)
+        optimizer_cls = {"rmsprop": torch.optim.RMSprop, "adamw": torch.optim.AdamW}[settings.optimizer]
+        if settings.offload_optimizer and settings.optimizer == "adamw":
             # ZeRO-Offload's fast path: DeepSpeed's CPU Adam (a one-time JIT build, ~2 min on CPU).
             from deepspeed.ops.adam import DeepSpeedCPUAdam as optimizer_cls
-        optimizer = optimizer_cls(model.parameters(), lr=config["learning_rate"], weight_decay=config["weight_decay"])
+        optimizer = optimizer_cls(model.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay)
         scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: lr_multiplier(step, total_steps, warmup_steps, config["scheduler"]))
-        zero = {"stage": config["zero_stage"], "stage3_gather_16bit_weights_on_model_save": True}
-        if config["offload_optimizer"]:
+            optimizer, lambda step: lr_multiplier(step, total_steps, warmup_steps, settings.scheduler))
+        zero = {"stage": settings.zero_stage, "stage3_gather_16bit_weights_on_model_save": True}
+        if settings.offload_optimizer:
             zero["offload_optimizer"] = {"device": "cpu"}
-        ds_config = {"train_micro_batch_size_per_gpu": config["micro_batch_size"],
-                     "gradient_accumulation_steps": gas, "train_batch_size": config["global_batch_size"],
-                     "gradient_clipping": config["max_grad_norm"], "zero_optimization": zero,
-                     "bf16": {"enabled": config["precision"] == "bf16"}, "steps_per_print": 1 << 30,
+        ds_config = {"train_micro_batch_size_per_gpu": settings.micro_batch_size,
+                     "gradient_accumulation_steps": gas, "train_batch_size": settings.global_batch_size,
+                     "gradient_clipping": settings.max_grad_norm, "zero_optimization": zero,
+                     "bf16": {"enabled": settings.precision == "bf16"}, "steps_per_print": 1 << 30,
                      "zero_allow_untested_optimizer": True, "wall_clock_breakdown": False,
                      # RMSprop has no DeepSpeed CPU kernel: offloaded, the torch one steps the CPU copy
                      "zero_force_ds_cpu_optimizer": False}
         engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config)
         engine.train()
+        return _Engine(engine, model, scheduler, total_steps, warmup_steps, gas)
 
-        loss_fn = LOSSES[config["loss"]]
-        loss_params = set(inspect.signature(loss_fn).parameters)
-        selfie_threshold = SelfieThreshold() if config["loss"] == "selfie" else None
-        history, done_steps = [], 0
-        if checkpoint_dir and (Path(checkpoint_dir) / "latest").exists():
-            # Resume inside the stage: weights, optimizer, scheduler, RNG and data position.
-            _, client = engine.load_checkpoint(checkpoint_dir)
-            history, done_steps = client["history"], client["step"]
-            torch.set_rng_state(client["torch_rng"])
-            if selfie_threshold is not None:
-                selfie_threshold.load_state_dict(client["selfie_threshold"])
+    # -- 3. steps ---------------------------------------------------------------------------
+    def _step(self, run: _Engine, spec, state, data: _StageData, reference, global_batch: list[int], step: int,
+              epoch: int, settings: TrainSettings) -> dict:
+        """One optimizer step over a global batch (this rank's micro-batches); returns its history record,
+        the batch means over all ranks, measured before the update."""
+        import torch
+        import torch.distributed as dist
 
-        step = 0
-        for epoch in range(config["epochs"]):
-            for global_batch in epoch_batches(len(rows), epoch, config["seed"], config["global_batch_size"]):
-                step += 1
-                if step <= done_steps:  # the order is a pure function of (seed, epoch): skip what was trained
-                    continue
-                step_options = dict(config["loss_options"])
-                if selfie_threshold is not None:
-                    step_options.setdefault("alpha", selfie_alpha(step - 1, total_steps))
-                    step_options["threshold"] = selfie_threshold.value
-                sums = {"loss": 0.0, "chosen_reward": 0.0, "rejected_reward": 0.0, "accuracy": 0.0}
-                lr = scheduler.get_last_lr()[0]  # this step's lr (engine.step advances the scheduler)
-                for micro in rank_micro_batches(global_batch, self.rank, self.world_size, config["micro_batch_size"]):
-                    batch = [rows[i] for i in micro]
-                    input_ids, attention, response_mask = _batch_tensors(batch, pad_id, config, device)
-                    logps = response_logps(engine, input_ids, attention, response_mask)
-                    chosen_logps, rejected_logps = logps[:len(batch)], logps[len(batch):]
-                    ref_chosen = torch.tensor([reference[i][0] for i in micro], device=device)
-                    ref_rejected = torch.tensor([reference[i][1] for i in micro], device=device)
-                    targets = {k: torch.tensor([r[k] for r in batch], device=device, dtype=torch.float32)
-                               for k in loss_params if k in batch[0] and batch[0][k] is not None}
-                    if "chosen_nll" in loss_params:  # per-example mean token NLL (RPO paper form)
-                        targets["chosen_nll"] = -chosen_logps / response_mask[:len(batch)].sum(-1).clamp(min=1)
-                    losses = loss_fn(chosen_logps, rejected_logps, ref_chosen, ref_rejected, beta=config["beta"],
-                                     **targets, **step_options)
-                    engine.backward(losses.mean())
-                    engine.step()
-                    with torch.no_grad():
-                        chosen_reward = (chosen_logps - ref_chosen).detach()
-                        rejected_reward = (rejected_logps - ref_rejected).detach()
-                        sums["loss"] += losses.detach().sum().item()
-                        sums["chosen_reward"] += chosen_reward.sum().item()
-                        sums["rejected_reward"] += rejected_reward.sum().item()
-                        sums["accuracy"] += (chosen_reward > rejected_reward).float().sum().item()
-                # on the training device: NCCL reduces only CUDA tensors
-                totals = torch.tensor(list(sums.values()), dtype=torch.float64, device=device)
-                dist.all_reduce(totals)
-                record = {k: v / config["global_batch_size"] for k, v in zip(sums, totals.tolist())}
-                record.update(step=step, epoch=epoch, lr=lr)
-                if config["loss"].startswith("sppo"):  # eta = 1/beta makes the raw loss ~1/beta^2
-                    record["loss_over_eta_sq"] = record["loss"] * config["beta"] ** 2
-                if selfie_threshold is not None:
-                    margin = config["beta"] * (record["chosen_reward"] - record["rejected_reward"])
-                    record.update(alpha=step_options["alpha"], threshold=selfie_threshold.update(margin))
-                if not math.isfinite(record["loss"]):  # deterministic: the stage fails, nothing is saved
-                    raise FloatingPointError(_diverged(f"the loss of step {step} (epoch {epoch}) is {record['loss']}",
-                                                       config, lr))
-                history.append(record)
-                if checkpoint_dir and config["checkpoint_every"] and step % config["checkpoint_every"] == 0 \
-                        and step < total_steps:
-                    client = {"step": step, "history": history, "torch_rng": torch.get_rng_state(),
-                              "selfie_threshold": selfie_threshold.state_dict() if selfie_threshold else None}
-                    engine.save_checkpoint(checkpoint_dir, tag=f"step{step:06d}", client_state=client)
+        from selfplay.models.logps import response_logps
+        from selfplay.train.data import rank_micro_batches
 
-        self._check_finite_weights(engine, config, device, scheduler.get_last_lr()[0])
-        self._save(engine, model, tokenizer, policy_path, Path(out_dir))
-        dist.barrier()
-        return {"history": history, "total_steps": total_steps, "warmup_steps": warmup_steps,
-                "gradient_accumulation_steps": gas, "num_pairs": len(rows),
-                "reference_seconds": reference_seconds, "train_seconds": time.perf_counter() - started}
+        device, engine = data.device, run.engine
+        options = dict(settings.loss_options)
+        if state is not None:
+            options = state.step_options(step - 1, options)
+        sums = {"loss": 0.0, "chosen_reward": 0.0, "rejected_reward": 0.0, "accuracy": 0.0}
+        lr = run.scheduler.get_last_lr()[0]  # this step's lr (engine.step advances the scheduler)
+        for micro in rank_micro_batches(global_batch, self.rank, self.world_size, settings.micro_batch_size):
+            batch = [data.rows[i] for i in micro]
+            input_ids, attention, response_mask = _batch_tensors(batch, data.pad_id, settings, device)
+            logps = response_logps(engine, input_ids, attention, response_mask)
+            chosen_logps, rejected_logps = logps[:len(batch)], logps[len(batch):]
+            ref_chosen = torch.tensor([reference[i][0] for i in micro], device=device)
+            ref_rejected = torch.tensor([reference[i][1] for i in micro], device=device)
+            columns = {name: torch.tensor([r[name] for r in batch], device=device, dtype=torch.float32)
+                       for name in spec.pair_columns}
+            losses = spec.loss(chosen_logps, rejected_logps, ref_chosen, ref_rejected, beta=settings.beta,
+                               columns=columns, chosen_response_mask=response_mask[:len(batch)], options=options)
+            engine.backward(losses.mean())
+            engine.step()
+            with torch.no_grad():
+                chosen_reward = (chosen_logps - ref_chosen).detach()
+                rejected_reward = (rejected_logps - ref_rejected).detach()
+                sums["loss"] += losses.detach().sum().item()
+                sums["chosen_reward"] += chosen_reward.sum().item()
+                sums["rejected_reward"] += rejected_reward.sum().item()
+                sums["accuracy"] += (chosen_reward > rejected_reward).float().sum().item()
+        # on the training device: NCCL reduces only CUDA tensors
+        totals = torch.tensor(list(sums.values()), dtype=torch.float64, device=device)
+        dist.all_reduce(totals)
+        record = {k: v / settings.global_batch_size for k, v in zip(sums, totals.tolist())}
+        record.update(step=step, epoch=epoch, lr=lr)
+        if spec.step_metrics is not None:
+            record.update(spec.step_metrics(record, settings.beta))
+        if state is not None:
+            record.update(state.after_step(record, settings.beta, options))
+        if not math.isfinite(record["loss"]):  # deterministic: the stage fails, nothing is saved
+            raise FloatingPointError(_diverged(f"the loss of step {step} (epoch {epoch}) is {record['loss']}",
+                                               settings, lr))
+        return record
 
-    def _check_finite_weights(self, engine, config, device, lr) -> None:
+    def _resume(self, engine, checkpoint_dir: str | None, state) -> tuple[list[dict], int]:
+        """Resume inside the stage from its latest checkpoint: weights, optimizer, scheduler, RNG,
+        data position and the loss's state. Returns (history so far, steps done)."""
+        import torch
+
+        if not checkpoint_dir or not (Path(checkpoint_dir) / "latest").exists():
+            return [], 0
+        _, client = engine.load_checkpoint(checkpoint_dir)
+        torch.set_rng_state(client["torch_rng"])
+        if state is not None:
+            state.load_state_dict(client["loss_state"])
+        return client["history"], client["step"]
+
+    def _checkpoint(self, engine, checkpoint_dir: str, step: int, history: list[dict], state) -> None:
+        import torch
+
+        client = {"step": step, "history": history, "torch_rng": torch.get_rng_state(),
+                  "loss_state": state.state_dict() if state is not None else None}
+        engine.save_checkpoint(checkpoint_dir, tag=f"step{step:06d}", client_state=client)
+
+    # -- 4. save ----------------------------------------------------------------------------
+    def _check_finite_weights(self, engine, settings: TrainSettings, device, lr) -> None:
         """Each rank checks the weights it holds (under ZeRO-3 its partition); all agree, then raise."""
         import torch
         import torch.distributed as dist
@@ -245,7 +308,7 @@ class TrainerRank:
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         if flag.item():
             raise FloatingPointError(_diverged(f"weight {bad or '(on another rank)'} is not finite after training",
-                                               config, lr))
+                                               settings, lr))
 
     def _save(self, engine, model, tokenizer, policy_path, out_dir):
         import shutil

@@ -1,7 +1,7 @@
 import numpy as np
 
-from selfplay.annotate.base import Judge, Judgment
-from selfplay.annotate.stage import judge_groups
+from selfplay.judging.base import Judge, Judgment
+from selfplay.judging.calls import judge_groups
 
 
 class LengthJudge(Judge):

@@ -9,9 +9,9 @@ from contextlib import contextmanager
 import numpy as np
 import pytest
 
-from selfplay.annotate.base import JudgeTimeout
-from selfplay.annotate.function import FunctionJudge, ScoreError
-from selfplay.annotate.stage import judge_groups
+from selfplay.judging.base import JudgeTimeout
+from selfplay.judging.calls import judge_groups
+from selfplay.judging.function import FunctionJudge, ScoreError
 
 FIXTURES = "scoring_fixtures"  # tests/annotate is on sys.path under pytest, and the child inherits it
 
@@ -101,7 +101,7 @@ class CountingJudge:
         self.calls = []
 
     def judge(self, prompts, responses):
-        from selfplay.annotate.base import Judgment
+        from selfplay.judging.base import Judgment
 
         self.calls.append(len(prompts))
         return [Judgment(scores=np.arange(len(group), dtype=float)) for group in responses]
@@ -110,7 +110,7 @@ class CountingJudge:
 def test_judges_are_asked_one_prompt_at_a_time(monkeypatch):
     """Progress moves per prompt (the bar advanced per 64-prompt chunk before)."""
     updates = []
-    from selfplay.annotate import stage
+    from selfplay.judging import calls as stage
 
     class Bar:
         def __init__(self, *args, **kwargs):

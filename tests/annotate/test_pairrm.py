@@ -11,8 +11,8 @@ import shutil
 import numpy as np
 import pytest
 
-from selfplay.annotate.pairrm import PairRMJudge
-from selfplay.annotate.win_matrix import aggregated_scores
+from selfplay.judging.pairrm import PairRMJudge
+from selfplay.judging.win_matrix import aggregated_scores
 from selfplay.models import resolve_model
 
 

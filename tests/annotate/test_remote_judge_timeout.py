@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from test_function_judge import deadline
 
-from selfplay.annotate.base import JudgeTimeout, Judgment
-from selfplay.annotate.stage import RemoteJudge, judge_groups
+from selfplay.judging.base import JudgeTimeout, Judgment
+from selfplay.judging.calls import RemoteJudge, judge_groups
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ import pytest
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from selfplay.annotate.reward_model import RewardModelJudge
+from selfplay.judging.reward_model import RewardModelJudge
 from selfplay.models import resolve_model
 
 PROMPTS = ["What is the capital of France?", "Write a haiku about the sea."]

@@ -14,9 +14,10 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from selfplay.annotate import win_matrix as wm
-from selfplay.annotate.base import Judge, Judgment
-from selfplay.annotate.stage import judge_groups, judgments_table, signal_report
+from selfplay.annotate.stage import judgments_table
+from selfplay.judging import win_matrix as wm
+from selfplay.judging.base import Judge, Judgment
+from selfplay.judging.calls import judge_groups, signal_report
 from selfplay.pairs import PAIR_BUILDERS
 from selfplay.pairs.stage import build_pairs
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from selfplay.annotate.selfie import SelfieJudge
+from selfplay.judging.selfie import SelfieJudge
 from selfplay.models.tiny_pairrm import build_deberta_tokenizer
 from selfplay.models.tiny_policy import build_tiny_policy
 

@@ -17,7 +17,7 @@ sigmoid values from the math module:
 import numpy as np
 import pytest
 
-from selfplay.annotate.win_matrix import aggregated_scores, bradley_terry, from_pairwise_logits
+from selfplay.judging.win_matrix import aggregated_scores, bradley_terry, from_pairwise_logits
 
 L3 = np.array([[9.0, 2.0, 1.0],
                [0.0, 9.0, -1.0],

@@ -58,8 +58,8 @@ def test_recipe_learns_the_judges_preference(tmp_path, tiny_policy, recipe):
         import numpy as np
         import pyarrow.parquet as pq
 
-        from selfplay.annotate.selfie import SelfieJudge
-        from selfplay.generate.stage import group_by_prompt
+        from selfplay.artifacts import group_by_prompt
+        from selfplay.judging.selfie import SelfieJudge
 
         grouped = group_by_prompt(pq.read_table(run_dir / "iter-002/generate/samples.parquet"))[:4]
         judge = SelfieJudge(str(run_dir / "iter-001/train/policy"), str(tiny_policy))

@@ -62,8 +62,8 @@ def checks(trained):
     from vllm import SamplingParams
     from vllm.inputs import TokensPrompt
 
+    from selfplay.artifacts import group_by_prompt
     from selfplay.generate.engine import VLLMEngine
-    from selfplay.generate.stage import group_by_prompt
     from selfplay.models.causal_lm import load_causal_lm
     from selfplay.recipe import load_recipe
 

@@ -55,12 +55,18 @@ def test_corrupted_artifact_is_detected_and_redone(tmp_path, unbroken):
     run_dir = tmp_path / "corrupt"
     assert cli("run", "recipes/quickstart-cpu.yaml", "--run-dir", str(run_dir), *SMALL).returncode == 0
     samples = run_dir / "iter-002/generate/samples.parquet"
+    assert cli("verify", str(run_dir)).returncode == 0
     samples.write_bytes(samples.read_bytes()[:-100])                     # truncated on disk
+    verified = cli("verify", str(run_dir))
+    assert verified.returncode == 1 and "1 stage(s) damaged" in verified.stderr
+    assert [line for line in verified.stdout.splitlines() if "DAMAGED" in line] == \
+        ["iter   2  generate       DAMAGED  samples.parquet no longer hash to the manifest's record"]
     result = cli("resume", str(run_dir))
     assert result.returncode == 0, result.stderr[-3000:]
     assert "iter 2 generate  running" in result.stderr
     assert "iter 2 train     done earlier, skipped" in result.stderr       # same samples again: nothing downstream redone
     assert final_state(run_dir)["weights"] == unbroken["weights"]
+    assert cli("verify", str(run_dir)).returncode == 0
 
 
 def test_killed_training_worker_is_retried(tmp_path, unbroken):

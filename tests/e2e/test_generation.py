@@ -43,8 +43,8 @@ def test_in_place_reload_matches_a_fresh_engine(ray_session, tiny_policy, tmp_pa
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from selfplay.artifacts import chat_prompt_ids
     from selfplay.generate.engine import VLLMEngine
-    from selfplay.generate.stage import chat_prompt_ids
     from selfplay.recipe import GenerateConfig
 
     changed = tmp_path / "changed"

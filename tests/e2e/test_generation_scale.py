@@ -54,14 +54,14 @@ def tokenizer(tiny_policy):
 
 
 def long_ids(samples, tokenizer) -> set[int]:
-    from selfplay.generate.stage import chat_prompt_ids
+    from selfplay.artifacts import chat_prompt_ids
 
     prompts = {s["prompt_id"]: s["prompt"] for s in samples}
     return {pid for pid, text in prompts.items() if len(chat_prompt_ids(tokenizer, text)) > MAX_MODEL_LEN - MAX_TOKENS}
 
 
 def test_every_prompt_is_sampled_and_long_ones_are_truncated_and_counted(scale_run, tokenizer):
-    from selfplay.generate.stage import chat_prompt_ids
+    from selfplay.artifacts import chat_prompt_ids
 
     run_dir, result, manifest, samples = scale_run
     by_prompt = {}

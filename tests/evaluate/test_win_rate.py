@@ -14,8 +14,13 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from selfplay.annotate.base import Judge, Judgment
 from selfplay.evaluate.stage import judge_against_initial
+from selfplay.judging.base import Judge, Judgment
+
+
+def versus_initial(*args):
+    result = judge_against_initial(*args)
+    return result.metrics, result.per_prompt, result.warnings
 
 NEW = {0: [3.0, 1.0], 1: [0.0, 0.0]}
 INITIAL = {0: [1.0, 0.0], 1: [2.0, 0.0]}
@@ -41,7 +46,7 @@ class ScoreInText(Judge):
 
 
 def test_win_rate_counts_comparisons_with_ties_half():
-    metrics, table, warnings = judge_against_initial(ScoreInText(), _samples(NEW, "new"), _samples(INITIAL, "init"),
+    metrics, table, warnings = versus_initial(ScoreInText(), _samples(NEW, "new"), _samples(INITIAL, "init"),
                                                      "aggregated", "auto")
     assert [row["win_rate"] for row in table.to_pylist()] == [0.875, 0.25]
     assert metrics["win_rate_vs_initial"] == 0.5625 and warnings == []
@@ -59,19 +64,19 @@ def test_win_rate_counts_comparisons_with_ties_half():
 
 @pytest.mark.parametrize("transform", [lambda s: s * 0.001, lambda s: s * 1000 + 5, np.exp, lambda s: s ** 3])
 def test_win_rate_is_unchanged_by_increasing_transforms(transform):
-    metrics, _, _ = judge_against_initial(ScoreInText(transform), _samples(NEW, "new"), _samples(INITIAL, "init"),
+    metrics, _, _ = versus_initial(ScoreInText(transform), _samples(NEW, "new"), _samples(INITIAL, "init"),
                                           "aggregated", 1.0)
     assert metrics["win_rate_vs_initial"] == 0.5625
 
 
 def test_a_fixed_temperature_moves_only_the_mean_preference():
-    small, _, _ = judge_against_initial(ScoreInText(lambda s: s * 0.001), _samples(NEW, "new"),
+    small, _, _ = versus_initial(ScoreInText(lambda s: s * 0.001), _samples(NEW, "new"),
                                         _samples(INITIAL, "init"), "aggregated", 1.0)
     assert small["win_rate_vs_initial"] == 0.5625 and abs(small["mean_preference_vs_initial"] - 0.5) < 1e-3
 
 
 def test_pairwise_judges_win_when_the_judge_prefers_the_new_response():
-    metrics, table, _ = judge_against_initial(ScoreInText(pairwise=True), _samples(NEW, "new"),
+    metrics, table, _ = versus_initial(ScoreInText(pairwise=True), _samples(NEW, "new"),
                                               _samples(INITIAL, "init"), "direct", "auto")
     assert [row["win_rate"] for row in table.to_pylist()] == [0.875, 0.25]
     assert metrics["judge_temperature"] is None
@@ -83,10 +88,10 @@ def test_pairwise_judges_win_when_the_judge_prefers_the_new_response():
 def test_empty_new_responses_lose_and_the_stage_warns_when_nothing_differs():
     new = pa.Table.from_pylist([{"prompt_id": 0, "prompt": "p", "sample_idx": k, "text": "", "prompt_token_ids": [1],
                                  "token_ids": []} for k in range(2)])
-    metrics, _, _ = judge_against_initial(ScoreInText(), new, _samples({0: [1.0, 0.0]}, "init"), "aggregated", "auto")
+    metrics, _, _ = versus_initial(ScoreInText(), new, _samples({0: [1.0, 0.0]}, "init"), "aggregated", "auto")
     assert metrics["win_rate_vs_initial"] == 0.0
     same = {0: [1.0, 1.0], 1: [2.0, 2.0]}
-    metrics, _, warnings = judge_against_initial(ScoreInText(), _samples(same, "new"), _samples(same, "init"),
+    metrics, _, warnings = versus_initial(ScoreInText(), _samples(same, "new"), _samples(same, "init"),
                                                  "aggregated", "auto")
     assert metrics["win_rate_vs_initial"] == 0.5 and metrics["no_signal_fraction"] == 1.0
     assert "evaluate: no signal" in warnings[0]

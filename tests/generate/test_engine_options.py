@@ -4,7 +4,14 @@ engine_args passed through last. Also the validate-time check of engine_args' ke
 
 import pytest
 
-from selfplay.generate.engine import CPU_ENV, check_engine_args, cpu_threads, engine_env, engine_options
+from selfplay.generate.engine import (
+    CPU_ENV,
+    check_engine_args,
+    cpu_threads,
+    engine_env,
+    engine_options,
+    worker_threads,
+)
 from selfplay.recipe import GenerateConfig, RecipeError, parse_recipe
 
 CPU_ONLY = ("enforce_eager", "enable_chunked_prefill", "kv_cache_memory_bytes")
@@ -23,9 +30,9 @@ def test_cpu_gets_the_workarounds():
 
 
 def test_cuda_keeps_vllm_defaults():
-    got = options("cuda", gpu_memory_utilization=0.8, tensor_parallel_size=2)
+    got = options("cuda", gpu_memory_utilization=0.8)
     assert got == {"model": "/models/p", "dtype": "bfloat16", "seed": 7, "max_model_len": 1024,
-                   "tensor_parallel_size": 2, "gpu_memory_utilization": 0.8}
+                   "tensor_parallel_size": 1, "gpu_memory_utilization": 0.8}
     assert not set(CPU_ONLY) & got.keys()        # CUDA graphs, compilation and chunked prefill stay on
     assert engine_env("cuda") == {}              # vLLM's engine-core process, torch.compile
 
@@ -62,3 +69,27 @@ def test_validate_names_a_bad_engine_arg_in_one_line(tmp_path):
                                 "(see `vllm serve --help` or vllm/engine/arg_utils.py)")
     recipe["generate"]["engine_args"] = {"max_num_seqs": 4}
     assert parse_recipe(recipe).generate.engine_args == {"max_num_seqs": 4}
+
+
+def test_tensor_parallel_replicas_name_their_executor():
+    # CUDA: vLLM's Ray workers, one per GPU bundle of the replica's placement group
+    got = options("cuda", tensor_parallel_size=2, num_gpus_per_replica=2)
+    assert got["tensor_parallel_size"] == 2 and got["distributed_executor_backend"] == "ray"
+    assert engine_env("cuda", 2) == {}
+    # CPU: worker processes beside the engine (vLLM would pick "ray" inside a placement group)
+    got = options("cpu", tensor_parallel_size=2)
+    assert got["distributed_executor_backend"] == "mp" and got["enforce_eager"] is True
+    assert engine_env("cpu", 2) == {**CPU_ENV, "VLLM_CPU_OMP_THREADS_BIND": "nobind"}
+    # one worker: vLLM's in-process default, no executor named
+    assert "distributed_executor_backend" not in options("cuda") | options("cpu")
+    assert engine_env("cpu", 1) == CPU_ENV
+    # the recipe's engine_args still win
+    assert options("cuda", tensor_parallel_size=2, engine_args={"distributed_executor_backend": "mp"})[
+        "distributed_executor_backend"] == "mp"
+
+
+def test_tensor_parallel_workers_share_the_engine_threads():
+    assert worker_threads(8, 1) == 8
+    assert worker_threads(8, 2) == 4
+    assert worker_threads(3, 2) == 1
+    assert worker_threads(1, 4) == 1

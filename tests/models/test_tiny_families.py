@@ -9,7 +9,7 @@ import torch
 from safetensors import safe_open
 from transformers import AutoConfig, AutoTokenizer, GenerationConfig
 
-from selfplay.generate.stage import chat_prompt_ids
+from selfplay.artifacts import chat_prompt_ids
 from selfplay.models import TINY_BUILDERS, resolve_model
 
 from conftest import REPO

@@ -5,7 +5,7 @@ backends, to exactly sentencepiece's ids, Unicode included."""
 import pytest
 import sentencepiece as spm
 
-from selfplay.annotate.pairrm import MARKER_TOKENS, PairRMJudge, load_pairrm_tokenizer
+from selfplay.judging.pairrm import MARKER_TOKENS, PairRMJudge, load_pairrm_tokenizer
 from selfplay.models import resolve_model
 
 TEXTS = [

@@ -11,7 +11,7 @@ Phat = row means with the self term 0.5: (0.5+0.8+0.9)/3 = 2.2/3, (0.2+0.5+0.6)/
 import numpy as np
 import pytest
 
-from selfplay.annotate.win_matrix import bradley_terry
+from selfplay.judging.win_matrix import bradley_terry
 from selfplay.pairs import PAIR_BUILDERS, best_worst_pairs, curriculum_pairs, sppo_pairs
 
 P3 = np.array([[0.5, 0.8, 0.9],

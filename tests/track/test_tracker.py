@@ -73,3 +73,16 @@ def test_offline_wandb_gets_every_row_exactly_once_after_a_restart(tmp_path, los
     for row in history:
         expected = wandb_row(lines(tmp_path)[row["_step"]])
         assert {k: row[k] for k in expected} == expected
+
+
+def test_a_journal_line_torn_by_a_crash_is_dropped_and_the_next_append_starts_a_fresh_line(tmp_path):
+    from selfplay.track.journal import append_journal, read_journal
+
+    path = tmp_path / "record.jsonl"
+    assert read_journal(path) == []
+    append_journal(path, {"a": 1})
+    with open(path, "a") as handle:
+        handle.write('{"a": 2, "tor')
+    assert read_journal(path) == [{"a": 1}]
+    append_journal(path, {"a": 3})
+    assert read_journal(path) == [{"a": 1}, {"a": 3}]

@@ -3,7 +3,8 @@
 - ZeRO-3 in 2 ranks gives the losses and weights of ZeRO-0 in 1 rank (same data, same config);
 - a run resumed from a mid-training DeepSpeed checkpoint (ZeRO-0 in 1 rank, ZeRO-3 in 2) ends
   bit-identical to an unbroken one, with each step once in its history;
-- DPO learns a tiny dataset (accuracy and reward margin grow);
+- DPO learns a tiny dataset (accuracy and reward margin grow); IPO, sppo_single and sppo_hard
+  start at their loss at rewards 0 and train towards their targets;
 - the reference log-probs come from the reference checkpoint passed in (reference: previous vs initial);
 - the history logs the lr each step used.
 
@@ -40,7 +41,7 @@ TOTAL_STEPS = 2 * NUM_PAIRS // 4
 def write_pairs(path: Path, tokenizer_dir: Path, num_pairs: int = NUM_PAIRS, seed: int = 0,
                 min_len: int = 5, max_len: int = 20) -> Path:
     """A synthetic pairs.parquet: random non-special token ids of the tiny tokenizer, lengths
-    min_len..max_len, and SPPO win rates (chosen above 0.5, rejected below)."""
+    min_len..max_len, SPPO win rates (chosen above 0.5, rejected below) and P(chosen beats rejected)."""
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
@@ -54,6 +55,8 @@ def write_pairs(path: Path, tokenizer_dir: Path, num_pairs: int = NUM_PAIRS, see
     rows = [{"prompt_id": f"p{i}", "prompt_token_ids": ids(), "chosen_token_ids": ids(), "rejected_token_ids": ids(),
              "chosen_win_rate": float(rng.uniform(0.6, 0.9)), "rejected_win_rate": float(rng.uniform(0.1, 0.4))}
             for i in range(num_pairs)]
+    for row in rows:  # in (0.6, 0.9), without drawing from rng (the other columns stay as they were)
+        row["chosen_beats_rejected"] = 0.5 + (row["chosen_win_rate"] - row["rejected_win_rate"]) / 2
     path.parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(pa.Table.from_pylist(rows), path)
     return path
@@ -234,15 +237,23 @@ def test_resume_from_mid_training_checkpoint_is_bit_identical(zero_stage, crash_
     assert (crashed / "step000006").is_dir()
 
 
-def test_dpo_learns_a_tiny_dataset(ray_session, tiny_policy, workdir):
+@pytest.fixture(scope="module")
+def small_pairs(workdir, tiny_policy) -> Path:
+    """8 pairs for the learning tests: one full-batch step per epoch."""
+    return write_pairs(workdir / "small-pairs.parquet", tiny_policy, num_pairs=8, seed=1)
+
+
+# One full-batch step per epoch for 8 epochs, an lr that moves the tiny model visibly each step.
+LEARNING = dict(beta=0.1, learning_rate=1e-3, scheduler="constant", warmup_ratio=0.0, epochs=8, global_batch_size=8,
+                micro_batch_size=4, checkpoint_every=0)
+
+
+def test_dpo_learns_a_tiny_dataset(ray_session, tiny_policy, small_pairs, workdir):
     """8 pairs, one full-batch step per epoch for 8 epochs: the DPO margin and accuracy grow.
 
     History records are measured on the step's batch before its update, so step 1 is the
     reference itself (rewards 0, accuracy 0, loss log 2)."""
-    pairs = write_pairs(workdir / "dpo-pairs.parquet", tiny_policy, num_pairs=8, seed=1)
-    result = train(tiny_policy, pairs, workdir / "dpo", loss="dpo", beta=0.1, learning_rate=1e-3,
-                   scheduler="constant", warmup_ratio=0.0, epochs=8, global_batch_size=8, micro_batch_size=4,
-                   checkpoint_every=0)
+    result = train(tiny_policy, small_pairs, workdir / "dpo", loss="dpo", **LEARNING)
     history = result["history"]
     assert len(history) == 8
     margins = [h["chosen_reward"] - h["rejected_reward"] for h in history]
@@ -254,11 +265,52 @@ def test_dpo_learns_a_tiny_dataset(ray_session, tiny_policy, workdir):
     assert sum(b > a for a, b in zip(margins, margins[1:])) >= 6  # grows nearly every step
 
 
+def _targets(loss: str, pairs_path: Path, beta: float) -> tuple[float, float]:
+    """(mean loss at rewards 0, i.e. policy = reference; the mean margin the loss drives towards),
+    from the loss's formula and the pairs' own columns (float64)."""
+    eta = 1 / beta
+    if loss == "ipo":        # (z - 1/(2 beta))^2: at z = 0, and its minimum z = 1/(2 beta)
+        return (eta / 2) ** 2, eta / 2
+    if loss == "sppo_hard":  # (a_w - eta/2)^2 + (a_l + eta/2)^2: a_w -> eta/2, a_l -> -eta/2
+        return 2 * (eta / 2) ** 2, eta
+    # sppo_single: ((a_w - t)^2 + (a_l + t)^2) / 2 with t = eta * (P_wl - 0.5), from chosen_beats_rejected
+    t = eta * (np.array(pq.read_table(pairs_path).column("chosen_beats_rejected").to_pylist()) - 0.5)
+    return float(np.mean(t ** 2)), float(2 * np.mean(t))
+
+
+@pytest.mark.parametrize("loss", ["ipo", "sppo_single", "sppo_hard"])
+def test_loss_trains_towards_its_target(loss, ray_session, tiny_policy, small_pairs, workdir):
+    """The losses no recipe test trains, through the trainer as a recipe would call it.
+
+    Step 1 is the reference itself, so its loss is the loss's value at rewards 0, computed here
+    from the pairs (for sppo_single from its own column, P(chosen beats rejected)): the trainer fed
+    the loss the right targets. Each step then moves the log-ratios towards the loss's minimum: the
+    mean margin to IPO's 1/(2 beta) = 5, sppo_hard's 1/beta = 10, sppo_single's 2*mean(t).
+    The squared losses overshoot at DPO's lr (RMSprop steps ~lr whatever the gradient), so 3e-5
+    decaying linearly. Measured: final margins 5.00, 5.45 (target 5.46), 10.02; final losses
+    2e-4 to 2e-3 of the first."""
+    settings = {**LEARNING, "learning_rate": 3e-5, "scheduler": "linear"}
+    result = train(tiny_policy, small_pairs, workdir / loss, loss=loss, **settings)
+    history = result["history"]
+    losses = [h["loss"] for h in history]
+    margins = [h["chosen_reward"] - h["rejected_reward"] for h in history]
+    first_loss, target_margin = _targets(loss, small_pairs, settings["beta"])
+    assert len(history) == 8 and all(math.isfinite(x) for x in losses)
+    assert losses[0] == pytest.approx(first_loss, rel=1e-5) and margins[0] == pytest.approx(0, abs=1e-4)
+    assert losses[-1] < 0.02 * losses[0]
+    assert margins[-1] == pytest.approx(target_margin, rel=0.1) and history[-1]["accuracy"] == 1.0
+    if loss.startswith("sppo"):  # each side moves towards its own target: chosen up, rejected down
+        assert history[-1]["chosen_reward"] > 0 > history[-1]["rejected_reward"]
+        assert history[0]["loss_over_eta_sq"] == pytest.approx(losses[0] * settings["beta"] ** 2)
+    else:
+        assert "loss_over_eta_sq" not in history[0]
+
+
 def _mean_rewards(policy_dir, reference_dir, pairs_path):
     """Mean over all pairs of logp_policy - logp_reference for chosen and rejected (test-side)."""
     from transformers import AutoModelForCausalLM
 
-    from selfplay.train.logps import pad_sequences, response_logps
+    from selfplay.models.logps import pad_sequences, response_logps
 
     rows = pq.read_table(pairs_path).to_pylist()
     prompts = [r["prompt_token_ids"] for r in rows] * 2
@@ -308,3 +360,26 @@ def test_engine_options_train_like_the_baseline(options, rel_tolerance, zero0_ru
     assert len(losses) == len(baseline) == TOTAL_STEPS
     for ours, reference in zip(losses, baseline):
         assert math.isfinite(ours) and abs(ours - reference) <= rel_tolerance * abs(reference), (losses, baseline)
+
+
+def test_a_stateful_loss_resumes_its_state_from_the_checkpoint(ray_session, tiny_policy, pairs, workdir):
+    """Selfie's threshold is the 10th percentile of the last 50 step margins (0 before 50 steps): a
+    run resumed at step 40 must restore the 40 margins from the checkpoint, or its tau would stay 0
+    until step 90 and every step from 51 on would differ. 16 pairs / global batch 2 x 8 epochs = 64 steps."""
+    selfie = dict(loss="selfie", global_batch_size=2, micro_batch_size=2, epochs=8, checkpoint_every=20)
+    checkpoints = workdir / "selfie-checkpoints"
+    unbroken = train(tiny_policy, pairs, workdir / "selfie", checkpoint_dir=checkpoints, **selfie)
+    history = unbroken["history"]
+    # a record logs tau after its own margin: step 50's is the first over a full window
+    assert len(history) == 64 and [h["threshold"] for h in history[:49]] == [0.0] * 49
+    assert all(h["threshold"] != 0.0 for h in history[49:])
+    assert [h["alpha"] for h in history] == [0.0] * 13 + [0.1] * 51  # warm-up: the first 20% of 64 steps
+
+    crashed = workdir / "selfie-crashed"
+    shutil.copytree(checkpoints, crashed)
+    shutil.rmtree(crashed / "step000060")
+    (crashed / "latest").write_text("step000040")
+    resumed = train(tiny_policy, pairs, workdir / "selfie-resumed", checkpoint_dir=crashed, **selfie)
+    assert resumed["history"] == history
+    weights, baseline = load_weights(workdir / "selfie-resumed"), load_weights(workdir / "selfie")
+    assert all(torch.equal(weights[k], baseline[k]) for k in baseline)

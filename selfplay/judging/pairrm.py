@@ -48,8 +48,8 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from selfplay.annotate.base import Judge, Judgment
-from selfplay.annotate.judge_inputs import check_inputs, token_budget_batches
+from selfplay.judging.base import Judge, Judgment
+from selfplay.judging.judge_inputs import check_inputs, token_budget_batches
 
 # Added to the backbone tokenizer in this order by llm-blender, so their ids follow its vocabulary.
 MARKER_TOKENS = ["<|source|>", "<|candidate1|>", "<|candidate2|>", "<|candidate|>"]
@@ -215,7 +215,7 @@ class PairRMJudge(Judge):
         self.model = load_native_model(self.path, self.backbone, self.config).to(self.device, DTYPES[dtype])
 
     def _load_blender(self):
-        from selfplay.annotate.blender_compat import import_llm_blender
+        from selfplay.judging.blender_compat import import_llm_blender
 
         # llm-blender picks a different tokenizer setup when model_name contains these words.
         for word in ("llama", "alpaca", "phi", "starling-rm"):

@@ -4,7 +4,7 @@ The contract: fn returns a real number (int, float, or a numpy integer/floating 
 bool, NaN, inf or anything else is refused with one line naming the prompt and response.
 Only the order and spread of the scores matter (annotate.temperature: auto).
 
-The function runs in a child process (`python -m selfplay.annotate.function`, with the
+The function runs in a child process (`python -m selfplay.judging.function`, with the
 driver's sys.path and working directory, so it imports what the driver imports), one per
 judge, fed one prompt at a time over a pipe. A call that runs past
 `annotate.timeout_seconds` is ended by killing that process, which works whatever the function
@@ -27,7 +27,7 @@ from multiprocessing.connection import Connection
 
 import numpy as np
 
-from selfplay.annotate.base import Judge, JudgeTimeout, Judgment
+from selfplay.judging.base import Judge, JudgeTimeout, Judgment
 
 
 class ScoreError(ValueError):
@@ -49,8 +49,8 @@ def check_score(value, spec: str, response_index: int) -> float:
 
 def _serve(spec: str, requests: Connection, replies: Connection) -> None:
     """The child process: say ready, then score (prompt, responses) messages until None arrives.
-    (The import mirrors selfplay.recipe.load_function, which the driver has already run on
-    this spec; importing the recipe module here would load torch for nothing.)"""
+    (The import mirrors selfplay.judging.registry.load_function, which the driver has already run
+    on this spec; importing the recipe module here would load torch for nothing.)"""
     # A terminal's Ctrl-C reaches the whole process group: the driver stops this process itself.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     module_name, attr = spec.split(":", 1)
@@ -72,7 +72,7 @@ def _serve(spec: str, requests: Connection, replies: Connection) -> None:
 
 class FunctionJudge(Judge):
     def __init__(self, spec: str, timeout: float | None = None):
-        from selfplay.recipe import load_function
+        from selfplay.judging.registry import load_function
 
         load_function(spec)  # a broken module fails here, in the driver, with the recipe's error
         self.spec = spec
@@ -95,7 +95,7 @@ class FunctionJudge(Judge):
         to_child, from_parent = os.pipe()
         to_parent, from_child = os.pipe()
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
-        self.process = subprocess.Popen([sys.executable, "-m", "selfplay.annotate.function", self.spec,
+        self.process = subprocess.Popen([sys.executable, "-m", "selfplay.judging.function", self.spec,
                                          str(to_child), str(from_child)],
                                         pass_fds=(to_child, from_child), env=env, cwd=os.getcwd())
         os.close(to_child)

@@ -3,7 +3,7 @@
 A judge sees one prompt and its K responses at a time (batched internally as it likes) and
 returns either K scalar `scores` or a K x K matrix of `pairwise_logits` (L[i, j]: logit that
 response i beats response j). The raw output is stored; `win_matrix()` derives P.
-A NaN score marks an empty response that no judge saw (annotate.stage.judge_groups); it is
+A NaN score marks an empty response that no judge saw (judging.calls.judge_groups); it is
 filled in relative to the temperature (win_matrix.fill_empty_scores).
 """
 
@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from selfplay.annotate import win_matrix as wm
+from selfplay.judging import win_matrix as wm
 
 
 class JudgeTimeout(RuntimeError):

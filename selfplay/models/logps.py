@@ -1,6 +1,6 @@
 """Summed token log-probabilities of responses under a causal LM (the quantity every loss uses).
 
-`logp(y | x)` is the SUM over response tokens (ALGORITHMS.md), never the mean.
+`logp(y | x)` is the SUM over response tokens (docs/algorithms.md), never the mean.
 """
 
 import torch

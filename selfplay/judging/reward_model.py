@@ -15,8 +15,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from selfplay.annotate.base import Judge, Judgment
-from selfplay.annotate.judge_inputs import check_inputs, check_model_folder, require_chat_template, token_budget_batches
+from selfplay.judging.base import Judge, Judgment
+from selfplay.judging.judge_inputs import check_inputs, check_model_folder, require_chat_template, token_budget_batches
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 

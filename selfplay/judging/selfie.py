@@ -1,7 +1,7 @@
 """Selfie / SPA judge: the policy scores its own samples by the implicit DPO reward.
 
 score(y) = logp_policy(y | x) - logp_reference(y | x), both SUMMED over the response tokens
-(ALGORITHMS.md), with a FIXED reference (the SFT model in SPA). In a run the judge scores the
+(docs/algorithms.md), with a FIXED reference (the SFT model in SPA). In a run the judge scores the
 token ids the sampler produced (`token_ids=`), the very sequences the train stage then trains
 on, so the judgment is the implicit reward of the sample itself. Given text alone, it rebuilds
 them: the user turn rendered with the policy tokenizer's chat template plus the generation
@@ -11,7 +11,7 @@ the sampler did, which is why runs pass the ids. Both models must share that tok
 
 A prompt that alone fills the context (the smaller max_position_embeddings of the two models)
 is rejected; a response that does not fit after its prompt is cut at the end (the TRL
-convention of selfplay.train.logps.pad_sequences), so only its beginning is scored. Rows are
+convention of selfplay.models.logps.pad_sequences), so only its beginning is scored. Rows are
 batched by a token budget across prompts; each batch runs through the policy, then the reference.
 """
 
@@ -19,9 +19,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from selfplay.annotate.base import Judge, Judgment
-from selfplay.annotate.judge_inputs import check_inputs, check_model_folder, require_chat_template, token_budget_batches
-from selfplay.train.logps import pad_sequences, response_logps
+from selfplay.judging.base import Judge, Judgment
+from selfplay.judging.judge_inputs import check_inputs, check_model_folder, require_chat_template, token_budget_batches
+from selfplay.models.logps import pad_sequences, response_logps
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 

@@ -1,0 +1,112 @@
+"""The run's long-lived actors: the vLLM engine pool and the judges, started on first use.
+
+One owner for all of them, so GPU turn-taking and retries live in one place: before a group
+starts (engines, a judge, the training ranks) `make_room` releases whichever actors hold GPUs
+it needs (a node rarely holds 8 engines, a PairRM and 8 ranks at once, see selfplay.cluster),
+and after a Ray worker died `drop` forgets them all so the retried stage starts fresh ones.
+"""
+
+import logging
+
+log = logging.getLogger("selfplay")
+
+
+class Actors:
+    def __init__(self, recipe, initial_policy: str, gpu_needs: dict[str, float]):
+        self.recipe = recipe
+        self.initial_policy = initial_policy  # a Selfie judge's default reference
+        self.gpu_needs = gpu_needs
+        self.pool = None
+        self.judges = {}  # role ("annotate" / "evaluate") -> judge actor
+
+    def engines(self, policy_path: str):
+        """The engine pool with `policy_path` loaded (in place when the pool exists)."""
+        from selfplay.generate.pool import EnginePool
+
+        if self.pool is None:
+            self.make_room("generate")
+            self.pool = EnginePool(policy_path, self.recipe.generate, self.recipe.policy.dtype, self.recipe.seed)
+            self.pool.loaded = policy_path
+        elif self.pool.loaded != policy_path:
+            self.pool.load_policy(policy_path)
+            self.pool.loaded = policy_path
+        return self.pool
+
+    def release_engines(self) -> None:
+        """Before training: engines leave unless the recipe keeps them (generate.keep_engine)."""
+        if self.pool is not None and not self.recipe.generate.keep_engine:
+            self.pool.shutdown()
+            self.pool = None
+
+    def judge(self, role: str, config, policy_path: str):
+        """The judge of `config` for `role`. A judge that scores with the current policy (Selfie)
+        is rebuilt when the policy changes; any other is built once per run."""
+        from selfplay.judging.registry import make_judge
+
+        judge = self.judges.get(role)
+        if judge is not None and config.judges_with_policy and judge.policy_path != policy_path:
+            self._shutdown(role)
+            judge = None
+        if judge is None:
+            self.make_room(role)
+            judge = make_judge(config, policy_path, self.recipe.policy.seed, default_reference=self.initial_policy)
+            judge.policy_path = policy_path
+            self.judges[role] = judge
+        return judge
+
+    def placement(self) -> dict:
+        """Where the actors run (recorded in each stage's manifest): the driver's host, the Ray
+        nodes and resources of the cluster, and each engine replica's node, device and PID."""
+        import platform
+
+        import ray
+
+        where = {"driver_host": platform.node()}
+        if ray.is_initialized():
+            resources = {k: v for k, v in ray.cluster_resources().items() if "_group_" not in k}  # not placement groups
+            where["cluster"] = {"nodes": sum(node["Alive"] for node in ray.nodes()), "resources": resources}
+        if self.pool is not None:
+            keys = ("node", "node_ip", "device", "pid", "threads")
+            where["engines"] = [{k: stats.get(k) for k in keys} for stats in self.pool.stats]
+        for role, judge in self.judges.items():
+            if hasattr(judge, "placement"):  # a model judge's actors (a function judge runs here)
+                if not hasattr(judge, "where"):
+                    try:
+                        judge.where = judge.placement()
+                    except Exception:  # a dead actor: the stage that needs it again restarts it
+                        continue
+                where.setdefault("judges", {})[role] = judge.where
+        return where
+
+    def make_room(self, group: str) -> None:
+        """Release the actors if fewer GPUs are free than `group` needs: on a node that cannot
+        hold every group at once they take turns."""
+        from selfplay.cluster import free_gpus, wait_for_free_gpus
+
+        gpus = self.gpu_needs.get(group, 0.0)
+        if gpus <= 0 or free_gpus() >= gpus:
+            return
+        held = (["vLLM engines"] if self.pool is not None else []) + [f"{role} judge" for role in self.judges]
+        if held:
+            log.info("releasing the %s: %g GPUs needed, %g free", " and the ".join(held), gpus, free_gpus())
+            self.drop()
+        wait_for_free_gpus(gpus)  # also the GPUs of actors that just ended (e.g. the training ranks)
+
+    def drop(self) -> None:
+        """Shut down and forget every actor (after a worker died, or to free GPUs); the next
+        stage that needs one starts it again."""
+        if self.pool is not None:
+            self._quiet_shutdown(self.pool)
+            self.pool = None
+        for role in list(self.judges):
+            self._shutdown(role)
+
+    def _shutdown(self, role: str) -> None:
+        self._quiet_shutdown(self.judges.pop(role))
+
+    @staticmethod
+    def _quiet_shutdown(actor) -> None:
+        try:
+            actor.shutdown()
+        except Exception:  # already dead
+            pass

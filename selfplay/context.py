@@ -1,0 +1,84 @@
+"""RunContext: what every stage of one run reads, built once by the driver.
+
+It holds the run's paths, recipe, prompts, tokenizer, tracker and long-lived actors, and answers
+the two questions a stage asks about the run directory:
+- `artifact(iteration, stage, name)`: a committed output with its recorded digest;
+- `policy(source, iteration)`: which policy a stage samples from or trains (the initial one, the
+  one entering the iteration, the one the iteration trained, the soup reference).
+A stage test builds one with only the fields it needs (everything has a default).
+"""
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from selfplay import runs
+from selfplay.artifacts import Artifact
+
+
+@dataclass
+class RunContext:
+    run_dir: Path
+    recipe: object
+    tracker: object = None
+    info: dict = field(default_factory=dict)  # run.json
+    tokenizer: object = None
+    actors: object = None  # selfplay.actors.Actors
+    prompts: list = field(default_factory=list)
+    records: list | None = None  # DRIFT's DSAT records
+    duplicate_prompts: int = 0
+    eval_ids: list = field(default_factory=list)
+    slices: list = field(default_factory=list)  # prompt ids of each iteration
+    initial: Artifact | None = None  # the initial policy (recipe policy.path)
+    first_iteration: int = 1  # a fork's first own iteration
+    fork_start: tuple | None = None  # (path, digest) of the policy a fork starts from
+    packages: dict = field(default_factory=dict)
+    code_version: str = "unknown"
+    change_note: dict | None = None  # what this command changed in the recipe, for superseded/ reasons
+    running: tuple | None = None  # (iteration, stage) last entered: what an interrupt stopped
+
+    def artifact(self, iteration: int, stage: str, name: str) -> Artifact:
+        manifest = runs.StageDir(self.run_dir, iteration, stage).manifest()
+        if manifest is None or name not in manifest["outputs"]:
+            raise RuntimeError(f"iteration {iteration} stage {stage} has no committed {name}")
+        return Artifact(runs.StageDir(self.run_dir, iteration, stage).path / name, manifest["outputs"][name],
+                        manifest["output_files"].get(name, {}))
+
+    def latest(self, stage, name: str) -> Artifact:
+        """The `name` artifact of the last stage before `stage` in its iteration that makes one:
+        the samples annotate judges, the judgments pairs are built from."""
+        from selfplay import pipeline
+
+        listed = pipeline.stages(self.recipe, stage.iteration, forked=self.fork_start is not None)
+        names = [s.name for s in listed]
+        for producer in reversed(listed[:names.index(stage.name)]):
+            if name in producer.produces:
+                return self.artifact(stage.iteration, producer.name, name)
+        raise RuntimeError(f"iteration {stage.iteration}: no stage before {stage.name} makes {name}")
+
+    def external(self, path: str) -> Artifact:
+        """A file or folder outside the run (initial policy, soup checkpoints, seed pairs). Its
+        digest re-reads only files changed since the last start: a 7B checkpoint is not
+        re-hashed at every resume."""
+        cache = self.run_dir / "external_fingerprints.json"
+        known = runs.read_scratch_json(cache, {})
+        known = known if isinstance(known, dict) else {}
+        key = str(Path(path).resolve())
+        known[key] = runs.fingerprint(Path(path), known.get(key))
+        runs.write_json_atomic(cache, known)
+        return Artifact(Path(path), runs.content_digest(known[key]))
+
+    def policy(self, source: str, iteration: int) -> Artifact:
+        """source: "initial"; "entering" (what iteration starts from: the seed stage's policy or
+        the initial one at 1, a fork's copy of its parent's at its first iteration, else the
+        previous iteration's); "trained" (what iteration trained); "soup" (SALSA's reference)."""
+        if source == "initial":
+            return self.initial
+        if source == "trained":
+            return self.artifact(iteration, "seed" if iteration == 0 else "train", "policy")
+        if source == "soup":
+            return self.artifact(0, "reference-soup", "policy")
+        if iteration == self.first_iteration and self.fork_start is not None:
+            return Artifact(Path(self.fork_start[0]), self.fork_start[1])
+        if iteration == 1:
+            return self.artifact(0, "seed", "policy") if self.recipe.seed_training else self.initial
+        return self.artifact(iteration - 1, "train", "policy")

@@ -1,0 +1,276 @@
+"""Judges by name: each `annotate.type` maps to its config class and the factory that builds it.
+
+A recipe's `annotate` (and `evaluate.judge`) section is `JudgeConfig`, a pydantic union keyed on
+`type`: each judge's config holds its own fields plus the shared ones (`JudgeConfigBase`:
+win_matrix, temperature, timeout_seconds; `ModelJudgeConfig` adds batch_tokens, num_gpus and
+replicas for judges that run a model in Ray actors). A field of another judge fails validation, except one
+left unset (null) or at that judge's default: `annotate.type=pairrm annotate.function=null`
+switches a recipe's judge by override, and a recipe frozen by the older flat schema (every
+judge's fields, most at their defaults) still parses.
+
+A judge declares what the pipeline must give it, so the pipeline never needs a judge's name:
+  - `judges_with_policy`: it scores with the current policy (Selfie), so it is rebuilt when the
+    policy changes and the policy's digest is an input of the annotate stage;
+  - `needs_token_ids`: it reads the sampled token ids (judge_groups passes them);
+  - `runs_in_actor`, `num_gpus`, `replicas`: whether it holds Ray actors (one CPU each), each
+    actor's GPUs and how many actors (data parallel: judge_groups spreads the calls over them;
+    the function judge runs in a child process of the driver: no actor, num_gpus 0);
+  - `tiny_kinds`: the tiny:<kind> models it accepts as its path (never a policy);
+  - `identity()`: config entries beyond the fields that make its identity complete (a scoring
+    function's source digest), merged into the stage's config digest;
+  - `preflight(field)`: checks of the folders it will read, before a run starts.
+
+A new judge is a module with its Judge class plus one config class and one factory here.
+The judge modules import torch; they are imported by the factories only, so a recipe validates
+without them.
+"""
+
+import importlib
+from collections.abc import Callable
+from functools import reduce
+from typing import Annotated, ClassVar, Literal, NamedTuple
+
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
+
+# The judge of a section that names no type (the recipe default is a scoring function).
+DEFAULT_JUDGE = "function"
+
+
+def load_function(spec: str):
+    """Import 'package.module:callable'; errors name the spec and what failed."""
+    if ":" not in spec:
+        raise ValueError(f"annotate.function must look like 'package.module:callable', got {spec!r}")
+    module_name, attr = spec.split(":", 1)
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as error:  # any import failure is the user's module, not ours
+        raise ValueError(f"annotate.function {spec!r}: cannot import {module_name!r} ({type(error).__name__}: {error})") from None
+    fn = getattr(module, attr, None)
+    if not callable(fn):
+        raise ValueError(f"annotate.function {spec!r}: {module_name!r} has no callable {attr!r}")
+    return fn
+
+
+class JudgeConfigBase(BaseModel):
+    """The fields every judge has, and what a judge declares (see the module docstring)."""
+
+    # As selfplay.recipe.Strict (which this module cannot import: the recipe imports it).
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+    judges_with_policy: ClassVar[bool] = False
+    needs_token_ids: ClassVar[bool] = False
+    runs_in_actor: ClassVar[bool] = False  # a Ray actor with one CPU and num_gpus GPUs
+    tiny_kinds: ClassVar[tuple[str, ...]] = ()  # the tiny:<kind> models it accepts (never a policy)
+
+    type: str
+    win_matrix: Literal["aggregated", "direct"] = "aggregated"
+    temperature: Literal["auto"] | float = Field(
+        "auto", description="Bradley-Terry temperature for scalar scores: 'auto' (the spread of the stage's "
+                            "scores, so their scale and offset do not matter) or a fixed positive number")
+    timeout_seconds: float | None = Field(
+        600.0, description="the most one judge call (one prompt's samples) or a model judge's start-up may take; "
+                           "null waits forever")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_unset_fields_of_other_judges(cls, data):
+        """A field of another judge given as null or at that judge's default sets nothing: drop it."""
+        if not isinstance(data, dict):
+            return data
+        defaults = _other_judges_defaults(cls)
+        return {key: value for key, value in data.items()
+                if key in cls.model_fields or key not in defaults or (value is not None and value not in defaults[key])}
+
+    @field_validator("temperature", mode="before")
+    @classmethod
+    def _check_temperature(cls, value):
+        if value == "auto":
+            return value
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
+            raise ValueError(f"must be 'auto' or a finite number > 0, got {value!r}")
+        return float(value)
+
+    @field_validator("timeout_seconds", mode="before")
+    @classmethod
+    def _check_timeout(cls, value):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                  or not 0 < value < float("inf")):
+            raise ValueError(f"must be a finite number of seconds > 0, or null for no limit; got {value!r}")
+        return value
+
+    def identity(self) -> dict:
+        """Config entries that complete the judge's identity beyond its fields (none by default)."""
+        return {}
+
+    def preflight(self, field: str) -> None:
+        """Check the folders the judge will read; `field` is the section ('annotate', 'evaluate.judge')."""
+
+
+class ModelJudgeConfig(JudgeConfigBase):
+    """A judge that runs a model in a Ray actor."""
+
+    runs_in_actor: ClassVar[bool] = True
+
+    batch_tokens: int = Field(8192, gt=0, description="token budget of one forward batch")
+    num_gpus: float = Field(0.0, ge=0.0, description="GPUs of each of the judge's actors (0: CPU)")
+    replicas: int = Field(1, ge=1, description="actors running the judge, each with num_gpus GPUs and one CPU; "
+                                               "a stage's calls are spread over them (the judgments do not change)")
+
+
+class FunctionJudgeConfig(JudgeConfigBase):
+    """`type: function`: a Python scoring function fn(prompt, response) -> number, in a child process."""
+
+    num_gpus: ClassVar[float] = 0.0  # runs beside the driver, holds no GPU
+
+    type: Literal["function"] = "function"
+    function: str = Field(description="'package.module:callable' scoring (prompt, response) -> number")
+
+    @field_validator("function")
+    @classmethod
+    def _importable(cls, value):
+        try:
+            load_function(value)
+        except ValueError as error:  # the recipe error names the section (annotate or evaluate.judge)
+            raise ValueError(str(error).removeprefix("annotate.function ")) from None
+        return value
+
+    def identity(self) -> dict:
+        """The digest of the function's module source: a changed scoring function re-annotates."""
+        from selfplay.runs import file_digest_of_module
+
+        return {"function_source_sha256": file_digest_of_module(self.function.split(":", 1)[0])}
+
+
+class PairRMJudgeConfig(ModelJudgeConfig):
+    """`type: pairrm`: a pairwise ranker, a logit for every ordered pair of responses."""
+
+    tiny_kinds: ClassVar[tuple[str, ...]] = ("pairrm",)
+
+    type: Literal["pairrm"] = "pairrm"
+    path: str = Field(description="PairRM checkpoint folder, or tiny:pairrm")
+    backend: Literal["native", "llm-blender"] = "native"
+
+    def preflight(self, field: str) -> None:
+        from selfplay.preflight import check_pairrm_folder, model_folder
+
+        folder = model_folder(f"{field}.path", self.path, list(self.tiny_kinds))
+        if folder is not None:
+            check_pairrm_folder(f"{field}.path", folder)
+
+
+class RewardModelJudgeConfig(ModelJudgeConfig):
+    """`type: reward_model`: a sequence classifier, one scalar score per response."""
+
+    tiny_kinds: ClassVar[tuple[str, ...]] = ("reward",)
+
+    type: Literal["reward_model"] = "reward_model"
+    path: str = Field(description="reward model folder (a sequence classifier with one label), or tiny:reward")
+
+    def preflight(self, field: str) -> None:
+        from selfplay.preflight import check_reward_model_folder, model_folder
+
+        folder = model_folder(f"{field}.path", self.path, list(self.tiny_kinds))
+        if folder is not None:
+            check_reward_model_folder(f"{field}.path", folder)
+
+
+class SelfieJudgeConfig(ModelJudgeConfig):
+    """`type: selfie`: the current policy scores its own samples against a fixed reference (SPA)."""
+
+    judges_with_policy: ClassVar[bool] = True
+    needs_token_ids: ClassVar[bool] = True
+
+    type: Literal["selfie"] = "selfie"
+    reference: str | None = Field(None, description="fixed reference model; null: the initial policy")
+
+    def preflight(self, field: str) -> None:
+        if self.reference:  # unset: the initial policy, checked as policy.path
+            from selfplay.preflight import check_causal_lm
+
+            check_causal_lm(f"{field}.reference", self.reference)
+
+
+# -- factories: (config, policy_path, seed, default_reference) -> a judge ---------------------
+def _function_judge(config: FunctionJudgeConfig, policy_path, seed, default_reference):
+    from selfplay.judging.function import FunctionJudge
+
+    return FunctionJudge(config.function, timeout=config.timeout_seconds)
+
+
+def _in_actor(cls, args: dict, config: ModelJudgeConfig):
+    from selfplay.judging.calls import RemoteJudge
+
+    args["device"] = "cuda" if config.num_gpus > 0 else "cpu"  # Ray pins the actor's GPU as cuda:0
+    return RemoteJudge(cls, args, num_gpus=config.num_gpus, timeout=config.timeout_seconds, replicas=config.replicas)
+
+
+def _pairrm_judge(config: PairRMJudgeConfig, policy_path, seed, default_reference):
+    from selfplay.judging.pairrm import PairRMJudge
+    from selfplay.models import resolve_model
+
+    return _in_actor(PairRMJudge, dict(path=str(resolve_model(config.path, seed)), backend=config.backend,
+                                       batch_tokens=config.batch_tokens), config)
+
+
+def _reward_model_judge(config: RewardModelJudgeConfig, policy_path, seed, default_reference):
+    from selfplay.judging.reward_model import RewardModelJudge
+    from selfplay.models import resolve_model
+
+    return _in_actor(RewardModelJudge, dict(path=str(resolve_model(config.path, seed)),
+                                            batch_tokens=config.batch_tokens), config)
+
+
+def _selfie_judge(config: SelfieJudgeConfig, policy_path, seed, default_reference):
+    from selfplay.judging.selfie import SelfieJudge
+    from selfplay.models import resolve_model
+
+    # SPA judges against a FIXED reference (the SFT model): the recipe's, else the initial policy
+    reference = config.reference or default_reference or policy_path
+    return _in_actor(SelfieJudge, dict(policy_path=str(policy_path), reference_path=str(resolve_model(reference, seed)),
+                                       batch_tokens=config.batch_tokens), config)
+
+
+class JudgeKind(NamedTuple):
+    config: type[JudgeConfigBase]
+    factory: Callable
+
+
+JUDGES: dict[str, JudgeKind] = {
+    "function": JudgeKind(FunctionJudgeConfig, _function_judge),
+    "pairrm": JudgeKind(PairRMJudgeConfig, _pairrm_judge),
+    "reward_model": JudgeKind(RewardModelJudgeConfig, _reward_model_judge),
+    "selfie": JudgeKind(SelfieJudgeConfig, _selfie_judge),
+}
+
+
+def _other_judges_defaults(own: type[JudgeConfigBase]) -> dict[str, list]:
+    """{field of another judge that `own` lacks: the defaults it has there (None where required)}."""
+    defaults: dict[str, list] = {}
+    for kind in JUDGES.values():
+        for name, info in kind.config.model_fields.items():
+            if name not in own.model_fields:
+                defaults.setdefault(name, []).append(None if info.is_required() else info.default)
+    return defaults
+
+
+def _judge_type(value):
+    """The union's tag: a section's `type` (the default judge where it names none)."""
+    if isinstance(value, dict):
+        return value.get("type", DEFAULT_JUDGE)
+    return getattr(value, "type", None)
+
+
+JudgeConfig = Annotated[reduce(lambda union, member: union | member,
+                               [Annotated[kind.config, Tag(name)] for name, kind in JUDGES.items()]),
+                        Discriminator(_judge_type)]
+
+
+def make_judge(config: JudgeConfigBase, policy_path: str, seed: int = 0, default_reference: str | None = None):
+    """A judge for a recipe's annotate (or evaluate.judge) section; model judges become Ray actors.
+
+    policy_path: the current policy (for a judge that `judges_with_policy`); default_reference:
+    what a judge that needs a fixed reference uses when its config names none (the initial policy).
+    """
+    if config.type not in JUDGES:
+        raise ValueError(f"annotate.type {config.type!r} is not supported (known: {', '.join(JUDGES)})")
+    return JUDGES[config.type].factory(config, policy_path, seed, default_reference)
