@@ -67,18 +67,11 @@ class Pairs:
 
 
 @dataclass
-class DriftPairs:
-    """DRIFT: (original request, fresh hindsight answer, real DSAT turn) per record."""
-
-    iteration: int
-    name = "pairs"
-    produces = ("pairs.parquet",)
+class DriftPairs(Pairs):
+    """DRIFT: (original request, fresh hindsight answer, real DSAT turn) per record; no judge."""
 
     def inputs(self, ctx) -> dict:
         return {"samples": ctx.latest(self, "samples.parquet").digest}
-
-    def config(self, ctx) -> dict:
-        return ctx.recipe.pairs.model_dump()
 
     def run(self, ctx, tmp) -> StageResult:
         from selfplay.pairs.drift import drift_pairs
