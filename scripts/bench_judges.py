@@ -4,7 +4,8 @@ PairRM: ordered pairs per second of the native backend at a few token budgets (i
 reported) against llm-blender's `rank(..., return_scores=True, batch_size=1)`, the call the
 released SPPO code makes, on the same tiny checkpoint, prompts and K=5 responses. The two are
 also checked to agree (rank's scores vs the aggregated scores of the native logits).
-Reward model and Selfie: responses per second at one budget.
+Reward model and Selfie: responses per second at one budget; the reward model also as the
+stage runs it, in Ray actors with `annotate.replicas` 1 and 2.
 
 The models are random. On CPU they are tiny by default; `--device cuda --deberta-v3-large
 --max-lengths 1224,412` gives the real PairRM's backbone shape and truncation (only the
@@ -107,6 +108,35 @@ def bench_scores(judge, prompts, responses, name, repeats):
     return rate
 
 
+def bench_replicas(reward_path: Path, prompts, responses, batch_tokens: int, device: str, repeats: int) -> dict:
+    """The reward-model judge as the annotate stage runs it (Ray actors, judge_groups, 4 prompts
+    per call), with 1 and 2 replicas: responses per second, median of `repeats` after a warm-up."""
+    import ray
+
+    from selfplay.cluster import start_ray
+    from selfplay.judging.calls import judge_groups
+    from selfplay.judging.registry import RewardModelJudgeConfig, make_judge
+
+    start_ray(None, 4)
+    groups = [(i, prompt, list(answers)) for i, (prompt, answers) in enumerate(zip(prompts, responses))]
+    rates = {}
+    for replicas in (1, 2):
+        config = RewardModelJudgeConfig(path=str(reward_path), batch_tokens=batch_tokens, replicas=replicas,
+                                        num_gpus=1.0 if device == "cuda" else 0.0)
+        judge = make_judge(config, "policy", 0)
+        judge_groups(judge, groups[:8], chunk=4)
+        seconds = []
+        for _ in range(repeats):
+            started = time.perf_counter()
+            judge_groups(judge, groups, chunk=4)
+            seconds.append(time.perf_counter() - started)
+        judge.shutdown()
+        rates[replicas] = len(groups) * K / float(np.median(seconds))
+        print(f"reward model, {replicas} replica(s) in Ray: {rates[replicas]:.1f} responses/s")
+    ray.shutdown()
+    return rates
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--prompts", type=int, default=16)
@@ -123,6 +153,7 @@ def main():
     parser.add_argument("--pairrm-init-range", type=float, default=0.5,
                         help="weight init std; keep 0.02 for deep models in float16 (0.5 overflows)")
     parser.add_argument("--max-lengths", default="96,48", help="PairRM source,candidate truncation (real: 1224,412)")
+    parser.add_argument("--replica-prompts", type=int, default=64, help="prompts for the 1 vs 2 judge replicas figure")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--repeats", type=int, default=REPEATS)
     parser.add_argument("--out", default=str(Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"))
@@ -151,6 +182,10 @@ def main():
         reward_judge = RewardModelJudge(str(build_tiny_reward(tmp / "reward")), batch_tokens=args.batch_tokens,
                                         device=args.device)
         reward = bench_scores(reward_judge, prompts, responses, "reward model", args.repeats)
+        replica_prompts, replica_responses = synthetic_samples(args.replica_prompts, args.prompt_words,
+                                                               args.response_words, seed=1)
+        replicas = bench_replicas(tmp / "reward", replica_prompts, replica_responses, args.batch_tokens, args.device,
+                                  args.repeats)
         policy, initial = build_tiny_policy(tmp / "policy", seed=1), build_tiny_policy(tmp / "reference", seed=0)
         selfie_judge = SelfieJudge(str(policy), str(initial), batch_tokens=args.batch_tokens, device=args.device)
         selfie = bench_scores(selfie_judge, prompts, responses, "selfie", args.repeats)
@@ -181,11 +216,14 @@ def main():
         f"| PairRM llm-blender | `rank(..., batch_size=1)` (SPPO's call) | {reference:.1f} pairs/s |",
         f"| reward model | batch_tokens={args.batch_tokens} | {reward:.1f} responses/s |",
         f"| Selfie (policy + reference) | batch_tokens={args.batch_tokens} | {selfie:.1f} responses/s |",
+        *[f"| reward model in Ray, `annotate.replicas={n}` | {args.replica_prompts} prompts, 4 per call | "
+          f"{rate:.1f} responses/s |" for n, rate in replicas.items()],
         "",
         f"Native PairRM at its best budget ({best}) is **{ratio:.1f}x** llm-blender at batch size 1; both judge "
         f"the same {K * (K - 1)} ordered pairs per prompt, and rank's scores equal the aggregated scores of the "
         f"native logits within {gap:.1e} (the largest score is {largest:.1e}; "
-        f"{precision_note}).",
+        f"{precision_note}). Two judge replicas give {replicas[2] / replicas[1]:.2f}x one (on a CPU the replicas "
+        f"share the same cores, so this shows the sharding works, not how it scales on GPUs).",
     ]
     write_section(Path(args.out), SECTIONS[args.device], lines)
     print(f"wrote {args.out}")

@@ -66,7 +66,8 @@ class Actors:
             resources = {k: v for k, v in ray.cluster_resources().items() if "_group_" not in k}  # not placement groups
             where["cluster"] = {"nodes": sum(node["Alive"] for node in ray.nodes()), "resources": resources}
         if self.pool is not None:
-            keys = ("node", "node_ip", "device", "pid", "threads")
+            keys = ("node", "node_ip", "device", "pid", "threads", "resources", "bundle_nodes", "tensor_parallel_size",
+                    "worker_pids")
             where["engines"] = [{k: stats.get(k) for k in keys} for stats in self.pool.stats]
         for role, judge in self.judges.items():
             if hasattr(judge, "placement"):  # a model judge's actors (a function judge runs here)
@@ -78,12 +79,12 @@ class Actors:
                 where.setdefault("judges", {})[role] = judge.where
         return where
 
-    def make_room(self, group: str) -> None:
-        """Release the actors if fewer GPUs are free than `group` needs: on a node that cannot
-        hold every group at once they take turns."""
+    def make_room(self, group: str, gpus: float | None = None) -> None:
+        """Release the actors if fewer GPUs are free than `group` needs (or `gpus`, for a task
+        outside the recipe's groups): on a node that cannot hold every group at once they take turns."""
         from selfplay.cluster import free_gpus, wait_for_free_gpus
 
-        gpus = self.gpu_needs.get(group, 0.0)
+        gpus = self.gpu_needs.get(group, 0.0) if gpus is None else gpus
         if gpus <= 0 or free_gpus() >= gpus:
             return
         held = (["vLLM engines"] if self.pool is not None else []) + [f"{role} judge" for role in self.judges]

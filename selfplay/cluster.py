@@ -110,6 +110,13 @@ def check_gpu_fit(needs: dict[str, float], total: float | None = None) -> None:
             raise RecipeError(f"{GPU_FIELDS[group]} = {gpus:g} GPUs, but the Ray cluster has {total:g}")
 
 
+def where_it_runs(actor) -> dict:
+    """Run inside an actor (`actor.__ray_call__.remote(where_it_runs)`): its Ray node, host IP
+    and PID, for the manifests' placement records."""
+    return {"node": ray.get_runtime_context().get_node_id(), "node_ip": ray.util.get_node_ip_address(),
+            "pid": os.getpid()}
+
+
 def free_gpus() -> float:
     return ray.available_resources().get("GPU", 0.0)
 

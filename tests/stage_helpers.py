@@ -40,5 +40,8 @@ class RecordingTracker:
     def log_stage_artifacts(self, run_dir, iteration, stage, manifest):
         pass
 
+    def wants_examples(self, iteration):
+        return False
+
     def log_examples(self, iteration, rows):
         pass

@@ -1,18 +1,18 @@
-"""The evaluate stage: the new policy against the initial one on held-out prompts.
+"""The evaluate stage: the policy an iteration trained against the initial and the previous one.
 
-Both policies sample `evaluate.samples_per_prompt` responses per eval prompt (the initial
-policy's once per run, in iter-000/baseline); the run's judge sees all 2m responses of a
-prompt together. The statistics are pure functions in small modules beside this one:
+Every `evaluate.every` iterations (and at the last), the trained policy samples
+`evaluate.samples_per_prompt` responses per eval prompt (eval-gen; the initial policy's once per
+run, in iter-000/baseline), and for each opponent the judge sees all of a prompt's responses of
+both policies together. The statistics are pure functions in small modules beside this one:
 - head_to_head.py: win rate (comparisons won, ties half) and mean preference against another
   policy's samples, with a 95% bootstrap interval over prompts (bootstrap.py);
-- agreement.py: how often two judges give the same verdict on the same comparisons;
+- agreement.py: how often two judges give the same verdict on the same comparisons (a separate
+  `evaluate.judge` against the training judge);
 - length_control.py: the win rate at zero length difference (AlpacaEval 2 LC style);
 - kl.py / sequence_logps.py: KL(policy || initial) from the eval samples' log-probs;
 - diversity.py: distinct-n within a prompt's samples;
-and response_stats below (lengths, finished share, diversity).
-`judge_against_initial` is head_to_head.judge_against under the names the driver records:
-`win_rate_vs_initial` (+ `_ci_low` / `_ci_high`), `mean_preference_vs_initial`,
-`judge_temperature`, `no_signal_fraction`; eval.parquet keeps the per-prompt values.
+and response_stats below (lengths, finished share, diversity). `judge_against_initial` keeps the
+historical metric names (`judge_temperature`, `no_signal_fraction` without a suffix).
 """
 
 import logging
@@ -85,14 +85,16 @@ class Evaluate:
     def previous(self, ctx):
         """The eval samples of the last iteration before this one that has them (evaluate.every);
         None at the first evaluation, where the previous policy is the initial one."""
-        earlier = [t for t in range(self.iteration - 1, 0, -1) if runs.StageDir(ctx.run_dir, t, "eval-gen").manifest()]
-        return ctx.artifact(earlier[0], "eval-gen", "samples.parquet") if earlier else None
+        earlier = next((t for t in range(self.iteration - 1, 0, -1) if runs.StageDir(ctx.run_dir, t, "eval-gen").manifest()),
+                       None)
+        return None if earlier is None else ctx.artifact(earlier, "eval-gen", "samples.parquet")
 
     def inputs(self, ctx) -> dict:
         inputs = {"policy_samples": ctx.latest(self, "samples.parquet").digest,
                   "initial_samples": ctx.artifact(0, "baseline", "samples.parquet").digest}
-        if self.previous(ctx) is not None:
-            inputs["previous_samples"] = self.previous(ctx).digest
+        previous = self.previous(ctx)
+        if previous is not None:
+            inputs["previous_samples"] = previous.digest
         if ctx.recipe.evaluate.kl:
             inputs.update(policy=ctx.policy("trained", self.iteration).digest, initial_policy=ctx.initial.digest)
         return inputs
@@ -162,6 +164,8 @@ class Evaluate:
         """The W&B Table of example generations: the same first eval prompts every iteration."""
         from selfplay.track.examples import EXAMPLE_PROMPTS, example_rows
 
+        if not ctx.tracker.wants_examples(self.iteration):
+            return
         per_prompt = ctx.artifact(self.iteration, self.name, "eval.parquet").table()
         scores = dict(zip(per_prompt["prompt_id"].to_pylist(), per_prompt["win_rate"].to_pylist()))
         ctx.tracker.log_examples(self.iteration, example_rows(ctx.latest(self, "samples.parquet").table(),
@@ -182,6 +186,5 @@ def policy_kl(ctx, samples: pa.Table, policy_path: str) -> dict:
         return kl_metrics(samples, policy_path, initial_path)
     import ray
 
-    ctx.actors.release_engines()
-    ctx.actors.make_room("train")
+    ctx.actors.make_room("evaluate-kl", gpus)  # the engines give their GPU back only if none is free
     return ray.get(ray.remote(num_gpus=gpus, num_cpus=1)(kl_metrics).remote(samples, policy_path, initial_path))

@@ -200,8 +200,14 @@ class VLLMEngine:
         return {"start_seconds": self.start_seconds, "reloads": self.reloads, "loaded_policy": self.loaded_policy,
                 "device": self.device, "threads": torch.get_num_threads(), "pid": os.getpid(),
                 "node": ray.get_runtime_context().get_node_id(), "node_ip": ray.util.get_node_ip_address(),
-                "tensor_parallel_size": self.options["tensor_parallel_size"],
-                "worker_pids": self.llm.collective_rpc(worker_pid)}  # one per tensor-parallel worker
+                "tensor_parallel_size": self.options["tensor_parallel_size"], "worker_pids": self.worker_pids()}
+
+    def worker_pids(self) -> list[int] | None:
+        """Process ids of the vLLM workers, one per tensor-parallel rank; None where the engine
+        core is a separate process (CUDA's default), which refuses to pickle a function."""
+        if os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING") != "0":
+            return None
+        return self.llm.collective_rpc(worker_pid)
 
 
 def worker_pid(worker) -> int:

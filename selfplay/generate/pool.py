@@ -24,6 +24,7 @@ import ray
 from ray.util.placement_group import placement_group, placement_group_table, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
+from selfplay.cluster import GIB, replica_host_memory_gib, weights_gib
 from selfplay.generate.engine import VLLMEngine
 
 PLACEMENT_TIMEOUT = 300.0  # seconds for Ray to place one replica's group before the stage fails
@@ -32,8 +33,6 @@ PLACEMENT_TIMEOUT = 300.0  # seconds for Ray to place one replica's group before
 def replica_bundles(config, weights_gib: float = 0.0) -> list[dict[str, float]]:
     """The placement-group bundles of one replica: one per tensor-parallel worker, each with
     one CPU and its share of the replica's GPUs, or on CPU of its host memory."""
-    from selfplay.cluster import GIB, replica_host_memory_gib
-
     tp = config.tensor_parallel_size
     bundle = {"CPU": 1.0}
     if config.num_gpus_per_replica > 0:
@@ -55,8 +54,6 @@ def engine_actor_options(config, group) -> dict:
 
 class EnginePool:
     def __init__(self, model_path: str, config, dtype: str, seed: int):
-        from selfplay.cluster import weights_gib
-
         self.device = "cuda" if config.num_gpus_per_replica > 0 else "cpu"
         self.store_logprobs = config.store_logprobs
         self.max_model_len = config.max_model_len
@@ -65,7 +62,7 @@ class EnginePool:
         self.groups, self.engines = [], []
         try:
             for replica in range(config.replicas):
-                group = placement_group(self.bundles, strategy="STRICT_PACK", name=f"selfplay-engine-{replica}")
+                group = placement_group(self.bundles, strategy="STRICT_PACK")
                 self.groups.append(group)
                 self._wait_placed(group, replica)
                 actor = ray.remote(**engine_actor_options(config, group))(VLLMEngine)

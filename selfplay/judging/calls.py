@@ -23,6 +23,7 @@ import ray
 from tqdm import tqdm
 
 from selfplay import runs
+from selfplay.cluster import where_it_runs
 from selfplay.judging import win_matrix as wm
 from selfplay.judging.base import JudgeTimeout, Judgment
 
@@ -96,7 +97,7 @@ class RemoteJudge:
 
     def placement(self) -> list[dict]:
         """Each replica's Ray node, host IP, PID and resources (for a stage's manifest)."""
-        where = self._get([actor.__ray_call__.remote(_where_it_runs) for actor in self.actors], "say where it runs")
+        where = self._get([actor.__ray_call__.remote(where_it_runs) for actor in self.actors], "say where it runs")
         return [{**each, "resources": {"CPU": 1, "GPU": self.num_gpus}} for each in where]
 
     def judge(self, prompts, responses, **token_ids):
@@ -105,14 +106,6 @@ class RemoteJudge:
     def shutdown(self):
         for actor in self.actors:
             ray.kill(actor)
-
-
-def _where_it_runs(judge) -> dict:
-    """Run inside a judge's actor (by __ray_call__): its node, host IP and PID."""
-    import os
-
-    return {"node": ray.get_runtime_context().get_node_id(), "node_ip": ray.util.get_node_ip_address(),
-            "pid": os.getpid()}
 
 
 def _judge_error(error: Exception, prompt_ids: list) -> Exception:

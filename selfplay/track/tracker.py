@@ -171,6 +171,15 @@ class Tracker:
         if self.artifacts is not None:
             self.artifacts.log_stage(run_dir, iteration, stage, manifest)
 
+    def wants_examples(self, iteration: int) -> bool:
+        """Whether log_examples(iteration, ...) would log anything: a resume of a finished run
+        then reads no samples to build rows W&B already has."""
+        return self.wandb_run is not None and self._examples_step(iteration) not in self.examples
+
+    def _examples_step(self, iteration: int) -> int | None:
+        return next((i for i in range(len(self.rows) - 1, -1, -1) if self.rows[i]["iteration"] == iteration
+                     and self.rows[i]["stage"] != STEP_STAGE), None)
+
     def log_examples(self, iteration: int, rows: list[dict]) -> None:
         """A Table of example generations ({prompt_id, prompt, response, score?} for the same eval
         prompts each iteration) under `examples`, at the W&B step of the iteration's last
@@ -179,8 +188,7 @@ class Tracker:
         Once per row: on resume the row replay logs it again if W&B lost it."""
         if self.wandb_run is None:
             return
-        step = next((i for i in range(len(self.rows) - 1, -1, -1) if self.rows[i]["iteration"] == iteration
-                     and self.rows[i]["stage"] != STEP_STAGE), None)
+        step = self._examples_step(iteration)
         if step in self.examples:
             return
         table = examples_table(iteration, rows)  # checks the rows before anything is written

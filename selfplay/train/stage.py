@@ -18,6 +18,7 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from selfplay import runs
 from selfplay.artifacts import iteration_folder
+from selfplay.cluster import where_it_runs
 from selfplay.pipeline import StageResult
 from selfplay.train.trainer import TrainerRank
 
@@ -38,10 +39,11 @@ def train_policy(policy_path: str, reference_path: str, pairs_path: str, out_dir
     try:
         address, port = ray.get(ranks[0].rendezvous_address.remote())
         ray.get([rank.connect.remote(address, port) for rank in ranks])
+        placement = ray.get([rank.__ray_call__.remote(where_it_runs) for rank in ranks])
         results = ray.get([rank.train.remote(policy_path, reference_path, pairs_path, out_dir, settings, checkpoint_dir)
                            for rank in ranks])
         ray.get([rank.shutdown.remote() for rank in ranks])
-        return results[0]
+        return {**results[0], "rank_placement": [{"rank": r, **where} for r, where in enumerate(placement)]}
     finally:
         for rank in ranks:
             ray.kill(rank)
@@ -98,6 +100,7 @@ class Train:
         if "loss_over_eta_sq" in last:
             metrics["loss_over_eta_sq"] = sum(h["loss_over_eta_sq"] for h in history) / len(history)
         extra = {"reference": {"rule": config.reference, "path": str(reference.path), "digest": reference.digest},
+                 "rank_placement": result["rank_placement"],  # each DeepSpeed rank's node and PID
                  # where this stage's steps start on the run-wide train-step axis (metrics.jsonl, W&B)
                  "first_global_step": self.earlier_steps(ctx),
                  "schedule": {"total_steps": result["total_steps"], "warmup_steps": result["warmup_steps"],

@@ -52,8 +52,9 @@ def test_engines_and_training_ranks_take_turns_on_one_gpu(one_gpu_cluster, tiny_
     result = run_cli("run", "recipes/quickstart-cpu.yaml", "--run-dir", str(run_dir), "--ray-address",
                      one_gpu_cluster, *SMALL, *ONE_GPU_EACH)
     assert result.returncode == 0, result.stderr[-3000:]
-    # each train stage took the GPU from the engines; generation then started them again
-    assert result.stderr.count("releasing the vLLM engines") == 2, result.stderr[-3000:]
+    # each train stage took the GPU from the engines, and so did each evaluation's KL scoring
+    # (after eval-gen had started them again); generation then started them again
+    assert result.stderr.count("releasing the vLLM engines") == 4, result.stderr[-3000:]
     for iteration in (1, 2):
         assert (run_dir / f"iter-{iteration:03d}/evaluate/manifest.json").exists()
 

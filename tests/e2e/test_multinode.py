@@ -33,10 +33,13 @@ NODE = dict(num_cpus=2, memory=int(0.4 * GIB), object_store_memory=96 << 20)
 # A killed raylet is noticed by the GCS health check: ~3 s here instead of Ray's default ~30 s.
 HEAD = dict(NODE, include_dashboard=False,
             _system_config={"health_check_period_ms": 500, "health_check_failure_threshold": 6})
+# One sequence at a time per engine: iteration 1's generation lasts seconds instead of 0.3 s, so
+# the node is killed inside it (samples do not depend on batching: per-request seeds).
 RUN = ["iterations=1", "prompts.per_iteration=16", "prompts.eval_size=8", "train.epochs=2", "tracking.wandb=false",
-       "generate.replicas=2", "max_stage_retries=1"]
-# The head keeps Ray's defaults (token auth); a driver joining by address sends the token.
-DRIVER_ENV = {**os.environ, "RAY_AUTH_MODE": "token"}
+       "generate.replicas=2", "generate.engine_args.max_num_seqs=1", "max_stage_retries=1"]
+# The drivers keep the test's environment: ray.cluster_utils starts its nodes with the same auth
+# mode (measured: a driver given RAY_AUTH_MODE=token here has its actors cancelled).
+DRIVER_ENV = dict(os.environ)
 RUN_TIMEOUT = 900
 FINAL_POLICY = "iter-001/train/policy/model.safetensors"
 
@@ -45,13 +48,9 @@ FINAL_POLICY = "iter-001/train/policy/model.safetensors"
 def cluster(tiny_policy):
     from ray.cluster_utils import Cluster
 
-    env = {k: os.environ.pop(k) for k in ("RAY_AUTH_MODE",) if k in os.environ}
-    try:
-        made = Cluster(initialize_head=True, head_node_args=HEAD)
-        made.worker = made.add_node(**NODE)
-        made.wait_for_nodes(timeout=60)
-    finally:
-        os.environ.update(env)
+    made = Cluster(initialize_head=True, head_node_args=HEAD)
+    made.worker = made.add_node(**NODE)
+    made.wait_for_nodes(timeout=60)
     yield made
     made.shutdown()
 
@@ -88,19 +87,21 @@ def test_two_replicas_run_on_two_nodes(cluster, unbroken):
     assert all(engine["device"] == "cpu" for engine in engines)
 
 
-def engine_on(node, deadline: float = MARKER_DEADLINE) -> int:
-    """PID of the vLLM engine actor being built or running on `node` (a child of its raylet)."""
+def wait_until_generating(node, driver: subprocess.Popen, deadline: float = MARKER_DEADLINE) -> None:
+    """Until the vLLM engine actor on `node` (a child of its raylet) is inside `generate`: Ray
+    titles a worker `ray::<Class>.<method>` while it runs one."""
     raylet = psutil.Process(node.all_processes["raylet"][0].process.pid)
     end = time.monotonic() + deadline
     while time.monotonic() < end:
+        assert driver.poll() is None, f"run ended before generating: {driver.stderr.read()[-2000:]}"
         for child in raylet.children(recursive=True):
             try:
-                if " ".join(child.cmdline()).startswith("ray::VLLMEngine"):
-                    return child.pid
+                if " ".join(child.cmdline()).startswith("ray::VLLMEngine.generate"):
+                    return
             except psutil.NoSuchProcess:
                 pass
-        time.sleep(0.1)
-    raise AssertionError(f"no vLLM engine on node {node.node_id} within {deadline} s")
+        time.sleep(0.01)
+    raise AssertionError(f"the engine on node {node.node_id} did not generate within {deadline} s")
 
 
 def test_a_node_killed_during_generation_is_survived_by_the_stage_retry(cluster, unbroken, tmp_path):
@@ -111,7 +112,7 @@ def test_a_node_killed_during_generation_is_survived_by_the_stage_retry(cluster,
                               stderr=subprocess.PIPE, text=True)
     with driver_session(driver):
         wait_for(driver, run_dir / "iter-001/generate.tmp")
-        engine_on(cluster.worker)                  # the worker node's replica is starting or generating
+        wait_until_generating(cluster.worker, driver)  # iteration 1's samples, half of them on the worker node
         lost = cluster.worker.node_id
         cluster.remove_node(cluster.worker, allow_graceful=False)
         killed_at = time.monotonic() - start

@@ -160,6 +160,8 @@ def test_zero3_two_ranks_matches_zero0_one_rank(zero0_run, zero3_run, tiny_polic
     baseline, baseline_weights = zero0_run
     result, weights, _ = zero3_run
     assert result["gradient_accumulation_steps"] == 1
+    placement = result["rank_placement"]                       # recorded in the train manifest
+    assert [p["rank"] for p in placement] == [0, 1] and len({p["pid"] for p in placement}) == 2
     assert [h["step"] for h in result["history"]] == list(range(1, TOTAL_STEPS + 1))
     for ours, reference in zip(result["history"], baseline["history"], strict=True):
         for key in ("loss", "chosen_reward", "rejected_reward"):
