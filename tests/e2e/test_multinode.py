@@ -37,9 +37,12 @@ HEAD = dict(NODE, include_dashboard=False,
 # the node is killed inside it (samples do not depend on batching: per-request seeds).
 RUN = ["iterations=1", "prompts.per_iteration=16", "prompts.eval_size=8", "train.epochs=2", "tracking.wandb=false",
        "generate.replicas=2", "generate.engine_args.max_num_seqs=1", "max_stage_retries=1"]
-# The drivers keep the test's environment: ray.cluster_utils starts its nodes with the same auth
-# mode (measured: a driver given RAY_AUTH_MODE=token here has its actors cancelled).
-DRIVER_ENV = dict(os.environ)
+# Auth off, said explicitly to the nodes and the drivers: an earlier ray.init() in this pytest
+# process sets RAY_AUTH_MODE=token in its environment (Ray's default for a new local cluster),
+# which the nodes started here would inherit and drivers started from a copy made earlier not
+# (measured: a driver given RAY_AUTH_MODE=token here has its actors cancelled).
+AUTH = {"RAY_AUTH_MODE": "disabled"}
+DRIVER_ENV = {**os.environ, **AUTH}
 RUN_TIMEOUT = 900
 FINAL_POLICY = "iter-001/train/policy/model.safetensors"
 
@@ -48,11 +51,20 @@ FINAL_POLICY = "iter-001/train/policy/model.safetensors"
 def cluster(tiny_policy):
     from ray.cluster_utils import Cluster
 
-    made = Cluster(initialize_head=True, head_node_args=HEAD)
-    made.worker = made.add_node(**NODE)
-    made.wait_for_nodes(timeout=60)
-    yield made
-    made.shutdown()
+    previous = {key: os.environ.get(key) for key in AUTH}
+    os.environ.update(AUTH)
+    try:
+        made = Cluster(initialize_head=True, head_node_args=HEAD)
+        made.worker = made.add_node(**NODE)
+        made.wait_for_nodes(timeout=60)
+        yield made
+        made.shutdown()
+    finally:
+        for key, value in previous.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def run_args(run_dir, cluster) -> list[str]:
