@@ -250,8 +250,10 @@ def probe_ray(address: str, timeout: float = 60.0) -> list[Check]:
 
             return {**installed_versions(), "gpus": len(probe_gpus()[1])}
 
-        futures = {node["NodeManagerAddress"]: report.options(scheduling_strategy=NodeAffinitySchedulingStrategy(
-            node["NodeID"], soft=False)).remote() for node in alive}
+        # named by address and node id: several nodes may share one host (and so one address)
+        futures = {f"{node['NodeManagerAddress']} ({node['NodeID'][:8]})":
+                   report.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False)).remote()
+                   for node in alive}
         reports = {}
         for node, future in futures.items():
             try:

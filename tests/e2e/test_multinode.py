@@ -136,3 +136,13 @@ def test_a_node_killed_during_generation_is_survived_by_the_stage_retry(cluster,
     nodes = {engine["node"] for engine in engines_of(run_dir)}
     assert nodes == {cluster.head_node.node_id, cluster.worker.node_id} and lost not in nodes
     assert sha256(run_dir / FINAL_POLICY) == sha256(unbroken / FINAL_POLICY)
+
+
+def test_doctor_checks_every_node_of_the_cluster(cluster, tmp_path):
+    result = subprocess.run([sys.executable, "-m", "selfplay.cli", "doctor", "--ray-address", cluster.address,
+                             "--run-dir", str(tmp_path), "--min-free-gib", "0"], cwd=REPO, env=DRIVER_ENV,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    nodes = [line for line in result.stdout.splitlines() if "node " in line and "same versions as here" in line]
+    alive = [node for node in cluster.list_all_nodes() if node.any_processes_alive()]
+    assert len(nodes) == len(alive) >= 2, result.stdout
