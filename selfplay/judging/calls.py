@@ -52,6 +52,8 @@ class RemoteJudge:
         self.num_gpus = num_gpus
         self.started = False
         remote = ray.remote(num_cpus=1, num_gpus=num_gpus)(cls)
+        if replicas > 1:  # data-parallel replicas go to different nodes where they can, as engine replicas do
+            remote = remote.options(scheduling_strategy="SPREAD")
         self.actors = [remote.remote(**args) for _ in range(replicas)]
 
     @property

@@ -20,7 +20,9 @@ from compare_helpers import png_size, read_report
 from conftest import REPO
 
 pytestmark = pytest.mark.slow
-TINY = ["iterations=2", "prompts.per_iteration=8", "prompts.eval_size=8", "train.epochs=1", "tracking.wandb=false"]
+# W&B offline (the quickstart's tracking): the runs compared here are the runs W&B shows
+TINY = ["iterations=2", "prompts.per_iteration=8", "prompts.eval_size=8", "train.epochs=1",
+        "tracking.project=selfplay-tests"]
 BROWSER = shutil.which("chromium")
 
 
@@ -110,3 +112,25 @@ def test_the_report_in_a_real_browser(compared, tmp_path):
     assert shot.stat().st_size < 200_000
     if os.environ.get("SELFPLAY_UPDATE_SCREENSHOT"):
         shutil.copyfile(shot, REPO / "docs" / "compare-report.png")
+
+
+def test_wandb_holds_each_runs_artifacts_and_example_tables(compared):
+    """The same two runs in W&B's offline files: each iteration the run trained is a policy
+    reference artifact (the fork logs only its own iteration and uses its parent's policy), and
+    each evaluated iteration has one `examples` Table."""
+    from selfplay.track.wandb_offline import find_run_files, read_artifacts, read_records
+
+    _, parent, fork = compared[:3]
+    for run_dir, own_iterations in ((parent, [1, 2]), (fork, [2])):
+        (run_file,) = find_run_files(run_dir)
+        artifacts = read_artifacts(run_file)
+        policies = sorted(a["metadata"]["iteration"] for a in artifacts
+                          if not a["use_after_commit"] and a["metadata"].get("stage") == "train")
+        assert policies == own_iterations
+        assert all(ref.startswith(run_dir.resolve().as_uri()) for a in artifacts if not a["use_after_commit"]
+                   and a["metadata"].get("stage") for ref in a["references"])
+        tables = [record for record in read_records(run_file, "history")
+                  if any("examples" in (item.key or "/".join(item.nested_key)) for item in record.item)]
+        assert len(tables) == len(own_iterations)
+    used = [a["name"] for a in read_artifacts(find_run_files(fork)[0]) if a["use_after_commit"]]
+    assert f"{json.loads((parent / 'run.json').read_text())['name']}-policy" in used

@@ -146,3 +146,41 @@ def test_doctor_checks_every_node_of_the_cluster(cluster, tmp_path):
     nodes = [line for line in result.stdout.splitlines() if "node " in line and "same versions as here" in line]
     alive = [node for node in cluster.list_all_nodes() if node.any_processes_alive()]
     assert len(nodes) == len(alive) >= 2, result.stdout
+
+
+def test_judge_replicas_and_training_ranks_spread_over_the_nodes(tmp_path):
+    """One iteration on a cluster of its own whose nodes each hold one engine, one judge replica
+    and one training rank: the two DeepSpeed ranks train over gloo across the nodes, and every
+    manifest records where its actors ran."""
+    from ray.cluster_utils import Cluster
+
+    node = dict(NODE, num_cpus=3)  # CPUs: 2 engines + 2 judge replicas + 2 ranks, all at once
+    previous = {key: os.environ.get(key) for key in AUTH}
+    os.environ.update(AUTH)
+    made = Cluster(initialize_head=True, head_node_args=dict(HEAD, num_cpus=3))
+    try:
+        made.add_node(**node)
+        made.wait_for_nodes(timeout=60)
+        run_dir = tmp_path / "spread"
+        args = [*run_args(run_dir, made), "generate.engine_args.max_num_seqs=256", "train.world_size=2",
+                "annotate.type=reward_model", "annotate.path=tiny:reward", "annotate.function=null",
+                "annotate.replicas=2"]
+        result = subprocess.run([sys.executable, "-m", "selfplay.cli", *args], cwd=REPO, env=DRIVER_ENV,
+                                capture_output=True, text=True, timeout=RUN_TIMEOUT)
+        assert result.returncode == 0, result.stderr[-3000:]
+        import json
+
+        annotate = json.loads((run_dir / "iter-001/annotate/manifest.json").read_text())["placement"]
+        train = json.loads((run_dir / "iter-001/train/manifest.json").read_text())
+        judge_nodes = {replica["node"] for replica in annotate["judges"]["annotate"]}
+        rank_nodes = {rank["node"] for rank in train["rank_placement"]}
+        engine_nodes = {engine["node"] for engine in annotate["engines"]}
+        assert len(judge_nodes) == 2 and len(rank_nodes) == 2 and len(engine_nodes) == 2
+        assert annotate["cluster"]["nodes"] == 2
+    finally:
+        made.shutdown()
+        for key, value in previous.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
