@@ -20,6 +20,18 @@ def tiny_policy() -> Path:
     return resolve_model("tiny:llama", seed=0)
 
 
+@pytest.fixture(scope="module")
+def local_ray():
+    """A local Ray cluster of 4 logical CPUs for one test module (engines, judge replicas)."""
+    import ray
+
+    from selfplay.cluster import start_ray
+
+    start_ray(None, 4)
+    yield
+    ray.shutdown()
+
+
 @pytest.fixture(scope="session")
 def small_unbroken_run(tmp_path_factory, tiny_policy) -> dict:
     """The final state of one unbroken run with fault_runs.SMALL settings, shared by the tests

@@ -26,17 +26,6 @@ GROUPS[5] = (105, GROUPS[5][1], ["", "Ten.", "It is 10."])
 GROUPS[9] = (109, GROUPS[9][1], ["Eighteen.", " "])
 
 
-@pytest.fixture(scope="module")
-def ray_cluster():
-    import ray
-
-    from selfplay.cluster import start_ray
-
-    start_ray(None, 4)
-    yield
-    ray.shutdown()
-
-
 def calls_per_replica(judge: RemoteJudge) -> list[int]:
     import ray
 
@@ -56,7 +45,7 @@ def test_zero_replicas_is_refused_naming_the_field():
                                                                    "replicas": 0}}, check_paths=False)
 
 
-def test_two_reward_model_replicas_judge_like_one(ray_cluster, monkeypatch):
+def test_two_reward_model_replicas_judge_like_one(local_ray, monkeypatch):
     import selfplay.judging.reward_model as reward_model
 
     class CountingRewardModel(reward_model.RewardModelJudge):
@@ -89,7 +78,7 @@ def test_two_reward_model_replicas_judge_like_one(ray_cluster, monkeypatch):
     assert np.ptp(np.concatenate([j.scores[~np.isnan(j.scores)] for j in one])) > 0.05  # real, distinct scores
 
 
-def test_a_slow_call_holds_up_only_its_own_replica(ray_cluster):
+def test_a_slow_call_holds_up_only_its_own_replica(local_ray):
     """Calls go to whichever replica has room, and the judgments still come back in order."""
     class SlowOnFirstPrompt:
         def __init__(self, device="cpu"):
@@ -111,7 +100,7 @@ def test_a_slow_call_holds_up_only_its_own_replica(ray_cluster):
     assert counts == [2, 8], counts
 
 
-def test_a_stuck_replica_times_out_naming_its_prompt(ray_cluster):
+def test_a_stuck_replica_times_out_naming_its_prompt(local_ray):
     class HangsOnStuckPrompts:
         def __init__(self, device="cpu"):
             pass
@@ -135,7 +124,7 @@ def test_a_stuck_replica_times_out_naming_its_prompt(ray_cluster):
     assert 4 <= waited < 30, waited
 
 
-def test_a_killed_replica_fails_the_stage_as_a_worker_failure(ray_cluster):
+def test_a_killed_replica_fails_the_stage_as_a_worker_failure(local_ray):
     class Slow:
         def __init__(self, device="cpu"):
             pass

@@ -6,18 +6,7 @@ import pytest
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def ray_session():
-    import ray
-
-    from selfplay.cluster import start_ray
-
-    start_ray(None, 4)
-    yield
-    ray.shutdown()
-
-
-def test_sharding_over_two_replicas_matches_one(ray_session, tiny_policy, tmp_path):
+def test_sharding_over_two_replicas_matches_one(local_ray, tiny_policy, tmp_path):
     from transformers import AutoTokenizer
 
     from selfplay.generate.pool import EnginePool
@@ -38,7 +27,7 @@ def test_sharding_over_two_replicas_matches_one(ray_session, tiny_policy, tmp_pa
     assert len({tuple(r["token_ids"]) for r in tables[1]}) > 7                             # K samples differ
 
 
-def test_in_place_reload_matches_a_fresh_engine(ray_session, tiny_policy, tmp_path):
+def test_in_place_reload_matches_a_fresh_engine(local_ray, tiny_policy, tmp_path):
     import ray
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer

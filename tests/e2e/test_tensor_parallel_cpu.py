@@ -11,18 +11,7 @@ import pytest
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def ray_session():
-    import ray
-
-    from selfplay.cluster import start_ray
-
-    start_ray(None, 4)
-    yield
-    ray.shutdown()
-
-
-def test_two_tensor_parallel_workers_sample_what_one_does(ray_session, tiny_policy):
+def test_two_tensor_parallel_workers_sample_what_one_does(local_ray, tiny_policy):
     import ray
 
     from selfplay.generate.pool import EnginePool
