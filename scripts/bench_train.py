@@ -145,7 +145,7 @@ def _timed_trainer_class():
 def bench_ours(policy: Path, pairs_path: Path, out_dir: Path, batch_size: int, ray_seconds: float) -> dict:
     import ray
 
-    import selfplay.train.stage as stage
+    import selfplay.train.ranks as stage
     from selfplay.recipe import TrainConfig
 
     config = TrainConfig(loss="dpo", beta=BETA, learning_rate=LR, optimizer="adamw", weight_decay=0.0,

@@ -63,7 +63,7 @@ def train_once(case: Path, name: str, out: Path) -> None:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     rank = TrainerRank(0, 1)
-    rank.connect("127.0.0.1", port)
+    rank.connect(("127.0.0.1", port))
     result = rank.train(str(case / "policy"), str(case / "policy"), str(case / "pairs.parquet"),
                         str(out / name / "policy"), TrainSettings.of(TrainConfig.model_validate(config)))
     rank.shutdown()

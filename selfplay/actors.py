@@ -1,9 +1,11 @@
-"""The run's long-lived actors: the vLLM engine pool and the judges, started on first use.
+"""The run's long-lived actors: the vLLM engine pool, the judges and the training ranks, started
+on first use.
 
 One owner for all of them, so GPU turn-taking and retries live in one place: before a group
 starts (engines, a judge, the training ranks) `make_room` releases whichever actors hold GPUs
-it needs (a node rarely holds 8 engines, a PairRM and 8 ranks at once, see selfplay.cluster),
-and after a Ray worker died `drop` forgets them all so the retried stage starts fresh ones.
+it needs (a node rarely holds 8 engines, a PairRM and 8 ranks at once, see selfplay.cluster);
+released ranks are started again by the next train stage, which then reads its policy from disk.
+After a Ray worker died `drop` forgets them all so the retried stage starts fresh ones.
 """
 
 import logging
@@ -18,6 +20,7 @@ class Actors:
         self.gpu_needs = gpu_needs
         self.pool = None
         self.judges = {}  # role ("annotate" / "evaluate") -> judge actor
+        self.ranks = None  # selfplay.train.ranks.TrainingRanks
 
     def engines(self, policy_path: str):
         """The engine pool with `policy_path` loaded (in place when the pool exists)."""
@@ -54,6 +57,30 @@ class Actors:
             self.judges[role] = judge
         return judge
 
+    def start_training_ranks(self, config) -> None:
+        """Ask for the ranks now when they need no GPU, so that they start while the engines do
+        (on GPUs they are started by the first train stage, when `make_room` knows what is free)."""
+        from selfplay.train.ranks import TrainingRanks
+
+        if self.ranks is None and not self.gpu_needs.get("train"):
+            self.ranks = TrainingRanks(config.world_size, config.num_gpus_per_rank)
+
+    def training_ranks(self, config):
+        """The DeepSpeed ranks for a train stage of `config`: the run's, if they have its shape."""
+        from selfplay.train.ranks import TrainingRanks
+
+        if self.ranks is not None and not self.ranks.fits(config):
+            self.drop_training_ranks()
+        if self.ranks is None:
+            self.make_room("train")
+            self.ranks = TrainingRanks(config.world_size, config.num_gpus_per_rank)
+        return self.ranks
+
+    def drop_training_ranks(self) -> None:
+        if self.ranks is not None:
+            self._quiet_shutdown(self.ranks)
+            self.ranks = None
+
     def placement(self) -> dict:
         """Where the actors run (recorded in each stage's manifest): the driver's host, the Ray
         nodes and resources of the cluster, and each engine replica's node, device and PID."""
@@ -87,7 +114,8 @@ class Actors:
         gpus = self.gpu_needs.get(group, 0.0) if gpus is None else gpus
         if gpus <= 0 or free_gpus() >= gpus:
             return
-        held = (["vLLM engines"] if self.pool is not None else []) + [f"{role} judge" for role in self.judges]
+        held = (["vLLM engines"] if self.pool is not None else []) + [f"{role} judge" for role in self.judges] \
+            + (["training ranks"] if self.ranks is not None else [])
         if held:
             log.info("releasing the %s: %g GPUs needed, %g free", " and the ".join(held), gpus, free_gpus())
             self.drop()
@@ -101,6 +129,7 @@ class Actors:
             self.pool = None
         for role in list(self.judges):
             self._shutdown(role)
+        self.drop_training_ranks()
 
     def _shutdown(self, role: str) -> None:
         self._quiet_shutdown(self.judges.pop(role))

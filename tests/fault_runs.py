@@ -102,4 +102,9 @@ def final_state(run_dir: Path) -> dict:
 def unbroken_run(run_dir: Path) -> dict:
     result = cli("run", "recipes/quickstart-cpu.yaml", "--run-dir", str(run_dir), *SMALL)
     assert result.returncode == 0, result.stderr[-3000:]
-    return final_state(run_dir)
+    return {**final_state(run_dir), "run_dir": run_dir}
+
+
+def train_ranks(run_dir: Path, iteration: int) -> dict:
+    """How a train stage got its ranks and policy (the manifest's `ranks`)."""
+    return json.loads((run_dir / f"iter-{iteration:03d}/train/manifest.json").read_text())["ranks"]

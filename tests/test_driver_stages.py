@@ -166,7 +166,7 @@ def test_training_that_diverges_fails_the_stage_and_commits_nothing(ray_session,
     import pyarrow.parquet as pq
 
     from selfplay.recipe import TrainConfig
-    from selfplay.train.stage import train_policy
+    from selfplay.train.ranks import train_policy
 
     rng = np.random.default_rng(0)
     def ids(n):

@@ -29,6 +29,21 @@ def load_causal_lm(path: str | Path, dtype):
     return AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation=attn_implementation(config))
 
 
+def causal_lm_with_weights(path: str | Path, dtype, weights: dict):
+    """The model of the folder's config holding `weights` (a state dict of that model), as
+    `load_causal_lm` would give it from a checkpoint of those weights: the training ranks' copy of
+    the policy they trained last. Every weight is overwritten, so its random init is skipped."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers.initialization import no_init_weights
+
+    config = AutoConfig.from_pretrained(path)
+    with no_init_weights():
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation=attn_implementation(config))
+    model.tie_weights()  # the init that was skipped also ties (Gemma-2, Qwen2): one tensor for both keys again
+    model.load_state_dict(weights, strict=True)
+    return model.eval()
+
+
 def tied_aliases(model) -> set[str]:
     """State-dict keys that are aliases of another parameter in `model` (e.g. lm_head.weight when tied)."""
     declared = getattr(model, "all_tied_weights_keys", None)

@@ -1,53 +1,22 @@
-"""The train stage: N DeepSpeed ranks as Ray actors in one placement group.
+"""The train stage: the run's DeepSpeed ranks (selfplay.train.ranks) train the entering policy.
 
-Rank 0 reports the rendezvous address; every rank joins, trains on its share of each global
-batch and, for ZeRO-3, helps gather the weights that rank 0 saves as HF safetensors.
+Every rank trains on its share of each global batch and, for ZeRO-3, helps gather the weights
+that rank 0 saves as HF safetensors. The ranks outlive the stage (`train.keep_ranks`); once the
+stage is committed they are told the digest of the policy they hold, so the next stage trains it
+from memory.
 """
 
 import json
-import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-import ray
-from ray.util.placement_group import placement_group, remove_placement_group
-from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from selfplay import runs
 from selfplay.artifacts import iteration_folder
-from selfplay.cluster import where_it_runs
 from selfplay.pipeline import StageResult
-from selfplay.train.trainer import TrainerRank
-
-
-def train_policy(policy_path: str, reference_path: str, pairs_path: str, out_dir: str, config,
-                 checkpoint_dir: str | None = None) -> dict:
-    from selfplay.train.settings import TrainSettings
-
-    settings = TrainSettings.of(config)  # what the ranks read: typed and frozen
-    world_size = config.world_size
-    bundle = {"CPU": 1, **({"GPU": config.num_gpus_per_rank} if config.num_gpus_per_rank else {})}
-    group = placement_group([bundle] * world_size, strategy="PACK")
-    ray.get(group.ready())
-    threads = 0 if config.num_gpus_per_rank else max(1, (os.cpu_count() or 1) // world_size)
-    actor = ray.remote(num_cpus=1, num_gpus=config.num_gpus_per_rank)(TrainerRank)
-    ranks = [actor.options(scheduling_strategy=PlacementGroupSchedulingStrategy(group, placement_group_bundle_index=r))
-             .remote(r, world_size, threads) for r in range(world_size)]
-    try:
-        address, port = ray.get(ranks[0].rendezvous_address.remote())
-        ray.get([rank.connect.remote(address, port) for rank in ranks])
-        placement = ray.get([rank.__ray_call__.remote(where_it_runs) for rank in ranks])
-        results = ray.get([rank.train.remote(policy_path, reference_path, pairs_path, out_dir, settings, checkpoint_dir)
-                           for rank in ranks])
-        ray.get([rank.shutdown.remote() for rank in ranks])
-        return {**results[0], "rank_placement": [{"rank": r, **where} for r, where in enumerate(placement)]}
-    finally:
-        for rank in ranks:
-            ray.kill(rank)
-        remove_placement_group(group)
 
 
 # Which policy a reference rule (train.reference) names, as RunContext.policy sources.
@@ -79,18 +48,26 @@ class Train:
                 "pairs": ctx.latest(self, "pairs.parquet").digest}
 
     def config(self, ctx) -> dict:
-        return self.settings.model_dump()
+        return self.settings.model_dump(exclude={"keep_ranks"})  # where the ranks live changes no result
 
     def run(self, ctx, tmp) -> StageResult:
         config, reference = self.settings, self.reference(ctx)
+        policy = ctx.policy(self.policy_source, self.iteration)
         checkpoints = self.checkpoints(ctx)
         ctx.actors.release_engines()
-        ctx.actors.make_room("train")  # the seed stage's config differs in no GPU field
+        ranks = ctx.actors.training_ranks(config)  # the seed stage's config differs in no resource field
         if config.checkpoint_every:
-            prepare_checkpoints(checkpoints, {"inputs": self.inputs(ctx), "config": config.model_dump()})
-        result = train_policy(str(ctx.policy(self.policy_source, self.iteration).path), str(reference.path),
-                              str(ctx.latest(self, "pairs.parquet").path), str(tmp / "policy"), config,
-                              str(checkpoints) if config.checkpoint_every else None)
+            prepare_checkpoints(checkpoints, {"inputs": self.inputs(ctx), "config": self.config(ctx)})
+        try:
+            result = ranks.train((str(policy.path), policy.digest), (str(reference.path), reference.digest),
+                                 str(ctx.latest(self, "pairs.parquet").path), str(tmp / "policy"), config,
+                                 str(checkpoints) if config.checkpoint_every else None)
+        except Exception:  # a rank that failed mid-collective cannot train again: the next stage starts new ones
+            ctx.actors.drop_training_ranks()
+            raise
+        finally:
+            if not config.keep_ranks:
+                ctx.actors.drop_training_ranks()
         history = result.pop("history")
         (tmp / "history.jsonl").write_text("".join(json.dumps(h) + "\n" for h in history))
         last = history[-1]
@@ -101,6 +78,7 @@ class Train:
             metrics["loss_over_eta_sq"] = sum(h["loss_over_eta_sq"] for h in history) / len(history)
         extra = {"reference": {"rule": config.reference, "path": str(reference.path), "digest": reference.digest},
                  "rank_placement": result["rank_placement"],  # each DeepSpeed rank's node and PID
+                 "ranks": result["ranks"],  # kept from an earlier stage or started; policy from memory or disk
                  # where this stage's steps start on the run-wide train-step axis (metrics.jsonl, W&B)
                  "first_global_step": self.earlier_steps(ctx),
                  "schedule": {"total_steps": result["total_steps"], "warmup_steps": result["warmup_steps"],
@@ -114,6 +92,10 @@ class Train:
 
     def committed(self, ctx) -> None:
         shutil.rmtree(self.checkpoints(ctx), ignore_errors=True)  # the committed policy replaces them
+        if ctx.actors is not None and ctx.actors.ranks is not None:  # they hold what they just trained
+            trained = ctx.artifact(self.iteration, self.name, "policy")
+            ctx.actors.ranks.holds(str(runs.StageDir(ctx.run_dir, self.iteration, self.name).tmp / "policy"),
+                                   trained.digest)
 
     def earlier_steps(self, ctx) -> int:
         earlier = [] if self.name == "seed" else [runs.StageDir(ctx.run_dir, 0, "seed").manifest()]

@@ -1,17 +1,21 @@
 """One DeepSpeed training rank, run as a Ray actor (gloo on CPU, NCCL on GPU).
 
-`TrainerRank.train()` does the whole train stage for its rank, in four parts:
-  1. setup: join the process group (`connect`, before; env vars first: DeepSpeed otherwise tries
-     MPI discovery), seed torch, read the tokenizer and the pairs;
-  2. reference log-probs, once, before any update (reference=previous: pi_t itself;
-     reference=initial: pi_0), each rank a strided shard, gathered so every rank holds all;
-     then the DeepSpeed engine (ZeRO stage, offload, precision from the settings) around a torch
-     optimizer (RMSprop / AdamW) and a warm-up + linear/cosine LambdaLR;
+A rank lives for the run (selfplay.train.ranks): it joins the process group once (`connect`;
+env vars first: DeepSpeed otherwise tries MPI discovery), and `TrainerRank.train()` does one
+train stage for its rank, in four parts:
+  1. setup: read the tokenizer and the pairs; the policy from disk, or from the copy of the
+     weights this rank trained in its last stage (`from_memory`: the driver checked the digest);
+     seed torch;
+  2. reference log-probs, once, before any update (reference=previous: pi_t itself, so the
+     policy model scores them; reference=initial: pi_0, loaded), each rank a strided shard,
+     gathered so every rank holds all; then the DeepSpeed engine (ZeRO stage, offload, precision
+     from the settings) around a torch optimizer (RMSprop / AdamW) and a warm-up + linear/cosine LambdaLR;
   3. steps: epochs of global batches, micro-batch by micro-batch; the loss is whatever
      `TrainSettings.loss` names in `selfplay.train.losses.LOSSES`, and its spec says which pair
      columns, batch-derived values and per-step state it takes (no loss is named here). A
      DeepSpeed checkpoint every `checkpoint_every` steps; a stage resumes from the latest one;
-  4. save: an HF safetensors checkpoint (ZeRO-3 weights gathered to rank 0).
+  4. save: an HF safetensors checkpoint (ZeRO-3 weights gathered to rank 0); under ZeRO 0-2
+     each rank keeps a CPU copy of what it saved, the next stage's `from_memory` policy.
 Settings come as a frozen `TrainSettings` (selfplay.train.settings).
 """
 
@@ -103,6 +107,7 @@ class TrainerRank:
         if threads:
             torch.set_num_threads(threads)
         self.rank, self.world_size = rank, world_size
+        self.weights = None  # CPU copy of the weights this rank trained last (ZeRO 0-2)
 
     def rendezvous_address(self) -> tuple[str, int]:
         """This node's IP and a free port: rank 0's answer is every rank's MASTER_ADDR/PORT."""
@@ -114,11 +119,28 @@ class TrainerRank:
             sock.bind(("", 0))
             return ray.util.get_node_ip_address(), sock.getsockname()[1]
 
-    def connect(self, master_addr: str, master_port: int) -> None:
-        _init_distributed(self.rank, self.world_size, master_addr, master_port)
+    def connect(self, address: tuple[str, int]) -> None:
+        _init_distributed(self.rank, self.world_size, *address)
+        import deepspeed  # noqa: F401  (imported now, while the ranks wait for their first stage)
+        import transformers  # noqa: F401
 
     def train(self, policy_path: str, reference_path: str, pairs_path: str, out_dir: str, settings: TrainSettings,
-              checkpoint_dir: str | None = None) -> dict:
+              checkpoint_dir: str | None = None, from_memory: bool = False, reference_is_policy: bool = False) -> dict:
+        import gc
+
+        import torch
+
+        try:
+            return self._train(policy_path, reference_path, pairs_path, out_dir, settings, checkpoint_dir, from_memory,
+                               reference_is_policy)
+        finally:  # the stage's engine, optimizer and activations go; a kept rank idles with only its weight copy
+            gc.collect()
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+
+    def _train(self, policy_path, reference_path, pairs_path, out_dir, settings, checkpoint_dir, from_memory,
+               reference_is_policy) -> dict:
+        import torch
         import torch.distributed as dist
 
         from selfplay.train.data import epoch_batches
@@ -126,10 +148,16 @@ class TrainerRank:
 
         started = time.perf_counter()
         spec = LOSSES[settings.loss]
-        data = self._setup(policy_path, pairs_path, settings, spec.pair_columns)
-        reference = self._reference_logps(reference_path, data, settings)
+        held, self.weights = self.weights, None  # changed by this stage: a failed one leaves no copy
+        if from_memory and held is None:
+            raise RuntimeError(f"rank {self.rank} was asked to train the weights it holds, but holds none")
+        data = self._setup(pairs_path, policy_path, settings, spec.pair_columns)
+        model = self._policy_model(policy_path, held if from_memory else None, settings)
+        del held
+        torch.manual_seed(settings.seed)  # after the model is built: from disk or memory, the same RNG state
+        reference = self._reference_logps(model if reference_is_policy else reference_path, data, settings)
         reference_seconds = time.perf_counter() - started
-        run = self._engine(policy_path, settings, len(data.rows))
+        run = self._engine(model, settings, len(data.rows))
         state = spec.state(run.total_steps) if spec.state is not None else None
         history, done_steps = self._resume(run.engine, checkpoint_dir, state)
 
@@ -146,25 +174,35 @@ class TrainerRank:
 
         self._check_finite_weights(run.engine, settings, data.device, run.scheduler.get_last_lr()[0])
         self._save(run.engine, run.model, data.tokenizer, policy_path, Path(out_dir))
+        if settings.zero_stage < 3:  # ZeRO-3 partitions the weights: no rank holds them whole
+            self.weights = {name: tensor.detach().cpu().clone() for name, tensor in run.model.state_dict().items()}
         dist.barrier()
         return {"history": history, "total_steps": run.total_steps, "warmup_steps": run.warmup_steps,
                 "gradient_accumulation_steps": run.gradient_accumulation_steps, "num_pairs": len(data.rows),
                 "reference_seconds": reference_seconds, "train_seconds": time.perf_counter() - started}
 
     # -- 1. setup --------------------------------------------------------------------------
-    def _setup(self, policy_path: str, pairs_path: str, settings: TrainSettings, columns: tuple[str, ...]) -> _StageData:
+    def _setup(self, pairs_path: str, policy_path: str, settings: TrainSettings, columns: tuple[str, ...]) -> _StageData:
         import torch
         from transformers import AutoTokenizer
 
         device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
-        torch.manual_seed(settings.seed)
         tokenizer = AutoTokenizer.from_pretrained(policy_path)
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         return _StageData(device, tokenizer, pad_id, _load_pairs(Path(pairs_path), columns, settings.loss))
 
+    def _policy_model(self, policy_path: str, weights: dict | None, settings: TrainSettings):
+        """The policy to train: its checkpoint, or the weights this rank holds (its config from the folder)."""
+        from selfplay.models.causal_lm import causal_lm_with_weights, load_causal_lm
+
+        if weights is None:
+            return load_causal_lm(policy_path, _dtype(settings))
+        return causal_lm_with_weights(policy_path, _dtype(settings), weights)
+
     # -- 2. reference log-probs, then the engine ---------------------------------------------
-    def _reference_logps(self, model_path: str, data: _StageData, settings: TrainSettings) -> list[tuple[float, float]]:
-        """Summed log-probs of chosen and rejected under a frozen model, for all rows."""
+    def _reference_logps(self, reference, data: _StageData, settings: TrainSettings) -> list[tuple[float, float]]:
+        """Summed log-probs of chosen and rejected under the reference, for all rows: `reference` is
+        its checkpoint's path, or the policy model itself before any update (reference=previous)."""
         import torch
         import torch.distributed as dist
 
@@ -172,7 +210,8 @@ class TrainerRank:
         from selfplay.models.logps import response_logps
 
         rows, device = data.rows, data.device
-        model = load_causal_lm(model_path, _dtype(settings)).to(device).eval()
+        loaded = isinstance(reference, str)
+        model = (load_causal_lm(reference, _dtype(settings)) if loaded else reference).to(device).eval()
         mine = {}
         indices = list(range(self.rank, len(rows), self.world_size))
         step = settings.micro_batch_size
@@ -190,15 +229,13 @@ class TrainerRank:
         del model
         return [merged[i] for i in range(len(rows))]
 
-    def _engine(self, policy_path: str, settings: TrainSettings, num_pairs: int) -> _Engine:
+    def _engine(self, model, settings: TrainSettings, num_pairs: int) -> _Engine:
         import deepspeed
         import torch
 
-        from selfplay.models.causal_lm import load_causal_lm
         from selfplay.train.data import steps_per_epoch
         from selfplay.train.schedule import lr_multiplier
 
-        model = load_causal_lm(policy_path, _dtype(settings))
         if settings.gradient_checkpointing:
             model.gradient_checkpointing_enable()
         gas = settings.global_batch_size // (settings.micro_batch_size * self.world_size)

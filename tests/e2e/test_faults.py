@@ -1,14 +1,21 @@
 """Crashes lose nothing: a driver SIGKILLed during a stage, a Ray worker killed during
 training, a corrupted artifact, a half-committed stage. After `selfplay resume` the run ends
-exactly where an unbroken run ends: bit-identical weights, same metrics, one W&B run."""
+exactly where an unbroken run ends: bit-identical weights, same metrics, one W&B run.
+
+The unbroken run keeps its DeepSpeed ranks from one train stage to the next (its second stage
+trains the weights the ranks hold); a run that restarts them every stage, and every resumed run
+here (new ranks, policy from disk), ends with the same bytes.
+"""
 
 import json
+import shutil
 
 import pytest
 
 from selfplay.track.wandb_offline import find_run_files, read_history
 
-from fault_runs import SMALL, cli, driver_session, final_state, kill_actors_when, kill_when, start_cli, start_run
+from fault_runs import (SMALL, cli, driver_session, final_state, kill_actors_when, kill_when, start_cli, start_run,
+                        train_ranks)
 
 pytestmark = pytest.mark.slow
 
@@ -51,9 +58,22 @@ def test_sigkill_during_stages_then_resume_matches_an_unbroken_run(tmp_path, unb
     assert set(evaluated) == {1, 2} and sorted(evaluated) == sorted(recorded)   # W&B mirrors metrics.jsonl
 
 
+def test_ranks_restarted_every_stage_end_where_long_lived_ranks_do(tmp_path, unbroken):
+    assert train_ranks(unbroken["run_dir"], 2) == {**train_ranks(unbroken["run_dir"], 2), "reused": True,
+                                                   "policy_from": "memory", "reference_from": "policy"}
+    run_dir = tmp_path / "restarted"
+    result = cli("run", "recipes/quickstart-cpu.yaml", "--run-dir", str(run_dir), *SMALL, "train.keep_ranks=false")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert [train_ranks(run_dir, t)["reused"] for t in (1, 2)] == [False, False]
+    assert train_ranks(run_dir, 2)["policy_from"] == "disk"
+    restarted = final_state(run_dir)
+    assert restarted["weights"] == unbroken["weights"] and restarted["metrics"] == unbroken["metrics"]
+    assert restarted["pairs"] == unbroken["pairs"]
+
+
 def test_corrupted_artifact_is_detected_and_redone(tmp_path, unbroken):
     run_dir = tmp_path / "corrupt"
-    assert cli("run", "recipes/quickstart-cpu.yaml", "--run-dir", str(run_dir), *SMALL).returncode == 0
+    shutil.copytree(unbroken["run_dir"], run_dir, symlinks=True)  # a finished run of its own
     samples = run_dir / "iter-002/generate/samples.parquet"
     assert cli("verify", str(run_dir)).returncode == 0
     samples.write_bytes(samples.read_bytes()[:-100])                     # truncated on disk

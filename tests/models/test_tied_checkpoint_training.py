@@ -31,7 +31,7 @@ def runs(policy, tmp_path_factory):
     import ray
 
     from selfplay.cluster import start_ray
-    from selfplay.train.stage import train_policy
+    from selfplay.train.ranks import train_policy
 
     workdir = tmp_path_factory.mktemp("tied")
     rng = np.random.default_rng(0)

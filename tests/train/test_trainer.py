@@ -69,7 +69,7 @@ def load_weights(folder) -> dict[str, torch.Tensor]:
 
 
 def train(policy, pairs, out_dir, checkpoint_dir=None, reference=None, **overrides) -> dict:
-    from selfplay.train.stage import train_policy
+    from selfplay.train.ranks import train_policy
 
     config = TrainConfig(**{**BASE, **overrides})
     return train_policy(str(policy), str(reference or policy), str(pairs), str(out_dir), config,
@@ -385,3 +385,59 @@ def test_a_stateful_loss_resumes_its_state_from_the_checkpoint(ray_session, tiny
     assert resumed["history"] == history
     weights, baseline = load_weights(workdir / "selfie-resumed"), load_weights(workdir / "selfie")
     assert all(torch.equal(weights[k], baseline[k]) for k in baseline)
+
+
+@pytest.mark.parametrize(("world_size", "zero_stage"), [(1, 0), (2, 2)])
+def test_ranks_kept_between_stages_train_what_new_ranks_train(world_size, zero_stage, ray_session, tiny_policy, pairs,
+                                                              workdir):
+    """Two train stages in a row, reference = the entering policy (reference: previous): on ranks
+    kept alive, the second starts from the weights the ranks hold and scores the reference with
+    the policy model itself; on new ranks each stage loads both from disk. The weights of both
+    stages are bit-identical. ZeRO-2 in 2 ranks: the held copy comes out of ZeRO's flat buffers."""
+    from selfplay.train.ranks import TrainingRanks, train_policy
+
+    settings = dict(world_size=world_size, zero_stage=zero_stage, checkpoint_every=0)
+    config = TrainConfig(**{**BASE, **settings})
+    folder = workdir / f"kept-{world_size}-{zero_stage}"
+    ranks = TrainingRanks(world_size, 0.0)
+    try:
+        first = ranks.train((str(tiny_policy), "pi0"), (str(tiny_policy), "pi0"), str(pairs), str(folder / "kept-1"),
+                            config)
+        ranks.holds(str(folder / "kept-1"), "pi1")
+        second = ranks.train((str(folder / "kept-1"), "pi1"), (str(folder / "kept-1"), "pi1"), str(pairs),
+                             str(folder / "kept-2"), config)
+    finally:
+        ranks.shutdown()
+    where = ("reused", "policy_from", "reference_from")
+    assert [first["ranks"][k] for k in where] == [False, "disk", "policy"] and first["ranks"]["start_seconds"] > 0
+    assert [second["ranks"][k] for k in where] == [True, "memory", "policy"] and second["ranks"]["start_seconds"] == 0
+
+    train_policy(str(tiny_policy), str(tiny_policy), str(pairs), str(folder / "new-1"), config)
+    restarted = train_policy(str(folder / "new-1"), str(folder / "new-1"), str(pairs), str(folder / "new-2"), config)
+    assert restarted["ranks"]["policy_from"] == "disk" and restarted["history"] == second["history"]
+    initial = load_weights(tiny_policy)
+    for stage in ("1", "2"):
+        kept, new = load_weights(folder / f"kept-{stage}"), load_weights(folder / f"new-{stage}")
+        assert kept.keys() == new.keys() and all(torch.equal(kept[k], new[k]) for k in kept), stage
+    assert any(not torch.equal(kept[k], initial[k]) for k in kept)  # the second stage trained
+
+
+def test_a_digest_other_than_the_held_one_loads_from_disk(ray_session, tiny_policy, pairs, workdir):
+    """The ranks hold pi1, but the stage must train another policy (a resume, a fork, a redo):
+    it reads the folder, and trains exactly what new ranks train from it."""
+    from selfplay.train.ranks import TrainingRanks, train_policy
+
+    config = TrainConfig(**{**BASE, "checkpoint_every": 0})
+    ranks = TrainingRanks(1, 0.0)
+    try:
+        ranks.train((str(tiny_policy), "pi0"), (str(tiny_policy), "pi0"), str(pairs), str(workdir / "held-1"), config)
+        ranks.holds(str(workdir / "held-1"), "pi1")
+        other = ranks.train((str(tiny_policy), "pi0"), (str(tiny_policy), "pi0"), str(pairs), str(workdir / "held-2"),
+                            config)
+    finally:
+        ranks.shutdown()
+    assert other["ranks"]["policy_from"] == "disk" and other["ranks"]["reused"]
+    fresh = train_policy(str(tiny_policy), str(tiny_policy), str(pairs), str(workdir / "held-fresh"), config)
+    assert other["history"] == fresh["history"]
+    ours, theirs = load_weights(workdir / "held-2"), load_weights(workdir / "held-fresh")
+    assert all(torch.equal(ours[k], theirs[k]) for k in theirs)
