@@ -1,7 +1,9 @@
 """Training throughput: our train stage vs TRL's DPOTrainer vs a plain torch loop, written to docs/benchmarks.md.
 
 All three train the same DPO step on the same machine, in turn, once each:
-  - ours:  `selfplay.train.stage.train_policy` (1 Ray actor, DeepSpeed ZeRO-0, gloo), loss="dpo";
+  - ours:  `selfplay.train.ranks.TrainingRanks` (1 Ray actor, DeepSpeed ZeRO-0, gloo), loss="dpo", two
+           stages as a run does them: the first on ranks started for it, the next on the same ranks,
+           which train the weights they hold (train.keep_ranks);
   - TRL:   trl 1.16 `DPOTrainer` in this process (precompute_ref_log_probs=True, like ours);
   - plain: a hand-written torch loop in this process (forward, DPO loss, backward, clip, step).
 Same model (a tiny Llama built here, hidden 256, 4 layers, vocab 2048), same pre-tokenized pairs
@@ -17,12 +19,13 @@ What is measured:
     reference log-probs and step 1's first-call costs are left out. Throughput = pairs / second.
     Ours is timed inside the Ray actor by wrapping the DeepSpeed engine's `step` (timestamp at each
     gradient-accumulation boundary) through a subclass of TrainerRank; trainer.py is unchanged.
-  - end to end: the wall time of the whole stage as a caller sees it: for ours `train_policy`
-    (actor start and its imports, DeepSpeed init, model and reference loads, reference log-probs,
-    training, HF save); for TRL building the trainer from a loaded model (reference log-probs
-    included), train() and save_model, plus the model load; for plain the same steps by hand.
-    Ray start-up (once per run of the pipeline) is reported apart; TRL's own import is reported
-    apart too (this process had already imported torch and transformers for all three).
+  - end to end: the wall time of the whole stage as a caller sees it: for ours the first stage
+    (actor start and its imports, DeepSpeed init, model load, reference log-probs, training, HF
+    save; the next stage on kept ranks: no start, no load); for TRL building the trainer from a
+    loaded model (reference log-probs included), train() and save_model, plus the model load; for
+    plain the same steps by hand. Ray start-up (once per run of the pipeline) is reported apart;
+    TRL's own import is reported apart too (this process had already imported torch and
+    transformers for all three).
 
 The machine may be shared with other jobs: the load average is printed with the results, and
 --wait-idle waits for an idle CPU before each trainer. Ray runs its workers at niceness 15, so TRL
@@ -102,7 +105,7 @@ def steady(stamps: list[tuple[float, float]], batch_size: int) -> dict:
             "cpu_per_step_s": float(cpu[-1] - cpu[0]) / len(intervals)}
 
 
-# ---------------------------------------------------------------- ours (train_policy, Ray + DeepSpeed)
+# ---------------------------------------------------------------- ours (TrainingRanks, Ray + DeepSpeed)
 
 def _timed_trainer_class():
     from selfplay.train.trainer import TrainerRank
@@ -143,6 +146,8 @@ def _timed_trainer_class():
 
 
 def bench_ours(policy: Path, pairs_path: Path, out_dir: Path, batch_size: int, ray_seconds: float) -> dict:
+    """Two train stages on the same ranks, as a run does: the first on ranks started for it (their
+    start is in its end-to-end time), the next on the kept ranks from the weights they hold."""
     import ray
 
     import selfplay.train.ranks as stage
@@ -154,17 +159,29 @@ def bench_ours(policy: Path, pairs_path: Path, out_dir: Path, batch_size: int, r
                          zero_stage=0, precision="fp32", max_grad_norm=MAX_GRAD_NORM, seed=0)
     original = stage.TrainerRank
     stage.TrainerRank = _timed_trainer_class()
+    results = {}
     try:
         started = time.perf_counter()
-        result = stage.train_policy(str(policy), str(policy), str(pairs_path), str(out_dir), config)
-        e2e = time.perf_counter() - started
+        ranks = stage.TrainingRanks(1, 0.0)
+        results["ours"] = ranks.train((str(policy), "pi0"), (str(policy), "pi0"), str(pairs_path),
+                                      str(out_dir / "first"), config)
+        results["ours"]["e2e"] = time.perf_counter() - started
+        ranks.holds(str(out_dir / "first"), "pi1")
+        started = time.perf_counter()
+        results["ours_kept"] = ranks.train((str(out_dir / "first"), "pi1"), (str(out_dir / "first"), "pi1"),
+                                           str(pairs_path), str(out_dir / "second"), config)
+        results["ours_kept"]["e2e"] = time.perf_counter() - started
+        assert results["ours_kept"]["ranks"]["policy_from"] == "memory"
+        ranks.shutdown()
     finally:
         stage.TrainerRank = original
         ray.shutdown()
-    return {"name": "ours (train_policy, ZeRO-0, 1 rank)", "e2e_seconds": e2e, "extra_seconds": ray_seconds,
-            "extra": f"Ray start {ray_seconds:.1f} s", "threads": result["torch_threads"],
-            "omp": result["omp_num_threads"], "nice": result["niceness"], "final_loss": result["history"][-1]["loss"],
-            "reference_seconds": result["reference_seconds"], **steady(result["step_stamps"], batch_size)}
+    names = {"ours": "ours, first stage (ranks started for it)", "ours_kept": "ours, next stage (kept ranks, policy in memory)"}
+    return {key: {"name": names[key], "e2e_seconds": result["e2e"], "extra_seconds": ray_seconds,
+                  "extra": f"Ray start {ray_seconds:.1f} s", "threads": result["torch_threads"],
+                  "omp": result["omp_num_threads"], "nice": result["niceness"],
+                  "final_loss": result["history"][-1]["loss"], "reference_seconds": result["reference_seconds"],
+                  **steady(result["step_stamps"], batch_size)} for key, result in results.items()}
 
 
 # ---------------------------------------------------------------- TRL DPOTrainer
@@ -331,8 +348,9 @@ def main():
         if args.wait_idle and Path("/proc/stat").exists():
             idle[key] = wait_for_idle(args.wait_idle)
         print(f"running {key} ...", flush=True)
-        results[key] = runners[key]()
-        print(f"  {results[key]}", flush=True)
+        result = runners[key]()
+        results.update(result if key == "ours" else {key: result})
+        print(f"  {result}", flush=True)
     load_after = os.getloadavg()
 
     seq = args.prompt_len + args.response_len
@@ -354,11 +372,11 @@ def main():
                      f"{r['extra'] or '-'} | {r['threads']} ({r['omp'] or 'unset'}), {r['nice']} | "
                      f"{r['final_loss']:.4f} |")
     ratios = []
-    if "ours" in results:
+    for mine, mine_label in (("ours", "ours (first stage)"), ("ours_kept", "ours (next stage, kept ranks)")):
         for other, label in (("trl", "TRL"), ("plain", "plain")):
-            if other in results:
-                ours, theirs = results["ours"], results[other]
-                ratios.append(f"- ours / {label}: steady throughput "
+            if mine in results and other in results:
+                ours, theirs = results[mine], results[other]
+                ratios.append(f"- {mine_label} / {label}: steady throughput "
                               f"{ours['pairs_per_s'] / theirs['pairs_per_s']:.2f}x, "
                               f"median step time {ours['median_step_s'] / theirs['median_step_s']:.2f}x, "
                               f"fastest step time {ours['min_step_s'] / theirs['min_step_s']:.2f}x, "
@@ -386,8 +404,9 @@ def main():
              "niceness 15, so TRL and the plain loop run at 15 too (`--nice`). "
              "End-to-end: the whole stage as its caller waits for it, and the part of it that is not steps 2..N "
              "(start-up, reference log-probs, step 1, save: a fixed cost per stage that does not grow with the "
-             "data). It covers, for ours, `train_policy`: actor start and "
-             "imports, DeepSpeed init, reference and policy loads, reference log-probs, training, HF save; TRL: "
+             "data). It covers, for ours' first stage: actor start and "
+             "imports, DeepSpeed init, the policy load, reference log-probs, training, HF save (the next stage "
+             "on the kept ranks: the same without the start and the load); TRL: "
              "model load, DPOTrainer construction with its reference precompute, train(), save_model; plain: the "
              "same by hand. All three precompute reference log-probs once before training (TRL: "
              "`precompute_ref_log_probs=True`). Ours is timed inside its Ray actor (a TrainerRank subclass wraps "

@@ -18,7 +18,6 @@ from selfplay import runs
 from selfplay.artifacts import iteration_folder
 from selfplay.pipeline import StageResult
 
-
 # Which policy a reference rule (train.reference) names, as RunContext.policy sources.
 REFERENCE_SOURCES = {"previous": "entering", "initial": "initial", "soup": "soup"}
 

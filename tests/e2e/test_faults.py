@@ -14,8 +14,7 @@ import pytest
 
 from selfplay.track.wandb_offline import find_run_files, read_history
 
-from fault_runs import (SMALL, cli, driver_session, final_state, kill_actors_when, kill_when, start_cli, start_run,
-                        train_ranks)
+from fault_runs import SMALL, cli, driver_session, final_state, kill_actors_when, kill_when, start_cli, start_run, train_ranks
 
 pytestmark = pytest.mark.slow
 
