@@ -59,7 +59,9 @@ class Actors:
 
     def start_training_ranks(self, config) -> None:
         """Ask for the ranks now when they need no GPU, so that they start while the engines do
-        (on GPUs they are started by the first train stage, when `make_room` knows what is free)."""
+        (on GPUs they are started by the first train stage, when `make_room` knows what is free;
+        on a cluster of several nodes too: ranks packed first could take a node an engine's
+        tensor-parallel group needs whole)."""
         from selfplay.train.ranks import TrainingRanks
 
         if self.ranks is None and not self.gpu_needs.get("train"):

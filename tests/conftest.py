@@ -41,6 +41,30 @@ def small_unbroken_run(tmp_path_factory, tiny_policy) -> dict:
     return unbroken_run(tmp_path_factory.mktemp("unbroken") / "run")
 
 
+# The shared 2-iteration run: 8 prompts a iteration, one epoch, W&B offline
+TINY_RUN = ["iterations=2", "prompts.per_iteration=8", "prompts.eval_size=8", "train.epochs=1",
+            "tracking.project=selfplay-tests"]
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, tiny_policy) -> tuple[Path, Path]:
+    """One real run (quickstart recipe, TINY_RUN, named `base`) for the tests that fork, redo or
+    compare a finished run, and a copy of it taken before any test touched it: a test that forks
+    the run (the fork is recorded in the parent's run.json) or redoes it uses its own copy."""
+    import shutil
+    import subprocess
+    import sys
+
+    root = tmp_path_factory.mktemp("tiny-run")
+    run_dir = root / "base"
+    result = subprocess.run([sys.executable, "-m", "selfplay.cli", "run", "recipes/quickstart-cpu.yaml", "--run-dir",
+                             str(run_dir), "name=base", *TINY_RUN], capture_output=True, text=True, timeout=900, cwd=REPO)
+    assert result.returncode == 0, result.stderr[-3000:]
+    pristine = tmp_path_factory.mktemp("tiny-run-copy") / "base"
+    shutil.copytree(run_dir, pristine, symlinks=True)
+    return run_dir, pristine
+
+
 @pytest.fixture
 def prompts_file(tmp_path) -> Path:
     import json

@@ -20,9 +20,6 @@ from compare_helpers import png_size, read_report
 from conftest import REPO
 
 pytestmark = pytest.mark.slow
-# W&B offline (the quickstart's tracking): the runs compared here are the runs W&B shows
-TINY = ["iterations=2", "prompts.per_iteration=8", "prompts.eval_size=8", "train.epochs=1",
-        "tracking.project=selfplay-tests"]
 BROWSER = shutil.which("chromium")
 
 
@@ -43,11 +40,11 @@ def metrics_of(run_dir: Path, iteration: int) -> dict:
 
 
 @pytest.fixture(scope="module")
-def compared(tmp_path_factory, tiny_policy):
+def compared(tmp_path_factory, tiny_run):
+    """The shared tiny run (conftest.tiny_run, W&B offline: the runs compared are the runs W&B
+    shows) and a fork of it from iteration 2."""
     root = tmp_path_factory.mktemp("compare")
-    parent, fork = root / "base", root / "beta-fork"
-    result = cli("run", "recipes/quickstart-cpu.yaml", "--run-dir", parent, "name=base", *TINY)
-    assert result.returncode == 0, result.stderr[-3000:]
+    parent, fork = tiny_run[0], root / "beta-fork"
     # one RMSprop step hardly depends on beta (the update is normalised), so the fork also takes a
     # larger step: its iteration 2 must differ from the parent's for the table check to mean anything
     result = cli("fork", parent, "--from-iteration", 2, "train.beta=0.05", "train.learning_rate=0.002",

@@ -15,8 +15,6 @@ import pytest
 from conftest import REPO
 
 pytestmark = pytest.mark.slow
-TINY = ["iterations=2", "prompts.per_iteration=8", "prompts.eval_size=8", "train.epochs=1",
-        "evaluate.samples_per_prompt=2", "tracking.wandb=false"]
 
 
 def cli(*args, timeout=900):
@@ -40,11 +38,9 @@ def file_hashes(root: Path) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def parent_run(tmp_path_factory, tiny_policy):
-    run_dir = tmp_path_factory.mktemp("lineage") / "parent"
-    result = cli("run", "recipes/quickstart-cpu.yaml", "--run-dir", run_dir, *TINY)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return run_dir
+def parent_run(tiny_run):
+    """The untouched copy of the shared tiny run (conftest.tiny_run): this test redoes it."""
+    return tiny_run[1]
 
 
 def test_a_parent_redo_leaves_the_fork_as_it_was(parent_run, tmp_path):

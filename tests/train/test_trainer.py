@@ -9,8 +9,9 @@
 - the history logs the lr each step used.
 
 The tiny Llama has no dropout, so the RNG state a resume restores is not exercised here.
-One Ray session for the module; each `train_policy` call costs about 5-10 s on 2 cores (actor
-start, DeepSpeed import and init), so runs are shared through module-scoped fixtures.
+One Ray session for the module, and its training ranks are kept from one stage to the next as in
+a run (KEPT_RANKS; each stage reads its policy from disk); runs are shared through
+module-scoped fixtures.
 """
 
 import math
@@ -68,12 +69,22 @@ def load_weights(folder) -> dict[str, torch.Tensor]:
     return load_file(Path(folder) / "model.safetensors")
 
 
-def train(policy, pairs, out_dir, checkpoint_dir=None, reference=None, **overrides) -> dict:
-    from selfplay.train.ranks import train_policy
+KEPT_RANKS = {}  # world size -> the module's TrainingRanks, kept from one call to the next as a run keeps them
 
+
+def kept_ranks(world_size: int):
+    from selfplay.train.ranks import TrainingRanks
+
+    if world_size not in KEPT_RANKS:
+        KEPT_RANKS[world_size] = TrainingRanks(world_size, 0.0)
+    return KEPT_RANKS[world_size]
+
+
+def train(policy, pairs, out_dir, checkpoint_dir=None, reference=None, **overrides) -> dict:
+    """One train stage on the module's kept ranks, reading policy and reference from disk."""
     config = TrainConfig(**{**BASE, **overrides})
-    return train_policy(str(policy), str(reference or policy), str(pairs), str(out_dir), config,
-                        str(checkpoint_dir) if checkpoint_dir else None)
+    return kept_ranks(config.world_size).train((str(policy), None), (str(reference or policy), None), str(pairs),
+                                               str(out_dir), config, str(checkpoint_dir) if checkpoint_dir else None)
 
 
 @pytest.fixture(scope="module")
@@ -82,8 +93,11 @@ def ray_session():
 
     from selfplay.cluster import start_ray
 
-    start_ray(None, 2)
+    start_ray(None, 6)  # the kept ranks of 1 and of 2 (3 CPUs), and groups started for a comparison
     yield
+    for ranks in KEPT_RANKS.values():
+        ranks.shutdown()
+    KEPT_RANKS.clear()
     ray.shutdown()
 
 
@@ -388,56 +402,45 @@ def test_a_stateful_loss_resumes_its_state_from_the_checkpoint(ray_session, tiny
 
 
 @pytest.mark.parametrize(("world_size", "zero_stage"), [(1, 0), (2, 2)])
-def test_ranks_kept_between_stages_train_what_new_ranks_train(world_size, zero_stage, ray_session, tiny_policy, pairs,
-                                                              workdir):
-    """Two train stages in a row, reference = the entering policy (reference: previous): on ranks
-    kept alive, the second starts from the weights the ranks hold and scores the reference with
-    the policy model itself; on new ranks each stage loads both from disk. The weights of both
-    stages are bit-identical. ZeRO-2 in 2 ranks: the held copy comes out of ZeRO's flat buffers."""
-    from selfplay.train.ranks import TrainingRanks, train_policy
+def test_weights_held_between_stages_train_what_the_checkpoint_trains(world_size, zero_stage, ray_session, tiny_policy,
+                                                                      pairs, workdir):
+    """Two train stages in a row, reference = the entering policy (reference: previous): the
+    second starts from the weights the ranks hold, and the policy model scores the reference;
+    the same two stages with every policy and reference read from disk give bit-identical
+    weights. ZeRO-2 in 2 ranks: the held copy comes out of ZeRO's flat buffers. (A run whose
+    ranks restart every stage: tests/e2e/test_faults.py.)"""
+    config = TrainConfig(**{**BASE, "world_size": world_size, "zero_stage": zero_stage, "checkpoint_every": 0})
+    folder = workdir / f"held-{world_size}-{zero_stage}"
+    ranks = kept_ranks(world_size)
+    first = ranks.train((str(tiny_policy), "pi0"), (str(tiny_policy), "pi0"), str(pairs), str(folder / "held-1"), config)
+    ranks.holds(str(folder / "held-1"), "pi1")
+    second = ranks.train((str(folder / "held-1"), "pi1"), (str(folder / "held-1"), "pi1"), str(pairs),
+                         str(folder / "held-2"), config)
+    assert [first["ranks"][k] for k in ("policy_from", "reference_from")] == ["disk", "policy"]
+    assert [second["ranks"][k] for k in ("reused", "policy_from", "reference_from")] == [True, "memory", "policy"]
+    assert second["ranks"]["start_seconds"] == 0
 
-    settings = dict(world_size=world_size, zero_stage=zero_stage, checkpoint_every=0)
-    config = TrainConfig(**{**BASE, **settings})
-    folder = workdir / f"kept-{world_size}-{zero_stage}"
-    ranks = TrainingRanks(world_size, 0.0)
-    try:
-        first = ranks.train((str(tiny_policy), "pi0"), (str(tiny_policy), "pi0"), str(pairs), str(folder / "kept-1"),
-                            config)
-        ranks.holds(str(folder / "kept-1"), "pi1")
-        second = ranks.train((str(folder / "kept-1"), "pi1"), (str(folder / "kept-1"), "pi1"), str(pairs),
-                             str(folder / "kept-2"), config)
-    finally:
-        ranks.shutdown()
-    where = ("reused", "policy_from", "reference_from")
-    assert [first["ranks"][k] for k in where] == [False, "disk", "policy"] and first["ranks"]["start_seconds"] > 0
-    assert [second["ranks"][k] for k in where] == [True, "memory", "policy"] and second["ranks"]["start_seconds"] == 0
-
-    train_policy(str(tiny_policy), str(tiny_policy), str(pairs), str(folder / "new-1"), config)
-    restarted = train_policy(str(folder / "new-1"), str(folder / "new-1"), str(pairs), str(folder / "new-2"), config)
-    assert restarted["ranks"]["policy_from"] == "disk" and restarted["history"] == second["history"]
+    overrides = {"world_size": world_size, "zero_stage": zero_stage, "checkpoint_every": 0}
+    train(tiny_policy, pairs, folder / "disk-1", **overrides)
+    from_disk = train(folder / "disk-1", pairs, folder / "disk-2", **overrides)
+    assert from_disk["ranks"]["policy_from"] == "disk" and from_disk["history"] == second["history"]
     initial = load_weights(tiny_policy)
     for stage in ("1", "2"):
-        kept, new = load_weights(folder / f"kept-{stage}"), load_weights(folder / f"new-{stage}")
-        assert kept.keys() == new.keys() and all(torch.equal(kept[k], new[k]) for k in kept), stage
-    assert any(not torch.equal(kept[k], initial[k]) for k in kept)  # the second stage trained
+        held, loaded = load_weights(folder / f"held-{stage}"), load_weights(folder / f"disk-{stage}")
+        assert held.keys() == loaded.keys() and all(torch.equal(held[k], loaded[k]) for k in held), stage
+    assert any(not torch.equal(held[k], initial[k]) for k in held)  # the stages trained
 
 
 def test_a_digest_other_than_the_held_one_loads_from_disk(ray_session, tiny_policy, pairs, workdir):
     """The ranks hold pi1, but the stage must train another policy (a resume, a fork, a redo):
-    it reads the folder, and trains exactly what new ranks train from it."""
-    from selfplay.train.ranks import TrainingRanks, train_policy
-
+    it reads the folder, and trains exactly what a stage from disk trains."""
     config = TrainConfig(**{**BASE, "checkpoint_every": 0})
-    ranks = TrainingRanks(1, 0.0)
-    try:
-        ranks.train((str(tiny_policy), "pi0"), (str(tiny_policy), "pi0"), str(pairs), str(workdir / "held-1"), config)
-        ranks.holds(str(workdir / "held-1"), "pi1")
-        other = ranks.train((str(tiny_policy), "pi0"), (str(tiny_policy), "pi0"), str(pairs), str(workdir / "held-2"),
-                            config)
-    finally:
-        ranks.shutdown()
-    assert other["ranks"]["policy_from"] == "disk" and other["ranks"]["reused"]
-    fresh = train_policy(str(tiny_policy), str(tiny_policy), str(pairs), str(workdir / "held-fresh"), config)
-    assert other["history"] == fresh["history"]
-    ours, theirs = load_weights(workdir / "held-2"), load_weights(workdir / "held-fresh")
+    ranks = kept_ranks(1)
+    ranks.train((str(tiny_policy), "pi0"), (str(tiny_policy), "pi0"), str(pairs), str(workdir / "other-1"), config)
+    ranks.holds(str(workdir / "other-1"), "pi1")
+    other = ranks.train((str(tiny_policy), "pi0"), (str(tiny_policy), "pi0"), str(pairs), str(workdir / "other-2"),
+                        config)
+    assert other["ranks"]["policy_from"] == "disk"
+    assert other["history"] == train(tiny_policy, pairs, workdir / "other-disk", checkpoint_every=0)["history"]
+    ours, theirs = load_weights(workdir / "other-2"), load_weights(workdir / "other-disk")
     assert all(torch.equal(ours[k], theirs[k]) for k in theirs)
