@@ -145,9 +145,10 @@ class TrainConfig(Strict):
     gradient_checkpointing: bool = False
     max_grad_norm: float = Field(1.0, ge=0.0, description="gradient clipping norm; 0 turns clipping off")
     num_gpus_per_rank: float = Field(0.0, ge=0.0)
-    keep_ranks: bool = Field(True, description="keep the DeepSpeed ranks alive from one train stage to the next (they "
-                             "keep the weights they trained, under ZeRO 0-2); false starts new ranks every stage. "
-                             "The trained weights are the same either way")
+    keep_ranks: bool = Field(True, description="keep the DeepSpeed ranks alive from one train stage to the next; under "
+                             "ZeRO 0-2 each keeps a copy of the weights it trained in host memory (the policy's size "
+                             "per rank) and trains the next stage from it. false starts new ranks every stage. The "
+                             "trained weights are the same either way")
     loss_options: dict[str, float] = Field(default_factory=dict,
                                            description="extra keyword arguments of the loss, e.g. label_smoothing")
     reference: Literal["previous", "initial", "soup"] = "previous"
