@@ -1,7 +1,10 @@
 import json
+import logging
+import os
 
 import pytest
 
+from selfplay import runs
 from selfplay.runs import RunLock, RunLockedError, StageDir, digest_of
 
 
@@ -26,6 +29,45 @@ def test_corrupted_output_is_not_done(tmp_path):
     stage = _write_stage(tmp_path, {}, {})
     (stage.path / "samples.txt").write_text("hellO")
     assert not stage.is_done({}, digest_of({}))
+
+
+def test_a_same_size_rewrite_with_its_mtime_restored_is_rehashed(tmp_path, caplog):
+    """Issue 19 finding 3: size and mtime match the record, ctime does not (the kernel sets it)."""
+    stage = _write_stage(tmp_path, {}, {})
+    output = stage.path / "samples.txt"
+    before = output.stat()
+    output.write_text("hellO")
+    os.utime(output, ns=(before.st_atime_ns, before.st_mtime_ns))
+    with caplog.at_level(logging.INFO, logger="selfplay"):
+        assert not stage.is_done({}, digest_of({}))
+    assert f"iter 1 generate: {output} changed since it was committed" in caplog.text
+
+
+def test_why_a_stage_is_redone_is_said(tmp_path, caplog):
+    stage = _write_stage(tmp_path, {"policy": "abc", "samples": "s"}, {"k": 4})
+    with caplog.at_level(logging.INFO, logger="selfplay"):
+        assert not stage.is_done({"policy": "abd", "samples": "s"}, digest_of({"k": 4}))
+        assert not stage.is_done({"policy": "abc", "samples": "s"}, digest_of({"k": 5}))
+    assert "iter 1 generate: its input policy changed since it was committed; it is redone" in caplog.text
+    assert "iter 1 generate: its settings changed" in caplog.text
+
+
+def test_an_old_fingerprint_record_is_rehashed_once(tmp_path, monkeypatch):
+    """A manifest from before ctime and inode were recorded ([size, mtime, sha256]) is re-hashed,
+    then its record gains them, so the next check is a stat again."""
+    stage = _write_stage(tmp_path, {}, {})
+    manifest = json.loads(stage.manifest_path.read_text())
+    manifest["output_files"] = {name: {file: entry[:3] for file, entry in files.items()}
+                                for name, files in manifest["output_files"].items()}
+    stage.manifest_path.write_text(json.dumps(manifest))
+    hashed = []
+    real = runs.sha256_file
+    monkeypatch.setattr(runs, "sha256_file", lambda path: hashed.append(path) or real(path))
+    assert stage.is_done({}, digest_of({})) and len(hashed) == 1
+    [[entry]] = [files.values() for files in stage.manifest()["output_files"].values()]
+    stat = (stage.path / "samples.txt").stat()
+    assert entry[3:] == [stat.st_ctime_ns, stat.st_ino]
+    assert stage.is_done({}, digest_of({})) and len(hashed) == 1
 
 
 def test_half_written_stage_does_not_count(tmp_path):
