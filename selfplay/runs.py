@@ -20,6 +20,7 @@ import logging
 import os
 import platform
 import shutil
+import stat
 import subprocess
 import time
 from importlib import metadata
@@ -97,6 +98,33 @@ def supersede(run_dir: Path, paths: list[Path], reason: dict) -> Path:
     return folder
 
 
+def umask() -> int:
+    """The process's umask, read without setting it (os.umask sets it, racing other threads)."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def allow_umask(path: Path) -> None:
+    """Give the files and folders under `path` the read and write bits the user's umask allows
+    (never fewer than they have). safetensors (so save_pretrained) writes its files 0600 and
+    tempfile.mkdtemp makes 0700 folders, which would keep a teammate or a cluster's service
+    account from reading or verifying a run."""
+    allowed = ~umask()
+    path = Path(path)
+    for item in [path, *path.rglob("*")]:
+        if item.is_symlink():
+            continue
+        mode = stat.S_IMODE(item.stat().st_mode)
+        wanted = mode | ((0o777 if item.is_dir() else 0o666) & allowed)
+        if wanted != mode:
+            item.chmod(wanted)
+
+
 def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
@@ -125,8 +153,8 @@ def fingerprint(path: Path, known: dict[str, list] | None = None) -> dict[str, l
     known = known or {}
     result = {}
     for name, file in _files(path).items():
-        stat, record = file.stat(), known.get(name)
-        now = [stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino]
+        info, record = file.stat(), known.get(name)
+        now = [info.st_size, info.st_mtime_ns, info.st_ctime_ns, info.st_ino]
         unchanged = record is not None and len(record) == 5 and [*record[:2], *record[3:]] == now
         result[name] = [*now[:2], record[2] if unchanged else sha256_file(file), *now[2:]]
     return result
@@ -233,6 +261,7 @@ class StageDir:
         An earlier folder of this stage is moved to superseded/ with the reason (`note`: what
         the command changed, if the caller knows)."""
         manifest = dict(manifest)
+        allow_umask(self.tmp)  # before the fingerprints: a chmod sets the files' ctime
         files = {name: fingerprint(self.tmp / name) for name in outputs}  # a rename keeps these mtimes
         manifest["outputs"] = {name: content_digest(entries) for name, entries in files.items()}
         manifest["output_files"] = files

@@ -1,6 +1,8 @@
 import json
 import logging
 import os
+import stat
+from pathlib import Path
 
 import pytest
 
@@ -85,3 +87,36 @@ def test_second_driver_is_refused(tmp_path):
                 pass
     with RunLock(tmp_path):  # released after the first driver ends
         pass
+
+
+@pytest.fixture
+def umask_022():
+    previous = os.umask(0o022)
+    yield
+    os.umask(previous)
+
+
+def test_outputs_get_the_modes_the_umask_allows(tmp_path, umask_022):
+    """Issue 19 finding 14: a checkpoint saved by safetensors (0600) in a mkdtemp folder (0700)
+    is committed readable by others under umask 022, as are the stage folder and its manifest."""
+    import tempfile
+
+    import torch
+    from safetensors.torch import save_file
+
+    stage = StageDir(tmp_path, 1, "train")
+    tmp = stage.begin()
+    policy = Path(tempfile.mkdtemp(dir=tmp))
+    save_file({"w": torch.zeros(2)}, policy / "model.safetensors")
+    (tmp / "history.jsonl").write_text("{}\n")
+    policy.rename(tmp / "policy")
+    stage.commit(["policy", "history.jsonl"], {"inputs": {}, "config_digest": digest_of({})})
+    modes = {str(p.relative_to(tmp_path)): stat.S_IMODE(p.stat().st_mode) for p in [stage.path, *stage.path.rglob("*")]}
+    assert modes == {"iter-001/train": 0o755, "iter-001/train/policy": 0o755,
+                     "iter-001/train/policy/model.safetensors": 0o644, "iter-001/train/history.jsonl": 0o644,
+                     "iter-001/train/manifest.json": 0o644}
+    assert stage.is_done({}, digest_of({}))  # the fingerprints were taken after the chmod
+
+
+def test_the_umask_is_read_without_changing_it(umask_022):
+    assert runs.umask() == 0o022 and os.umask(0o022) == 0o022
