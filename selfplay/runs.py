@@ -216,7 +216,7 @@ class StageDir:
             return None
         if not isinstance(manifest, dict) or not MANIFEST_KEYS <= manifest.keys():
             return None
-        if not isinstance(manifest["outputs"], dict) or not isinstance(manifest["output_files"], dict):
+        if not all(isinstance(manifest[key], dict) for key in ("inputs", "outputs", "output_files")):
             return None
         return manifest
 
