@@ -28,7 +28,7 @@ class ArtifactDamaged(RuntimeError):
 class Artifact:
     path: Path
     digest: str
-    files: dict = field(default_factory=dict)  # the manifest's output_files entry: {relative name: [size, mtime, sha256]}
+    files: dict = field(default_factory=dict)  # the manifest's output_files entry (runs.fingerprint)
 
     def table(self) -> pa.Table:
         """The parquet table, after checking its bytes against the recorded sha256."""

@@ -7,6 +7,7 @@ exit code 2, before any work starts; anything else is a bug and keeps its traceb
 import argparse
 import contextlib
 import gc
+import os
 import shlex
 import signal
 import sys
@@ -346,7 +347,24 @@ COMMANDS = {"run": cmd_run, "resume": cmd_resume, "fork": cmd_fork, "validate": 
             "verify": cmd_verify, "lineage": cmd_lineage, "compare": cmd_compare, "make-tiny": cmd_make_tiny, "doctor": cmd_doctor}
 
 
+# A reader that goes away (`selfplay status RUN | head -1`) ends the command quietly with the
+# status the shell reports for Unix tools killed by SIGPIPE: 128 + 13.
+BROKEN_PIPE_EXIT = 141
+
+
 def main(argv: list[str] | None = None) -> int:
+    try:
+        try:
+            return _main(argv)
+        finally:  # output that fitted the buffer meets the closed pipe here (--help's SystemExit too)
+            sys.stdout.flush()
+    except BrokenPipeError:
+        # Python would flush stdout again at exit and print "Exception ignored ... BrokenPipeError"
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return BROKEN_PIPE_EXIT
+
+
+def _main(argv: list[str] | None) -> int:
     parser = build_parser()
     # key=value overrides may come before or after options such as --run-dir
     args, extra = parser.parse_known_args(argv)

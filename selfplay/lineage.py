@@ -28,7 +28,7 @@ from pathlib import Path
 import yaml
 
 from selfplay import runs
-from selfplay.recipe import Recipe, recipe_to_yaml
+from selfplay.recipe import Recipe, RecipeError, load_yaml, recipe_to_yaml
 
 log = logging.getLogger("selfplay")
 
@@ -94,9 +94,11 @@ def read_run(run_dir: Path) -> dict:
 def _read_recipe_yaml(path: Path):
     """recipe.yaml as data, or a string saying why it is not a recipe."""
     try:
-        data = yaml.safe_load(path.read_text())
+        data = load_yaml(path.read_text(), str(path))
     except (OSError, UnicodeDecodeError, yaml.YAMLError):
         return "not readable YAML"
+    except RecipeError as error:  # a duplicate key, or nesting too deep
+        return str(error)
     return data if isinstance(data, dict) else "not a mapping"
 
 

@@ -84,7 +84,7 @@ def load_prompts(path: str, field: str = "prompt") -> list[str]:
     return prompts
 
 
-def _read_text(path: Path) -> str:
+def read_text(path: Path) -> str:
     """A UTF-8 file's text; a bad byte is named by line and column."""
     try:
         raw = path.read_bytes()
@@ -103,7 +103,7 @@ def read_jsonl_records(path: str | Path, fields: tuple[str, ...], what: str) -> 
     """JSONL rows, each required to hold non-empty strings in `fields`; errors name file:line."""
     rows = []
     # split on "\n" only: str.splitlines would also cut at U+2028 and friends, which JSON strings may hold
-    for number, line in enumerate(_read_text(Path(path)).split("\n"), 1):
+    for number, line in enumerate(read_text(Path(path)).split("\n"), 1):
         if not line.strip():
             continue
         try:

@@ -13,7 +13,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from selfplay.judging.registry import JUDGES, FunctionJudgeConfig, JudgeConfig
-from selfplay.prompts import HINDSIGHT_TEMPLATE
+from selfplay.prompts import HINDSIGHT_TEMPLATE, PromptError, read_text
 
 
 class RecipeError(ValueError):
@@ -88,6 +88,19 @@ class PromptsConfig(Strict):
     reuse: bool = Field(False, description="wrap around when the pool runs out instead of failing")
 
 
+# vLLM samples greedily below this temperature (SamplingParams' _SAMPLING_EPS), and greedy
+# decoding gives one sample per prompt: with n > 1 it fails mid-run ("n must be 1 when using
+# greedy sampling").
+GREEDY_BELOW = 1e-5
+
+
+def _check_not_greedy(section: str, temperature: float, samples: int) -> None:
+    if temperature < GREEDY_BELOW and samples > 1:
+        raise ValueError(f"{section}.temperature: {temperature} is greedy decoding, which gives one sample per "
+                         f"prompt, but {section}.samples_per_prompt is {samples}: set a temperature >= "
+                         f"{GREEDY_BELOW}" + (f" or {section}.samples_per_prompt=1" if section == "evaluate" else ""))
+
+
 class GenerateConfig(Strict):
     samples_per_prompt: int = Field(5, ge=2, description="K samples per prompt (K >= 2)")
     temperature: float = Field(0.7, ge=0.0)
@@ -114,6 +127,7 @@ class GenerateConfig(Strict):
         if self.max_tokens >= self.max_model_len:
             raise ValueError(f"generate.max_tokens ({self.max_tokens}) must be smaller than generate.max_model_len "
                              f"({self.max_model_len}): the prompt and the response share the engine's context")
+        _check_not_greedy("generate", self.temperature, self.samples_per_prompt)
         if self.engine_args:  # reads vLLM's source, not `import vllm` (15-25 s)
             from selfplay.generate.engine import check_engine_args
 
@@ -189,6 +203,11 @@ class EvaluateConfig(Strict):
     judge: JudgeConfig | None = Field(None, description="judge for the win rate; defaults to the annotate section")
     every: int = Field(1, ge=1, description="evaluate every N iterations (and always after the last one)")
     kl: bool = Field(True, description="estimate KL(policy || initial) from the eval samples (loads both checkpoints)")
+
+    @model_validator(mode="after")
+    def _check_sampling(self):
+        _check_not_greedy("evaluate", self.temperature, self.samples_per_prompt)
+        return self
 
 
 class SeedTrainingConfig(Strict):
@@ -306,10 +325,37 @@ class Recipe(Strict):
             "beta": seed.beta or self.train.beta})
 
 
-def _parse_value(text: str):
+class _RecipeLoader(yaml.SafeLoader):
+    """yaml.safe_load that refuses a key written twice in one mapping: YAML keeps the last one
+    silently, which in a hand-edited recipe is usually a mistake (`iterations` twice)."""
+
+    def construct_mapping(self, node, deep=False):
+        lines = {}
+        for key_node, _ in node.value:
+            if isinstance(key_node, yaml.ScalarNode) and key_node.tag != "tag:yaml.org,2002:merge":
+                key, line = self.construct_object(key_node), key_node.start_mark.line + 1
+                if key in lines:
+                    raise RecipeError(f"duplicate key {key!r} (lines {lines[key]} and {line}); keep one")
+                lines[key] = line
+        return super().construct_mapping(node, deep)
+
+
+def load_yaml(text: str, source: str):
+    """YAML text as data, for recipes, overrides and a run's recipe.yaml. Raises yaml.YAMLError
+    for a syntax error, RecipeError naming `source` for a duplicate key or nesting that PyYAML's
+    recursive parser cannot follow (a RecursionError otherwise)."""
+    try:
+        return yaml.load(text, Loader=_RecipeLoader)
+    except RecipeError as error:
+        raise RecipeError(f"{source}: {error}") from None
+    except RecursionError:
+        raise RecipeError(f"{source}: nested too deeply to read") from None
+
+
+def _parse_value(key: str, text: str):
     """A YAML scalar or list; text that is not valid YAML (e.g. "{prompt} {answer}") is the string itself."""
     try:
-        return yaml.safe_load(text) if text != "" else ""
+        return load_yaml(text, f"override {key}") if text != "" else ""
     except yaml.YAMLError:
         return text
 
@@ -326,7 +372,7 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise RecipeError(f"override {key!r}: {part!r} is not a section")
-        node[parts[-1]] = _parse_value(value)
+        node[parts[-1]] = _parse_value(key, value)
     return data
 
 
@@ -414,7 +460,9 @@ def load_recipe(path: str | Path, overrides: list[str] = (), check_paths: bool =
     if not path.is_file():
         raise RecipeError(f"recipe file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = load_yaml(read_text(path), str(path)) or {}
+    except PromptError as error:  # not UTF-8, or unreadable: named with its line
+        raise RecipeError(str(error)) from None
     except yaml.YAMLError as error:
         raise RecipeError(f"{path}: not valid YAML ({str(error).splitlines()[0]})") from None
     if not isinstance(data, dict):

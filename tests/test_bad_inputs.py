@@ -5,7 +5,9 @@ traceback, and nothing written: the working directory and the model cache are un
 for `run`, no run directory (so no run.json) exists. The `run` cases fail in pre-flight,
 before Ray starts. Cases: issue 13 findings 3 (non-finite settings), 7 (bad policy paths),
 8 (evaluate.max_tokens, tiny kinds), 9 (damaged prompt files), 10 (validate of a huge reuse
-run in bounded time), 11 (duplicates), and issue 9 item 5 (validate on a missing policy).
+run in bounded time), 11 (duplicates), issue 9 item 5 (validate on a missing policy), and
+issue 19 findings 9 (recipe YAML: not UTF-8, duplicate keys, deep nesting) and 10 (greedy
+decoding with several samples per prompt).
 """
 
 import json
@@ -41,6 +43,10 @@ def make_inputs(root: Path) -> None:
     # 40 rows, only 12 distinct texts (case and whitespace differ): too few for 3 x 32 + 16
     rows = [f"Tell me about  Topic {i % 12}" if i % 2 else f"tell me about topic {i % 12}" for i in range(40)]
     (inputs / "duplicates.jsonl").write_text("".join(json.dumps({"prompt": r}) + "\n" for r in rows))
+    # issue 19 finding 9: recipes that YAML reads badly (quickstart's `iterations: 3` is its line 9)
+    (inputs / "latin1.yaml").write_bytes(QUICKSTART.read_bytes() + b"name: caf\xe9\n")
+    (inputs / "twice.yaml").write_text(QUICKSTART.read_text() + "iterations: 1\n")
+    (inputs / "deep.yaml").write_text("iterations: " + "[" * 5000 + "]" * 5000 + "\n")
 
 
 CASES = [
@@ -87,6 +93,19 @@ CASES = [
     # finding 11: duplicates are dropped, and the shortfall says so
     ("duplicates-too-few", "validate", QUICKSTART, ["prompts.path={root}/inputs/duplicates.jsonl"],
      "28 duplicate prompts dropped"),
+    # issue 19 finding 9: recipe YAML (the file, the overrides), one line each
+    ("recipe-not-utf8", "run", Path("inputs/latin1.yaml"), [], "inputs/latin1.yaml:48: not UTF-8 (byte 0xe9"),
+    ("recipe-duplicate-key", "run", Path("inputs/twice.yaml"), [],
+     "inputs/twice.yaml: duplicate key 'iterations' (lines 9 and 48)"),
+    ("recipe-too-deep", "validate", Path("inputs/deep.yaml"), [], "inputs/deep.yaml: nested too deeply"),
+    ("override-duplicate-key", "validate", QUICKSTART, ["generate.engine_args={a: 1, a: 2}"],
+     "override generate.engine_args: duplicate key 'a'"),
+    ("override-too-deep", "validate", QUICKSTART, ["train.soup=" + "[" * 5000 + "]" * 5000],
+     "override train.soup: nested too deeply"),
+    # issue 19 finding 10: greedy decoding gives one sample per prompt
+    ("generate-greedy", "run", QUICKSTART, ["generate.temperature=0"], "generate.samples_per_prompt is 4"),
+    ("evaluate-greedy", "validate", QUICKSTART, ["evaluate.temperature=0", "evaluate.samples_per_prompt=2"],
+     "evaluate.temperature: 0.0 is greedy decoding"),
 ]
 
 

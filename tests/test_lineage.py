@@ -389,3 +389,17 @@ def test_status_creates_nothing(tmp_path, capsys):
     assert "not a selfplay run directory" in one_line_error(code, err)
     assert not (tmp_path / "nowhere").exists()
     assert lineage.lock_is_held(tmp_path) is False and not (tmp_path / ".lock").exists()
+
+
+# -- closed pipes (issue 19 finding 7) -----------------------------------------------------------
+@pytest.mark.parametrize("command", ["status", "lineage", "verify"])
+def test_output_into_a_closed_pipe_ends_quietly(command, tmp_path, prompts_file):
+    """`selfplay status RUN | head -1`: the reader is gone before the command writes; it stops
+    with no traceback and exit 141 (128 + SIGPIPE, what the shell reports for Unix tools)."""
+    run_dir = make_run(tmp_path, prompts_file, done=3)
+    process = subprocess.Popen([sys.executable, "-m", "selfplay.cli", command, str(run_dir)], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    process.stdout.close()
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 141, err[-2000:]
+    assert err == ""

@@ -181,3 +181,21 @@ def test_verify_rehashes_every_output(toy_pipeline, tmp_path):
     damaged = [r for r in verify_run(tmp_path) if not r["ok"]]
     assert [(r["stage"], r["problem"]) for r in damaged] == \
         [("generate", "samples.parquet no longer hash to the manifest's record")]
+
+
+def test_resume_rehashes_a_rewrite_with_its_mtime_restored(toy_pipeline, tmp_path, caplog):
+    """Issue 19 finding 3: the bit flip that verify catches is caught by resume too (the file's
+    ctime changed), the console names the file, and the stage is redone."""
+    ctx, walk = toy_pipeline
+    first = walk()
+    samples = tmp_path / "iter-001/generate/samples.parquet"
+    stat = samples.stat()
+    data = bytearray(samples.read_bytes())
+    data[len(data) // 2] ^= 1
+    samples.write_bytes(bytes(data))
+    os.utime(samples, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    with caplog.at_level("INFO", logger="selfplay"):
+        again = walk()
+    assert again["generate"]["started_at"] != first["generate"]["started_at"]
+    assert f"iter 1 generate: {samples} changed since it was committed" in caplog.text
+    assert again["annotate"]["started_at"] == first["annotate"]["started_at"]  # the redo made the same samples

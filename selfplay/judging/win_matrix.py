@@ -43,25 +43,41 @@ def score_spread(score_groups: list) -> float:
     offset (a reward model's scores drift from prompt to prompt), and pooling over every prompt
     keeps one prompt whose samples barely differ from setting the scale. 0.0 when every prompt's
     scores tie (or nothing was scored).
+
+    Scores near the float limit (a scoring function returning -1e307) overflow a plain mean
+    and its squares, so the sums run on the scores divided by a power of two near the largest
+    |score| and the spread is scaled back. Scaling by a power of two is exact, so ordinary
+    scores give bit-for-bit the plain formula's result; the spread itself is inf only when it
+    exceeds the float range.
     """
-    squares, dof = 0.0, 0
-    for scores in score_groups:
-        scores = np.asarray(scores, dtype=np.float64)
-        scores = scores[np.isfinite(scores)]
-        if len(scores) >= 2:
-            squares += float(np.sum((scores - scores.mean()) ** 2))
-            dof += len(scores) - 1
-    return float(np.sqrt(squares / dof)) if dof else 0.0
+    groups = [scores[np.isfinite(scores)] for scores in (np.asarray(g, dtype=np.float64) for g in score_groups)]
+    groups = [scores for scores in groups if len(scores) >= 2]
+    largest = max((float(np.abs(scores).max()) for scores in groups), default=0.0)
+    if largest == 0.0:
+        return 0.0
+    exponent = int(np.frexp(largest)[1])  # |scores| / 2**exponent < 1
+    scaled = [np.ldexp(scores, -exponent) for scores in groups]
+    squares = sum(float(np.sum((scores - scores.mean()) ** 2)) for scores in scaled)
+    dof = sum(len(scores) - 1 for scores in groups)
+    with np.errstate(over="ignore"):  # a spread beyond the float range is inf (resolve_temperature refuses it)
+        return float(np.ldexp(np.sqrt(squares / dof), exponent))
 
 
 def resolve_temperature(setting: str | float, score_groups: list) -> float:
     """The Bradley-Terry temperature a stage uses: a float as given, or for "auto" the stage's
     score_spread (a difference of one spread gives P = sigmoid(1) = 0.73). When every score
     ties there is no scale to find and no signal to scale; 1.0 is used (every P is 0.5 then,
-    except against empty responses)."""
+    except against empty responses). A spread beyond the float range is an error naming the
+    scores' range: an infinite temperature would make every P 0.5 and train on noise."""
     if setting != "auto":
         return float(setting)
     spread = score_spread(score_groups)
+    if not np.isfinite(spread):
+        finite = np.concatenate([np.asarray(g, dtype=np.float64) for g in score_groups])
+        finite = finite[np.isfinite(finite)]
+        raise ValueError(f"the judge's scores range from {finite.min():.6g} to {finite.max():.6g}: their spread "
+                         f"is beyond the float range, so annotate.temperature=auto has no finite temperature; "
+                         f"return scores of a smaller magnitude (only their order and spread matter)")
     return spread if spread > 0 else 1.0
 
 

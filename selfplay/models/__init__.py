@@ -12,6 +12,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from selfplay import runs
+
 
 def _build_llama(out_dir, seed):
     from selfplay.models.tiny_policy import build_tiny_policy
@@ -66,6 +68,7 @@ def resolve_model(spec: str, seed: int = 0) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".tiny-{kind}-", dir=target.parent))
     try:
         TINY_BUILDERS[kind](tmp, seed)
+        runs.allow_umask(tmp)  # mkdtemp's folder is 0700, safetensors' files 0600
         try:
             tmp.rename(target)
         except OSError:  # another process built it first

@@ -33,6 +33,35 @@ def test_score_spread_pools_within_prompt_deviations():
     assert wm.score_spread([[2.0, 2.0], [5.0, 5.0, 5.0]]) == 0.0 and wm.score_spread([]) == 0.0
 
 
+def test_score_spread_near_the_float_limit():
+    """Issue 19 finding 5. Scores [-1e307, -3e307] and [-1e307, -2e307, -3e307]: deviations
+    (1e307, -1e307) and (1e307, 0, -1e307), squares 4e614 over 3 degrees of freedom,
+    spread = sqrt(4 / 3) * 1e307 = 1.1547005383792515e307 (a plain sum of squares is inf)."""
+    groups = [[-1e307, -3e307], [-1e307, -2e307, -3e307]]
+    assert wm.score_spread(groups) == pytest.approx(math.sqrt(4 / 3) * 1e307, rel=1e-15)
+    assert wm.resolve_temperature("auto", groups) == pytest.approx(math.sqrt(4 / 3) * 1e307, rel=1e-15)
+    # the scaling is by a power of two, so ordinary scores give the plain formula's exact value
+    assert wm.score_spread([[1.0, 3.0], [0.0, 2.0, 4.0]]) == SPREAD
+    assert wm.score_spread([[1e-300, 3e-300], [0.0, 2e-300, 4e-300]]) == pytest.approx(SPREAD * 1e-300, rel=1e-15)
+    # a spread beyond the float range: an error naming the scores' range, not an infinite temperature
+    assert wm.score_spread([[1.7e308, -1.7e308]]) == math.inf
+    with pytest.raises(ValueError, match=r"scores range from -1\.7e\+308 to 1\.7e\+308"):
+        wm.resolve_temperature("auto", [[1.7e308, np.nan, -1.7e308]])
+
+
+def test_a_judge_near_the_float_limit_keeps_its_signal():
+    """Issue 19 finding 5 through the annotate stage: scores of a scoring function around -1e307
+    that differ give the same win matrices as the same scores divided by 1e307."""
+    groups = [(0, "p", ["a", "b"]), (1, "q", ["b", "c", "a"])]
+    huge = {"a": -1e307, "b": -3e307, "c": -2e307}
+    small = {name: score / 1e307 for name, score in huge.items()}
+    table, metrics, warnings = judgments_table(groups, judge_groups(FixedScores(huge), groups), "aggregated", "auto")
+    expected, _, _ = judgments_table(groups, judge_groups(FixedScores(small), groups), "aggregated", "auto")
+    assert math.isfinite(metrics["temperature"]) and metrics["no_signal_fraction"] == 0.0 and not warnings
+    np.testing.assert_allclose(np.concatenate(table.column("win_matrix").to_pylist()),
+                               np.concatenate(expected.column("win_matrix").to_pylist()), rtol=1e-12)
+
+
 def test_resolve_temperature():
     assert wm.resolve_temperature("auto", [[1.0, 3.0], [0.0, 2.0, 4.0]]) == pytest.approx(SPREAD)
     assert wm.resolve_temperature(0.02, [[1.0, 3.0]]) == 0.02             # a fixed one is kept
