@@ -87,11 +87,9 @@ class TrainingRanks:
             self.held = digest
 
     def shutdown(self) -> None:
+        """Kill the ranks at once: a rank may be mid-stage (a stop signal, a failed peer), and its
+        actor would run a polite shutdown call only after the stage."""
         for rank in self.ranks:
-            try:
-                ray.get(rank.shutdown.remote(), timeout=30)
-            except Exception:  # already dead, or stuck in a collective with a dead peer
-                pass
             ray.kill(rank)
         self.ranks = []
         remove_placement_group(self.group)

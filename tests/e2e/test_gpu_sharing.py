@@ -31,8 +31,11 @@ ONE_GPU_EACH = ["generate.num_gpus_per_replica=1", "train.num_gpus_per_rank=1"]
 @pytest.fixture(scope="module")
 def one_gpu_cluster():
     """A Ray head owned by a child process (it ends with it) that declares 1 GPU."""
+    # address="local": a cluster of its own even where another one runs on this host (ray.init
+    # would join that one and refuse the resources given here)
     script = ("import sys, ray\n"
-              "ray.init(num_cpus=6, num_gpus=1, include_dashboard=False, object_store_memory=256 * 2**20)\n"
+              "ray.init(address='local', num_cpus=6, num_gpus=1, include_dashboard=False,\n"
+              "         object_store_memory=256 * 2**20)\n"
               "print(ray.get_runtime_context().gcs_address, flush=True)\n"
               "sys.stdin.read()\n")
     head = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
