@@ -68,8 +68,10 @@ class Driver:
                 ctx.first_iteration = info["parent"]["iteration"]
             if ctx.first_iteration > 1:  # a fork: its own copy of the parent's policy, checked against run.json
                 ctx.fork_start = lineage.fork_start_policy(self.run_dir, info)
-            if self.ray_address is None:  # one local node: no placement order can strand a later group
-                ctx.actors.start_training_ranks(recipe.train)  # they start while the engines do
+            # on one local node (no placement order can strand a later group), unless the last
+            # train stage is committed (a finished run run again): they start while the engines do
+            if self.ray_address is None and runs.StageDir(self.run_dir, recipe.iterations, "train").manifest() is None:
+                ctx.actors.start_training_ranks(recipe.train)
             try:
                 return walk(ctx)
             finally:
