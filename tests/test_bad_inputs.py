@@ -5,7 +5,8 @@ traceback, and nothing written: the working directory and the model cache are un
 for `run`, no run directory (so no run.json) exists. The `run` cases fail in pre-flight,
 before Ray starts. Cases: issue 13 findings 3 (non-finite settings), 7 (bad policy paths),
 8 (evaluate.max_tokens, tiny kinds), 9 (damaged prompt files), 10 (validate of a huge reuse
-run in bounded time), 11 (duplicates), and issue 9 item 5 (validate on a missing policy).
+run in bounded time), 11 (duplicates), issue 9 item 5 (validate on a missing policy) and issue 19
+finding 11 (a run directory that is not a run, or inside one).
 """
 
 import json
@@ -41,6 +42,11 @@ def make_inputs(root: Path) -> None:
     # 40 rows, only 12 distinct texts (case and whitespace differ): too few for 3 x 32 + 16
     rows = [f"Tell me about  Topic {i % 12}" if i % 2 else f"tell me about topic {i % 12}" for i in range(40)]
     (inputs / "duplicates.jsonl").write_text("".join(json.dumps({"prompt": r}) + "\n" for r in rows))
+    # issue 19 finding 11: a folder of another tool's files, and a run directory to nest a run in
+    (inputs / "other-tool").mkdir()
+    (inputs / "other-tool" / "metrics.jsonl").write_text('{"loss": 1.0}\n')
+    (inputs / "outer-run" / "iter-001").mkdir(parents=True)
+    (inputs / "outer-run" / "run.json").write_text("{}")
 
 
 CASES = [
@@ -87,6 +93,11 @@ CASES = [
     # finding 11: duplicates are dropped, and the shortfall says so
     ("duplicates-too-few", "validate", QUICKSTART, ["prompts.path={root}/inputs/duplicates.jsonl"],
      "28 duplicate prompts dropped"),
+    # issue 19 finding 11: a run directory that is somebody else's folder, or inside another run
+    ("run-dir-not-a-run", "run", QUICKSTART, ["--run-dir={root}/inputs/other-tool"],
+     "other-tool: not a selfplay run (no run.json) and not empty"),
+    ("run-dir-inside-a-run", "run", QUICKSTART, ["--run-dir={root}/inputs/outer-run/iter-001/nested"],
+     "inside the run directory"),
 ]
 
 
@@ -118,7 +129,8 @@ def outcomes(sandbox):
 
     def one(case):
         name, command, recipe, overrides, _ = case
-        extra = ["--run-dir", str(root / "runs" / name)] if command == "run" else []
+        own_dir = command != "run" or any(o.startswith("--run-dir=") for o in overrides)
+        extra = [] if own_dir else ["--run-dir", str(root / "runs" / name)]
         return name, cli(root, env, command, str(recipe), *[o.replace("{root}", str(root)) for o in overrides], *extra)
 
     with ThreadPoolExecutor(max_workers=4) as pool:

@@ -146,13 +146,13 @@ class Sample:
         return {"policy": ctx.policy(self.policy_source, self.iteration).digest}
 
     def config(self, ctx) -> dict:
-        recipe = ctx.recipe
-        config = {"prompt_ids": self.prompt_ids(ctx), "n": self.n, **self.sampling, "seed": recipe.seed,
-                  "purpose": self.purpose, "engine": recipe.generate.model_dump(include=ENGINE_KEYS),
-                  "dtype": recipe.policy.dtype}
-        if self.hindsight_template is not None:
-            config["prompts_digest"] = runs.digest_of(self.prompts(ctx))
-        return config
+        """What decides the samples besides the policy. `prompts_digest`: the texts of the prompts
+        sampled (ids alone would let an edited prompt file pass as done on resume); only this
+        stage's prompts, so an edit redoes exactly the stages that read the edited prompts."""
+        recipe, prompt_ids, prompts = ctx.recipe, self.prompt_ids(ctx), self.prompts(ctx)
+        return {"prompt_ids": prompt_ids, "prompts_digest": runs.digest_of([prompts[i] for i in prompt_ids]),
+                "n": self.n, **self.sampling, "seed": recipe.seed, "purpose": self.purpose,
+                "engine": recipe.generate.model_dump(include=ENGINE_KEYS), "dtype": recipe.policy.dtype}
 
     def run(self, ctx, tmp) -> StageResult:
         recipe, prompt_ids = ctx.recipe, self.prompt_ids(ctx)
