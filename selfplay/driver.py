@@ -41,6 +41,7 @@ class Driver:
         from selfplay.track.tracker import Tracker
 
         recipe = self.recipe
+        lineage.check_run_dir(self.run_dir)  # before anything is written, even a tiny model's cache
         # Pre-flight, before the run directory is touched (and before Ray's start-up): model
         # folders, tiny kinds, prompts and seed pairs. A broken one must not freeze a run.json.
         pool = check_recipe(recipe)

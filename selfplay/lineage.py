@@ -169,20 +169,41 @@ def _new_run_info(recipe: Recipe, parent: dict | None) -> dict:
             "recipe": resolved, "recipe_digest": runs.digest_of(resolved), "wandb_run_id": f"{recipe.name}-{run_id}"}
 
 
+# What a start that stopped before run.json leaves in a run directory (the lock, the driver's
+# log): such a folder is still a run to be, not somebody else's files.
+START_UP_LEFTOVERS = {".lock", "logs"}
+
+
+def check_run_dir(run_dir: Path) -> None:
+    """Refuse, before anything is written, a run directory that would mix a run with other files:
+    a non-empty folder that is not a run, or a folder inside another run (whose `verify` and
+    stage listing would then read the inner run's folders as its own)."""
+    run_dir = Path(run_dir).resolve()
+    outer = next((folder for folder in run_dir.parents if (folder / "run.json").is_file()), None)
+    if outer is not None:
+        raise LineageError(f"{run_dir}: inside the run directory {outer}; choose a run directory outside any run")
+    if run_dir.is_dir() and not (run_dir / "run.json").exists() and \
+            {entry.name for entry in run_dir.iterdir()} - START_UP_LEFTOVERS:
+        raise LineageError(f"{run_dir}: not a selfplay run (no run.json) and not empty; choose a new or empty folder")
+    if run_dir.exists() and not run_dir.is_dir():
+        raise LineageError(f"{run_dir}: not a folder; choose a new or empty folder")
+
+
 def init_run_dir(run_dir: Path, recipe: Recipe, allow_changes: bool = False, parent: dict | None = None) -> dict:
     """Create run.json and recipe.yaml, or check that an existing run has the same recipe (and
     that neither file was edited by hand); an accepted change is recorded in run.json."""
     run_dir = Path(run_dir)
     if (run_dir / "run.json").exists():
-        change = recipe_change(run_dir, recipe, allow_changes)
-        info = read_run(run_dir)
-        if change is None:
-            if not (run_dir / "recipe.yaml").exists():
-                _write_recipe_files(run_dir, info, recipe)
-            return info
-        info.setdefault("recipe_changes", []).append(change)
-        info["recipe"], info["recipe_digest"] = recipe.model_dump(mode="json"), change["digest"]
-        _write_recipe_files(run_dir, info, recipe)
+        with runs.run_json_lock(run_dir):  # a fork of this run may be recording itself right now
+            change = recipe_change(run_dir, recipe, allow_changes)
+            info = read_run(run_dir)
+            if change is None:
+                if not (run_dir / "recipe.yaml").exists():
+                    _write_recipe_files(run_dir, info, recipe)
+                return info
+            info.setdefault("recipe_changes", []).append(change)
+            info["recipe"], info["recipe_digest"] = recipe.model_dump(mode="json"), change["digest"]
+            _write_recipe_files(run_dir, info, recipe)
         log.info("recipe change accepted and recorded in %s: %s", run_dir / "run.json",
                  ", ".join(change["keys"] + [f"hand edit of {p}" for p in change["hand_edited"]]))
         return info
@@ -267,18 +288,27 @@ def _share_iteration(parent_dir: Path, fork_tmp: Path, iteration: int, copied: l
             _link_tree(stage, target / stage.name, copied)
 
 
+def record_fork(parent_dir: Path, record: dict) -> None:
+    """Add a fork to its parent's run.json under the run.json lock (runs.run_json_lock, not the
+    driver's: a running parent can be forked), so forks made at once never drop each other."""
+    with runs.run_json_lock(parent_dir):
+        info = read_run(parent_dir)
+        runs.write_json_atomic(Path(parent_dir) / "run.json", {**info, "forks": info.get("forks", []) + [record]})
+
+
 def create_fork(parent_dir: Path, fork_dir: Path, from_iteration: int, recipe: Recipe) -> dict:
     """A new run starting at `from_iteration` from the parent's policy at that point.
 
     Iterations 1..from_iteration-1 become the fork's own folders of hard links to the parent's
-    files. The fork is built in a temporary folder next to fork_dir and renamed into place after
-    the parent's run.json records it, so a failure (a read-only parent, a full disk) leaves
-    nothing behind.
+    files. The fork is built in a temporary folder next to fork_dir and renamed into place, then
+    recorded in the parent's run.json; a failure (a read-only parent, a full disk) removes the
+    new fork again, leaving nothing behind.
     """
     parent_dir, fork_dir = Path(parent_dir), Path(fork_dir)
     parent = read_run(parent_dir)
     if fork_dir.exists() and (not fork_dir.is_dir() or any(fork_dir.iterdir())):
         raise LineageError(f"{fork_dir}: already exists; choose another --name")
+    check_run_dir(fork_dir)  # not inside another run
     if not 1 <= from_iteration <= recipe.iterations:
         raise LineageError(f"--from-iteration must be between 1 and iterations ({recipe.iterations}), "
                            f"got {from_iteration}")
@@ -311,21 +341,26 @@ def create_fork(parent_dir: Path, fork_dir: Path, from_iteration: int, recipe: R
     if copied:
         log.warning("fork %s: %d shared file(s) copied, not hard-linked (e.g. %s); they take disk space",
                     fork_dir, len(copied), copied[0])
-    record = {"run_dir": str(fork_dir.resolve()), "run_id": info["run_id"], "iteration": from_iteration}
     try:
-        runs.write_json_atomic(parent_dir / "run.json", {**parent, "forks": parent.get("forks", []) + [record]})
+        # The atomic step that decides between forks of one name made at once: rename(2) onto an
+        # existing folder succeeds only while it is empty, so exactly one of them gets there.
+        os.rename(tmp, fork_dir)
     except OSError as error:
         shutil.rmtree(tmp, ignore_errors=True)
+        if fork_dir.exists():
+            raise LineageError(f"{fork_dir}: already exists; choose another --name") from None
+        raise LineageError(f"{fork_dir}: cannot create the fork ({error.strerror or error}); "
+                           f"nothing was created") from None
+    record = {"run_dir": str(fork_dir.resolve()), "run_id": info["run_id"], "iteration": from_iteration}
+    try:
+        record_fork(parent_dir, record)
+    except (OSError, LineageError) as error:
+        shutil.rmtree(fork_dir, ignore_errors=True)  # our own fork, just made: nothing refers to it yet
+        if isinstance(error, LineageError):
+            raise
         raise LineageError(f"{parent_dir / 'run.json'}: cannot record the fork there ({error.strerror or error}); "
                            f"nothing was created: make the parent run writable (`selfplay lineage` finds forks "
                            f"through it)") from None
-    try:
-        os.rename(tmp, fork_dir)
-    except OSError as error:
-        runs.write_json_atomic(parent_dir / "run.json", parent)
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise LineageError(f"{fork_dir}: cannot create the fork ({error.strerror or error}); "
-                           f"nothing was created") from None
     return info
 
 

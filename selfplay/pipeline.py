@@ -104,6 +104,7 @@ def run_stage(ctx, stage: Stage) -> dict:
         record(ctx, folder, manifest)  # its metrics.jsonl rows, if a crash came before them
         _committed(ctx, stage)
         return manifest
+    _say_if_prompts_changed(folder, config)
     failed_path = folder.path.with_name(name + ".failed.json")
     started = time.time()
     retries = ctx.recipe.max_stage_retries
@@ -138,6 +139,14 @@ def run_stage(ctx, stage: Stage) -> dict:
     _committed(ctx, stage)
     log.info("iter %d %-9s finished in %.1f s", iteration, name, seconds)
     return manifest
+
+
+def _say_if_prompts_changed(folder: runs.StageDir, config: dict) -> None:
+    """An edited prompt file redoes a finished stage: say so, or the redo looks like a bug."""
+    old = (folder.manifest() or {}).get("config")
+    if isinstance(old, dict) and old.get("prompts_digest", config.get("prompts_digest")) != config.get("prompts_digest"):
+        log.warning("iter %d %-9s its prompts changed (the prompt file was edited): redone, the old result goes "
+                    "to superseded/", folder.iteration, folder.name)
 
 
 def _committed(ctx, stage: Stage) -> None:

@@ -296,6 +296,22 @@ class StageDir:
         return self.manifest()["outputs"][name]
 
 
+@contextlib.contextmanager
+def run_json_lock(run_dir: Path):
+    """A short exclusive flock on <run>/.run-json.lock around a read-modify-write of run.json.
+
+    Not the RunLock: a driver holds that for a whole run, and a fork of a running parent must
+    still record itself in the parent's run.json. Every writer of an existing run.json (the
+    driver recording a recipe change, a fork recording itself) takes this one, so none writes
+    back a stale copy over another's entry."""
+    with open(Path(run_dir) / ".run-json.lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)  # held for milliseconds: waiting is fine
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 class RunLock:
     """An exclusive flock on <run>/.lock: a second driver on the same run refuses to start."""
 

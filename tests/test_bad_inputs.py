@@ -6,8 +6,8 @@ for `run`, no run directory (so no run.json) exists. The `run` cases fail in pre
 before Ray starts. Cases: issue 13 findings 3 (non-finite settings), 7 (bad policy paths),
 8 (evaluate.max_tokens, tiny kinds), 9 (damaged prompt files), 10 (validate of a huge reuse
 run in bounded time), 11 (duplicates), issue 9 item 5 (validate on a missing policy), and
-issue 19 findings 9 (recipe YAML: not UTF-8, duplicate keys, deep nesting) and 10 (greedy
-decoding with several samples per prompt).
+issue 19 findings 9 (recipe YAML: not UTF-8, duplicate keys, deep nesting), 10 (greedy
+decoding with several samples per prompt) and 11 (a run directory that is not a run, or inside one).
 """
 
 import json
@@ -47,6 +47,11 @@ def make_inputs(root: Path) -> None:
     (inputs / "latin1.yaml").write_bytes(QUICKSTART.read_bytes() + b"name: caf\xe9\n")
     (inputs / "twice.yaml").write_text(QUICKSTART.read_text() + "iterations: 1\n")
     (inputs / "deep.yaml").write_text("iterations: " + "[" * 5000 + "]" * 5000 + "\n")
+    # issue 19 finding 11: a folder of another tool's files, and a run directory to nest a run in
+    (inputs / "other-tool").mkdir()
+    (inputs / "other-tool" / "metrics.jsonl").write_text('{"loss": 1.0}\n')
+    (inputs / "outer-run" / "iter-001").mkdir(parents=True)
+    (inputs / "outer-run" / "run.json").write_text("{}")
 
 
 CASES = [
@@ -106,6 +111,11 @@ CASES = [
     ("generate-greedy", "run", QUICKSTART, ["generate.temperature=0"], "generate.samples_per_prompt is 4"),
     ("evaluate-greedy", "validate", QUICKSTART, ["evaluate.temperature=0", "evaluate.samples_per_prompt=2"],
      "evaluate.temperature: 0.0 is greedy decoding"),
+    # issue 19 finding 11: a run directory that is somebody else's folder, or inside another run
+    ("run-dir-not-a-run", "run", QUICKSTART, ["--run-dir={root}/inputs/other-tool"],
+     "other-tool: not a selfplay run (no run.json) and not empty"),
+    ("run-dir-inside-a-run", "run", QUICKSTART, ["--run-dir={root}/inputs/outer-run/iter-001/nested"],
+     "inside the run directory"),
 ]
 
 
@@ -137,7 +147,8 @@ def outcomes(sandbox):
 
     def one(case):
         name, command, recipe, overrides, _ = case
-        extra = ["--run-dir", str(root / "runs" / name)] if command == "run" else []
+        own_dir = command != "run" or any(o.startswith("--run-dir=") for o in overrides)
+        extra = [] if own_dir else ["--run-dir", str(root / "runs" / name)]
         return name, cli(root, env, command, str(recipe), *[o.replace("{root}", str(root)) for o in overrides], *extra)
 
     with ThreadPoolExecutor(max_workers=4) as pool:

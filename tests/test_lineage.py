@@ -203,6 +203,57 @@ def test_fork_from_a_read_only_parent_is_one_line_and_leaves_nothing(tmp_path, p
     assert (parent / "run.json").read_text() == record
 
 
+# -- forks made at once (issue 19 finding 2) -------------------------------------------------------
+def _fork_at_once(parent_dir, fork_dir, barrier, results):
+    """One `selfplay fork`'s record-writing step, in its own process, released with the others."""
+    recipe = parse_recipe({**lineage.read_run(parent_dir)["recipe"], "name": fork_dir.name})
+    barrier.wait(timeout=60)
+    try:
+        results.put((str(fork_dir), lineage.create_fork(parent_dir, fork_dir, 1, recipe)["run_id"]))
+    except lineage.LineageError as error:
+        results.put((str(fork_dir), str(error)))
+
+
+def _forks_at_once(parent_dir, fork_dirs) -> list[tuple[str, str]]:
+    import multiprocessing
+
+    context = multiprocessing.get_context("fork")  # no re-import per process: they start together
+    barrier, results = context.Barrier(len(fork_dirs)), context.Queue()
+    processes = [context.Process(target=_fork_at_once, args=(parent_dir, d, barrier, results)) for d in fork_dirs]
+    for process in processes:
+        process.start()
+    outcome = [results.get(timeout=120) for _ in processes]
+    for process in processes:
+        process.join(timeout=60)
+        assert process.exitcode == 0
+    return outcome
+
+
+def test_forks_made_at_once_are_all_recorded_in_the_parent(tmp_path, prompts_file):
+    parent = make_run(tmp_path, prompts_file, done=0)
+    outcome = dict(_forks_at_once(parent, [tmp_path / f"child-{i}" for i in range(8)]))
+    forks = lineage.read_run(parent)["forks"]
+    assert sorted(f["run_id"] for f in forks) == sorted(outcome.values())  # none wrote back a stale copy
+    assert {f["run_dir"] for f in forks} == {str((tmp_path / f"child-{i}").resolve()) for i in range(8)}
+
+
+def test_forks_of_one_name_made_at_once_have_one_winner_recorded(tmp_path, prompts_file):
+    parent = make_run(tmp_path, prompts_file, done=0)
+    outcome = [message for _, message in _forks_at_once(parent, [tmp_path / "child"] * 6)]
+    winners = [m for m in outcome if "already exists" not in m]
+    assert len(winners) == 1, outcome
+    assert [f["run_id"] for f in lineage.read_run(parent)["forks"]] == winners
+    assert lineage.read_run(tmp_path / "child")["run_id"] == winners[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["child", "parent", "prompts.jsonl"]  # no leftovers
+
+
+def test_fork_into_another_runs_folder_is_refused(tmp_path, prompts_file, capsys):
+    parent = make_run(tmp_path, prompts_file, done=2)
+    code, _, err = cli(capsys, "fork", parent, "--from-iteration", 2, "--run-dir", parent / "iter-001" / "child")
+    assert "inside the run directory" in one_line_error(code, err)
+    assert not (parent / "iter-001" / "child").exists() and "forks" not in lineage.read_run(parent)
+
+
 # -- nothing the user produced is deleted ----------------------------------------------------------
 def test_a_redone_stage_is_moved_to_superseded_with_its_reason(tmp_path, prompts_file):
     run_dir = make_run(tmp_path, prompts_file, done=1)

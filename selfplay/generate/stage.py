@@ -146,13 +146,38 @@ class Sample:
         return {"policy": ctx.policy(self.policy_source, self.iteration).digest}
 
     def config(self, ctx) -> dict:
-        recipe = ctx.recipe
-        config = {"prompt_ids": self.prompt_ids(ctx), "n": self.n, **self.sampling, "seed": recipe.seed,
-                  "purpose": self.purpose, "engine": recipe.generate.model_dump(include=ENGINE_KEYS),
-                  "dtype": recipe.policy.dtype}
-        if self.hindsight_template is not None:
-            config["prompts_digest"] = runs.digest_of(self.prompts(ctx))
-        return config
+        """What decides the samples besides the policy. `prompts_digest`: the texts of the prompts
+        sampled (ids alone would let an edited prompt file pass as done on resume); only this
+        stage's prompts, so an edit redoes exactly the stages that read the edited prompts."""
+        recipe, prompt_ids, prompts = ctx.recipe, self.prompt_ids(ctx), self.prompts(ctx)
+        config = {"prompt_ids": prompt_ids, "prompts_digest": runs.digest_of([prompts[i] for i in prompt_ids]),
+                  "n": self.n, **self.sampling, "seed": recipe.seed, "purpose": self.purpose,
+                  "engine": recipe.generate.model_dump(include=ENGINE_KEYS), "dtype": recipe.policy.dtype}
+        return self._committed_format(ctx, config, prompts)
+
+    def _committed_format(self, ctx, config: dict, prompts: list[str]) -> dict:
+        """The config as the committed stage recorded it, when only the digest's format differs: a
+        stage committed before `prompts_digest` covered exactly its prompts (none; DRIFT's covered
+        all records) stays done while its prompts' texts are unchanged, so a new version does not
+        redo every finished run's sampling (and, on GPUs, everything after it)."""
+        folder = runs.StageDir(ctx.run_dir, self.iteration, self.name)
+        old = (folder.manifest() or {}).get("config")
+        if not isinstance(old, dict) or "prompts_digest" in old and self.hindsight_template is None:
+            return config  # no committed config, or one in today's format: compared as it is
+        legacy = {k: v for k, v in config.items() if k != "prompts_digest"}
+        if "prompts_digest" in old:  # DRIFT's earlier digest: all records' hindsight prompts
+            legacy["prompts_digest"] = runs.digest_of(prompts)
+        if runs.digest_of(legacy) != runs.digest_of(old):
+            return config  # another setting or a DRIFT record changed: redone anyway
+        if "prompts_digest" in old:
+            return legacy
+        try:  # no digest recorded: the committed samples hold the texts they were sampled from
+            sampled = pq.read_table(folder.path / "samples.parquet", columns=["prompt_id", "prompt"]).to_pylist()
+        except (OSError, pa.ArrowException):
+            return config
+        wanted = set(config["prompt_ids"])
+        same = all(row["prompt_id"] in wanted and row["prompt"] == prompts[row["prompt_id"]] for row in sampled)
+        return legacy if same else config
 
     def run(self, ctx, tmp) -> StageResult:
         recipe, prompt_ids = ctx.recipe, self.prompt_ids(ctx)

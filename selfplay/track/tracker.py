@@ -7,6 +7,8 @@ W&B history is a copy of the file that a crash cannot leave with holes or duplic
   the commit and the append) has its block written then (`record` is idempotent per stage result,
   keyed by the manifest's `started_at`);
 - a partly written last block (killed mid-append) is dropped at start and written again whole;
+- a damaged line (edited, a bad disk block) is dropped with its block, and the block is written
+  again from the stage's manifest when the stage is found done (a superseded result's row is lost);
 - on start the rows W&B does not hold yet are logged again: offline, from the earlier offline
   files of the same run (read back with `wandb_offline`); online, from the resumed run's step
   (W&B ignores a step below the run's current one, so a row is never counted twice).
@@ -43,18 +45,29 @@ EXAMPLES_KEY = "examples"
 EXAMPLE_COLUMNS = ["iteration", "prompt_id", "prompt", "response", "score"]
 
 
-def read_rows(text: str) -> list[dict]:
-    """The complete rows of metrics.jsonl's text (a torn last line is ignored)."""
-    return [json.loads(line) for line in text.splitlines(keepends=True) if line.endswith("\n")]
+def read_rows(text: str) -> tuple[list[dict], list[int]]:
+    """The rows of metrics.jsonl's text and the numbers of its damaged lines (not a JSON object
+    with an iteration and a stage). A torn last line is ignored, not counted: a crash mid-append."""
+    rows, damaged = [], []
+    for number, line in enumerate(text.splitlines(keepends=True), 1):
+        if not line.endswith("\n"):
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError:
+            row = None
+        if isinstance(row, dict) and isinstance(row.get("stage"), str) and isinstance(row.get("iteration"), int):
+            rows.append(row)
+        else:
+            damaged.append(number)
+    return rows, damaged
 
 
 def complete_blocks(rows: list[dict]) -> list[dict]:
-    """Drop trailing step rows whose stage row never got written (a block cut by a crash)."""
+    """Drop step rows whose stage row is not in the file (a block cut by a crash, or whose stage
+    row was damaged): the stage's whole block is recorded again when it is found done."""
     finished = {row.get("started_at") for row in rows if row["stage"] != STEP_STAGE}
-    end = len(rows)
-    while end and rows[end - 1]["stage"] == STEP_STAGE and rows[end - 1].get("started_at") not in finished:
-        end -= 1
-    return rows[:end]
+    return [row for row in rows if row["stage"] != STEP_STAGE or row.get("started_at") in finished]
 
 
 def axis_of(key: str) -> str | None:
@@ -89,9 +102,12 @@ class Tracker:
     def __init__(self, run_dir: Path, run_info: dict, recipe, resolved_config: dict):
         self.metrics_path = Path(run_dir) / "metrics.jsonl"
         text = self.metrics_path.read_text() if self.metrics_path.exists() else ""
-        raw = read_rows(text)
+        raw, damaged = read_rows(text)
         self.rows = complete_blocks(raw)
-        if text and (len(self.rows) != len(raw) or not text.endswith("\n")):
+        if damaged:  # metrics.jsonl is derived from the manifests: what is lost is recorded again
+            log.warning("%s: %d damaged line(s) dropped (line %s); the rows of each finished stage are recorded "
+                        "again from its manifest", self.metrics_path, len(damaged), ", ".join(map(str, damaged[:5])))
+        if text and (damaged or len(self.rows) != len(raw) or not text.endswith("\n")):
             self._rewrite()
         self.recorded = {(r["iteration"], r["stage"], r.get("started_at")) for r in self.rows}
         self.wandb_run = self.artifacts = None

@@ -44,6 +44,25 @@ def test_a_block_torn_by_a_crash_is_dropped_and_written_again_whole(tmp_path):
     assert [r["stage"] for r in lines(tmp_path)] == ["generate", STEP_STAGE, "train"]
 
 
+def test_a_damaged_line_is_dropped_with_its_block_and_recorded_again(tmp_path, caplog):
+    """Issue 19 finding 13: a damaged line, anywhere, is no JSONDecodeError at start; its stage's
+    block is written again (from the manifest, by the pipeline's record) when that stage is found done."""
+    path = tmp_path / "metrics.jsonl"
+    generate = {"iteration": 1, "stage": "generate", "started_at": 1.0, "seconds": 1.0}
+    step = {"iteration": 1, "stage": STEP_STAGE, "started_at": 2.0, "step": 1, "global_step": 0, "loss": 3.0}
+    evaluate = {"iteration": 1, "stage": "evaluate", "started_at": 3.0, "seconds": 1.0}
+    path.write_text("\n".join([json.dumps(generate), json.dumps(step), '{"iteration": 1, "stage": "tr#in": 3.0}',
+                               "[1, 2]", json.dumps(evaluate)]) + "\n")
+    with caplog.at_level("WARNING", logger="selfplay"):
+        tracker = Tracker(tmp_path, INFO, recipe(wandb=False), {})
+    assert "2 damaged line(s) dropped (line 3, 4)" in caplog.text
+    assert lines(tmp_path) == [generate, evaluate]   # the train step lost its stage row: its block goes
+    tracker.record(1, "train", {"loss": 3.0, "seconds": 5.0}, started_at=2.0,
+                   steps=[{"step": 1, "global_step": 0, "loss": 3.0}])
+    tracker.record(1, "evaluate", {"seconds": 1.0}, started_at=3.0)  # found done again: already there
+    assert [r["stage"] for r in lines(tmp_path)] == ["generate", "evaluate", STEP_STAGE, "train"]
+
+
 def test_wandb_row_keys():
     assert wandb_row({"iteration": 2, "stage": "evaluate", "started_at": 5.0, "win_rate": 0.7, "ok": True,
                       "note": "x"}) == {"iteration": 2, "evaluate/win_rate": 0.7}
