@@ -94,6 +94,7 @@ def _report_interrupt(driver, run_dir: Path) -> int:
 def _run(recipe, run_dir, args, parent=None) -> int:
     from selfplay.cluster import ClusterError
     from selfplay.driver import Driver, StageFailed
+    from selfplay.failures import DeadEnd
     from selfplay.lineage import LineageError, RecipeChangedError
     from selfplay.runs import RunLockedError
 
@@ -103,7 +104,7 @@ def _run(recipe, run_dir, args, parent=None) -> int:
             rows = driver.run(parent)
     except KeyboardInterrupt:
         return _report_interrupt(driver, run_dir)
-    except (RunLockedError, RecipeChangedError, LineageError, ClusterError) as error:
+    except (RunLockedError, RecipeChangedError, LineageError, ClusterError, DeadEnd) as error:
         return _fail(str(error))
     except StageFailed as error:
         print(f"selfplay: error: {error}; finished stages are kept: `selfplay resume {run_dir}` continues",

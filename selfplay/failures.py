@@ -12,6 +12,12 @@ its last exception line, skipping pydantic's "For further information visit <url
 
 import re
 
+
+class DeadEnd(ValueError):
+    """A stage failure that running again cannot fix: the data or the recipe must change (a
+    judge that ties every comparison leaves no pairs to train on). The run stops with one line
+    that says what to change, exit code 2, and no advice to resume."""
+
 # "ValueError: ...", "pydantic_core._pydantic_core.ValidationError: ...", "RayTaskError(ValueError): ..."
 EXCEPTION_LINE = re.compile(r"^(?:[A-Za-z_][\w]*\.)*([A-Za-z_]\w*(?:Error|Exception|Exit|Interrupt))(?:\([\w.]*\))?: "
                             r"(.*)$")

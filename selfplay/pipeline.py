@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from selfplay import runs
-from selfplay.failures import error_summary, is_worker_failure
+from selfplay.failures import DeadEnd, error_summary, is_worker_failure
 
 log = logging.getLogger("selfplay")
 
@@ -118,6 +118,8 @@ def run_stage(ctx, stage: Stage) -> dict:
             summary = error_summary(error)
             runs.write_json_atomic(failed_path, {"error": summary[:500], "attempt": attempt, "at": time.time(),
                                                  "traceback": traceback.format_exc()})
+            if isinstance(error, DeadEnd):  # the same inputs fail the same way: no retry, no resume advice
+                raise DeadEnd(f"iteration {iteration} stage {name}: {error}") from error
             if not is_worker_failure(error) or attempt == retries:
                 if isinstance(error, OSError):  # disk full, read-only: the CLI explains it
                     raise

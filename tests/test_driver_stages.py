@@ -44,6 +44,24 @@ def test_a_failing_stage_is_not_retried_unless_a_worker_died(ctx, tmp_path):
     assert len(calls) == 1
 
 
+def test_a_dead_end_is_not_retried_and_names_its_stage(ctx, tmp_path):
+    """A failure only a recipe or data change fixes (failures.DeadEnd) stops the run as is: no
+    retry (the recipe allows 1), the stage named, recorded as failed for `selfplay status`,
+    nothing committed."""
+    from selfplay.failures import DeadEnd
+
+    calls = []
+
+    def body(tmp):
+        calls.append(1)
+        raise DeadEnd("no training pairs: ...")
+
+    with pytest.raises(DeadEnd, match=r"^iteration 1 stage pairs: no training pairs: \.\.\.$"):
+        run_stage(ctx, BodyStage(1, "pairs", {}, {}, body))
+    assert len(calls) == 1 and not (tmp_path / "iter-001/pairs").exists()
+    assert "no training pairs" in json.loads((tmp_path / "iter-001/pairs.failed.json").read_text())["error"]
+
+
 def test_a_dead_worker_is_retried_then_the_stage_commits(ctx, tmp_path):
     import ray.exceptions
 

@@ -15,6 +15,8 @@ Two readings of one comparison are kept apart:
 
 import numpy as np
 
+from selfplay.failures import DeadEnd
+
 # An empty response (the policy ended its turn at once) never reaches a judge. For a scalar judge
 # it is scored this many temperatures below the group's lowest score (P of beating it ~ 1 - 2e-22,
 # on any score scale); for a pairwise judge it gets this logit gap. Two empty responses tie.
@@ -75,7 +77,7 @@ def resolve_temperature(setting: str | float, score_groups: list) -> float:
     if not np.isfinite(spread):
         finite = np.concatenate([np.asarray(g, dtype=np.float64) for g in score_groups])
         finite = finite[np.isfinite(finite)]
-        raise ValueError(f"the judge's scores range from {finite.min():.6g} to {finite.max():.6g}: their spread "
+        raise DeadEnd(f"the judge's scores range from {finite.min():.6g} to {finite.max():.6g}: their spread "
                          f"is beyond the float range, so annotate.temperature=auto has no finite temperature; "
                          f"return scores of a smaller magnitude (only their order and spread matter)")
     return spread if spread > 0 else 1.0

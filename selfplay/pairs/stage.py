@@ -12,6 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from selfplay.artifacts import chat_prompt_ids, group_by_prompt, response_token_ids, win_matrix_of
+from selfplay.failures import DeadEnd
 from selfplay.judging.win_matrix import aggregated_scores
 from selfplay.pipeline import StageResult
 
@@ -58,6 +59,10 @@ class Pairs:
 
         table = build_pairs(ctx.latest(self, "samples.parquet").table(), ctx.latest(self, "judgments.parquet").table(),
                             PAIR_BUILDERS[ctx.recipe.pairs.type])
+        if table.num_rows == 0:
+            raise DeadEnd(f"no training pairs: the {ctx.recipe.annotate.type} judge tied every comparison of every "
+                          f"prompt (see annotate's warning), so pairs.type {ctx.recipe.pairs.type!r} found no "
+                          f"response better than another; use a judge whose scores differ between responses")
         pq.write_table(table, tmp / "pairs.parquet")
         metrics = {"pairs": table.num_rows}
         for column in ("chosen_win_rate", "rejected_win_rate"):  # SPPO: they approach 0.5 as self-play converges

@@ -86,3 +86,26 @@ def test_the_judge_on_another_scale_gives_the_same_pairs_and_learns(runs, name):
            manifest(reference, 1, "evaluate")["metrics"]["win_rate_vs_initial"]
     win_rate, lower = final_win_rate_lower_bound(scaled, 1)
     print(f"x{SCALES[name]:g} judge: iteration 1 win rate {win_rate:.3f}, lower bound {lower:.3f}")
+
+
+def test_a_judge_with_no_signal_stops_the_run_at_the_pairs_stage(tmp_path, tiny_policy):
+    """Issue 19 finding 4: a scoring function that ties every comparison leaves no pairs. The run
+    stops at the pairs stage with one line saying why and what to change, exit 2, and no advice
+    to resume (a resume would stop the same way); nothing of the pairs stage is committed."""
+    import os
+
+    run_dir = tmp_path / "no-signal"
+    env = {**os.environ, "PYTHONPATH": str(REPO / "tests" / "annotate")}  # scoring_fixtures, for the judge's process
+    result = subprocess.run([sys.executable, "-m", "selfplay.cli", "run", "recipes/quickstart-cpu.yaml", "--run-dir",
+                             str(run_dir), "iterations=1", "prompts.per_iteration=8", "prompts.eval_size=4",
+                             "tracking.wandb=false", "annotate.function=scoring_fixtures:constant"],
+                            capture_output=True, text=True, timeout=900, cwd=REPO, env=env)
+    assert result.returncode == 2, result.stderr[-3000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("selfplay: error:")]
+    assert errors == [result.stderr.strip().splitlines()[-1]] and len(errors) == 1, result.stderr[-3000:]
+    assert errors[0].startswith("selfplay: error: iteration 1 stage pairs: no training pairs: the function judge "
+                                "tied every comparison of every prompt"), errors[0]
+    assert "use a judge whose scores differ" in errors[0] and "resume" not in result.stderr
+    assert "annotate: no signal: every comparison of every prompt is a tie" in result.stderr   # annotate's warning
+    assert manifest(run_dir, 1, "annotate")["status"] == "done"
+    assert not (run_dir / "iter-001/pairs").exists() and (run_dir / "iter-001/pairs.failed.json").exists()
