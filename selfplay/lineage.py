@@ -411,8 +411,8 @@ def stage_status(run_dir: Path, lock_held: bool) -> list[dict]:
     from selfplay.recipe import Recipe
 
     info = read_run(run_dir)
-    try:
-        recipe = Recipe.model_validate(info["recipe"])
+    try:  # without importing the scoring function: status must not need the judge's code
+        recipe = Recipe.model_validate(info["recipe"], context={"skip_imports": True})
     except ValidationError:  # written by an older schema: its stage folders are listed as found
         recipe = None
     rows = []

@@ -127,7 +127,9 @@ class FunctionJudgeConfig(JudgeConfigBase):
 
     @field_validator("function")
     @classmethod
-    def _importable(cls, value):
+    def _importable(cls, value, info):
+        if (info.context or {}).get("skip_imports"):  # reading a run's record (status), not running it
+            return value
         try:
             load_function(value)
         except ValueError as error:  # the recipe error names the section (annotate or evaluate.judge)
