@@ -86,8 +86,11 @@ def _report_interrupt(driver, run_dir: Path) -> int:
     gc.freeze()
     signum = _signals_received[0] if _signals_received else signal.SIGINT
     where = f"iteration {driver.running[0]} stage {driver.running[1]}" if driver.running else "start-up"
-    print(f"selfplay: interrupted by {signal.Signals(signum).name} during {where}; finished stages are kept: "
-          f"`selfplay resume {shlex.quote(str(run_dir))}` continues", file=sys.stderr)
+    if (Path(run_dir) / "run.json").exists():
+        advice = f"finished stages are kept: `selfplay resume {shlex.quote(str(run_dir))}` continues"
+    else:  # stopped before the run was recorded: there is nothing to resume
+        advice = "no run was recorded yet: run the same command again to start it"
+    print(f"selfplay: interrupted by {signal.Signals(signum).name} during {where}; {advice}", file=sys.stderr)
     return 128 + signum
 
 

@@ -56,3 +56,27 @@ def test_error_line_pattern():
     for harmless in (VLLM_INFO, "WARNING 11-27 [rotary.py:1] RotaryEmbedding: Failed to load weights",
                      "Loading weights: 100%|██████████| 21/21", "errors=0 in the last step"):
         assert not console.ERROR_LINE.search(harmless), harmless
+
+
+@pytest.mark.parametrize("recorded", [True, False])
+def test_a_stop_advises_resume_only_when_the_run_was_recorded(recorded, tmp_path, capsys):
+    """Issue 19 finding 12: Ctrl-C at start-up, before run.json exists, cannot be resumed
+    (`selfplay resume` refuses a folder without run.json): the line says to run the command again."""
+    import signal
+    from types import SimpleNamespace
+
+    from selfplay import cli
+
+    if recorded:
+        (tmp_path / "run.json").write_text("{}")
+    cli._signals_received[:] = [signal.SIGTERM]
+    try:
+        code = cli._report_interrupt(SimpleNamespace(running=None), tmp_path)
+    finally:
+        cli._signals_received.clear()
+    line = capsys.readouterr().err.strip()
+    assert code == 143 and line.startswith("selfplay: interrupted by SIGTERM during start-up; ")
+    if recorded:
+        assert line.endswith(f"`selfplay resume {tmp_path}` continues")
+    else:
+        assert line.endswith("no run was recorded yet: run the same command again to start it")
