@@ -233,3 +233,37 @@ def test_load_runs_counts_a_directory_given_twice_once(two_runs):
     assert len(all_series) == 1
     with pytest.raises(CompareError):
         load_runs([str(parent)], ["nope"])
+
+
+@pytest.mark.parametrize("damage", ["truncated", "rewritten"])
+def test_a_damaged_samples_file_is_one_line_and_nothing_is_written(damage, two_runs, tmp_path, capsys):
+    """Issue 19 finding 13: the report reads samples through the stages' hash check. A truncated
+    eval-gen samples.parquet, or one rewritten after commit (valid Parquet, other texts), is named
+    in one line, exit 2, and no plots folder or report is left behind."""
+    from selfplay import runs
+
+    parent, _ = two_runs
+    samples = parent / "iter-002/eval-gen/samples.parquet"
+    manifest = json.loads((samples.parent / "manifest.json").read_text())
+    manifest["output_files"] = {"samples.parquet": runs.fingerprint(samples)}   # as a commit records it
+    (samples.parent / "manifest.json").write_text(json.dumps(manifest))
+    if damage == "truncated":
+        samples.write_bytes(samples.read_bytes()[:-40])
+    else:
+        _samples({0: "edited after the run", 1: "edited too"})(samples)
+    before = sorted(tmp_path.rglob("*"))
+    assert main(["compare", str(parent), "--out", str(tmp_path / "report.html")]) == 2
+    captured = capsys.readouterr()
+    assert captured.err.count("\n") == 1 and str(samples) in captured.err and "Traceback" not in captured.err
+    assert "no longer match the sha256 its manifest records" in captured.err and captured.out == ""
+    assert sorted(tmp_path.rglob("*")) == before                 # no report-plots/, no report.html
+
+
+def test_an_unreadable_samples_file_without_a_recorded_hash_is_named(two_runs, tmp_path, capsys):
+    parent, _ = two_runs
+    samples = parent / "iter-001/eval-gen/samples.parquet"
+    samples.write_bytes(samples.read_bytes()[:-40])
+    assert main(["compare", str(parent), "--out", str(tmp_path / "report.html")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{samples}: not a readable Parquet file" in err
+    assert not (tmp_path / "report-plots").exists() and not (tmp_path / "report.html").exists()

@@ -2,11 +2,14 @@
 runs, print the table, and with --out (or --plots) write the PNGs and the HTML report.
 
 Everything is checked before anything is written: a directory that is not a run, an unknown
-metric or an --out that is a folder is a CompareError (one line, exit 2) and leaves no file.
+metric, an --out that is a folder, or a samples/eval file that no longer matches its manifest
+(read through the same hash check as the stages) is a CompareError (one line, exit 2) and
+leaves no file.
 """
 
 from pathlib import Path
 
+from selfplay.artifacts import ArtifactDamaged
 from selfplay.lineage import LineageError
 from selfplay.report.read import metric_names, read_examples, read_series
 
@@ -54,6 +57,10 @@ def compare(run_dirs: list[str], requested: list[str] | None = None, out: str | 
     plots_path = Path(plots_dir) if plots_dir else (default_plots_dir(out_path) if out_path else None)
     if plots_path is not None and plots_path.exists() and not plots_path.is_dir():
         raise CompareError(f"--plots {plots_path}: exists and is not a folder")
+    try:  # every file the report shows, read (and hash-checked) before anything is printed or written
+        examples = read_examples(all_series, examples_per_iteration) if out_path is not None else None
+    except ArtifactDamaged as error:
+        raise CompareError(str(error)) from None
     print_table(all_series, metrics)
     written = {}
     if plots_path is None:
@@ -67,8 +74,7 @@ def compare(run_dirs: list[str], requested: list[str] | None = None, out: str | 
             out_path.parent.mkdir(parents=True, exist_ok=True)
         written["plots"] = write_plots(images, plots_path)
         if out_path is not None:
-            report = render_report(all_series, metrics, images, read_examples(all_series, examples_per_iteration))
-            write_bytes_atomic(out_path, report.encode("utf-8"))
+            write_bytes_atomic(out_path, render_report(all_series, metrics, images, examples).encode("utf-8"))
             written["report"] = out_path
     except OSError as error:
         raise CompareError(f"{error.filename or out_path or plots_path}: cannot be written "

@@ -17,9 +17,10 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pyarrow.parquet as pq
+import pyarrow as pa
 
 from selfplay import runs
+from selfplay.artifacts import Artifact, ArtifactDamaged
 from selfplay.lineage import LineageError, changed_keys, flatten, read_run
 
 VALUE_KEYS = ("value", "mean", "estimate", "point")
@@ -201,9 +202,22 @@ class Example:
     prompt_win_rates: dict[str, float]         # run label -> this prompt's win rate vs initial
 
 
+def _read_output(path: Path) -> pa.Table:
+    """A stage's committed parquet output, read as the stages read theirs (Artifact.table): its
+    bytes checked against the manifest's sha256, so a damaged or rewritten file is named, never
+    shown. Raises ArtifactDamaged."""
+    manifest = runs.read_json(path.parent / runs.MANIFEST) or {}
+    try:
+        return Artifact(path, "", (manifest.get("output_files") or {}).get(path.name, {})).table()
+    except (pa.ArrowException, OSError) as error:
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise ArtifactDamaged(f"{path}: not a readable Parquet file ({reason}); `selfplay resume` redoes the stage "
+                              f"that made it") from None
+
+
 def _first_samples(path: Path) -> dict[int, tuple[str, str]]:
     """prompt_id -> (prompt, text of the lowest sample_idx) of a samples.parquet."""
-    rows = pq.read_table(path, columns=["prompt_id", "prompt", "sample_idx", "text"]).to_pylist()
+    rows = _read_output(path).select(["prompt_id", "prompt", "sample_idx", "text"]).to_pylist()
     first = {}
     for row in sorted(rows, key=lambda r: (r["prompt_id"], r["sample_idx"])):
         first.setdefault(row["prompt_id"], (row["prompt"], row["text"]))
@@ -213,7 +227,7 @@ def _first_samples(path: Path) -> dict[int, tuple[str, str]]:
 def _prompt_win_rates(path: Path | None) -> dict[int, float]:
     if path is None or not (path / "eval.parquet").exists():
         return {}
-    table = pq.read_table(path / "eval.parquet")
+    table = _read_output(path / "eval.parquet")
     if not {"prompt_id", "win_rate"} <= set(table.column_names):
         return {}
     return {row["prompt_id"]: row["win_rate"] for row in table.select(["prompt_id", "win_rate"]).to_pylist()}
