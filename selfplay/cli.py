@@ -13,11 +13,12 @@ import signal
 import sys
 from pathlib import Path
 
+from selfplay.console import printable
 from selfplay.recipe import RecipeError, load_recipe, parse_recipe
 
 
 def _fail(message: str) -> int:
-    print(f"selfplay: error: {message}", file=sys.stderr)
+    print(f"selfplay: error: {printable(message)}", file=sys.stderr)
     return 2
 
 
@@ -90,7 +91,7 @@ def _report_interrupt(driver, run_dir: Path) -> int:
         advice = f"finished stages are kept: `selfplay resume {shlex.quote(str(run_dir))}` continues"
     else:  # stopped before the run was recorded: there is nothing to resume
         advice = "no run was recorded yet: run the same command again to start it"
-    print(f"selfplay: interrupted by {signal.Signals(signum).name} during {where}; {advice}", file=sys.stderr)
+    print(printable(f"selfplay: interrupted by {signal.Signals(signum).name} during {where}; {advice}"), file=sys.stderr)
     return 128 + signum
 
 
@@ -110,7 +111,7 @@ def _run(recipe, run_dir, args, parent=None) -> int:
     except (RunLockedError, RecipeChangedError, LineageError, ClusterError, DeadEnd) as error:
         return _fail(str(error))
     except StageFailed as error:
-        print(f"selfplay: error: {error}; finished stages are kept: `selfplay resume {run_dir}` continues",
+        print(printable(f"selfplay: error: {error}; finished stages are kept: `selfplay resume {run_dir}` continues"),
               file=sys.stderr)
         return 1
     except OSError as error:  # disk full, read-only run directory: nothing half-written counts
@@ -225,7 +226,7 @@ def cmd_status(args) -> int:
         timing = f"{row['seconds']:8.1f} s" if "seconds" in row else ""
         shared = "  (shared with parent run)" if row["shared"] else ""
         error = f"  {row['error']}" if "error" in row else ""
-        print(f"iter {row['iteration']:>3}  {row['stage']:<14} {row['state']:<11} {timing}{shared}{error}")
+        print(printable(f"iter {row['iteration']:>3}  {row['stage']:<14} {row['state']:<11} {timing}{shared}{error}"))
     return 0
 
 
@@ -239,7 +240,7 @@ def cmd_verify(args) -> int:
     except LineageError as error:
         return _fail(str(error))
     for row in rows:
-        print(f"iter {row['iteration']:>3}  {row['stage']:<14} {'ok' if row['ok'] else 'DAMAGED  ' + row['problem']}")
+        print(printable(f"iter {row['iteration']:>3}  {row['stage']:<14} {'ok' if row['ok'] else 'DAMAGED  ' + row['problem']}"))
     damaged = [row for row in rows if not row["ok"]]
     if damaged:
         print(f"selfplay: {len(damaged)} stage(s) damaged: `selfplay resume {run_dir}` redoes them "
@@ -253,7 +254,7 @@ def cmd_lineage(args) -> int:
     from selfplay.lineage import LineageError, lineage_tree
 
     try:
-        print("\n".join(lineage_tree(Path(args.run_dir))))
+        print("\n".join(map(printable, lineage_tree(Path(args.run_dir)))))
     except LineageError as error:
         return _fail(str(error))
     return 0

@@ -27,6 +27,20 @@ _state = {"verbose": False, "file_handler": None, "actors_quiet": False}
 actor_log = logging.getLogger("actors")
 
 
+def printable(text: str) -> str:
+    """`text` with each control or invisible format character escaped as Python writes it
+    (\\x1b, \\u202e; a newline as \\n): a prompt, a response or a run name that reaches the
+    terminal cannot clear the screen, retitle the window or reorder what follows."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in str(text))
+
+
+class _PrintableFormatter(logging.Formatter):
+    """Console lines with `printable` text, line by line (a multi-line record keeps its lines)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return "\n".join(printable(line) for line in super().format(record).split("\n"))
+
+
 class _ConsoleFilter(logging.Filter):
     """selfplay's own records and errors from anyone; everything with --verbose."""
 
@@ -46,7 +60,7 @@ def setup(verbose: bool = False) -> None:
     for handler in [h for h in root.handlers if getattr(h, "selfplay_console", False)]:
         root.removeHandler(handler)
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter(FORMAT, datefmt="%H:%M:%S"))
+    handler.setFormatter(_PrintableFormatter(FORMAT, datefmt="%H:%M:%S"))
     handler.addFilter(_ConsoleFilter())
     handler.selfplay_console = True
     root.addHandler(handler)

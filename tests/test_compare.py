@@ -267,3 +267,16 @@ def test_an_unreadable_samples_file_without_a_recorded_hash_is_named(two_runs, t
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"{samples}: not a readable Parquet file" in err
     assert not (tmp_path / "report-plots").exists() and not (tmp_path / "report.html").exists()
+
+
+def test_the_table_shows_control_characters_escaped(two_runs, capsys):
+    """Issue 19 finding 6: a fork's changed setting holds terminal escapes; the table's notes
+    show them escaped (the HTML report escapes its own way: test_compare_writes_pngs_...)."""
+    _, fork = two_runs
+    info = json.loads((fork / "run.json").read_text())
+    info["recipe"]["tracking"] = {"group": None, "project": "evil\x1b[2J\x1b]0;owned\x07"}
+    (fork / "run.json").write_text(json.dumps(info))
+    assert main(["compare", str(fork)]) == 0
+    out = capsys.readouterr().out      # (rich's own styling codes may be there: a terminal was detected)
+    assert "\x1b[2J" not in out and "\x1b]0" not in out and "\x07" not in out
+    assert "evil\\x1b[2J\\x1b]0;owned\\x07" in out

@@ -476,3 +476,35 @@ def test_output_into_a_closed_pipe_ends_quietly(command, tmp_path, prompts_file)
     _, err = process.communicate(timeout=120)
     assert process.returncode == 141, err[-2000:]
     assert err == ""
+
+
+# -- hostile text (issue 19 finding 6) -------------------------------------------------------------
+ESCAPES = "\x1b[2J\x1b]0;owned\x07\u202e"   # clear the screen, retitle the window, reverse the text
+
+
+def test_status_lineage_and_errors_show_control_characters_escaped(tmp_path, prompts_file, capsys):
+    run_dir = make_run(tmp_path, prompts_file, done=1, name="run")
+    info = json.loads((run_dir / "run.json").read_text())
+    (run_dir / "iter-002").mkdir(exist_ok=True)
+    (run_dir / "iter-002/generate.failed.json").write_text(json.dumps(
+        {"error": f"ValueError: prompt {ESCAPES} was refused", "attempt": 0, "at": 0, "traceback": ""}))
+    child = tmp_path / f"evil{ESCAPES}"   # a folder name is any bytes but / and NUL
+    lineage.create_fork(run_dir, child, 2, parse_recipe({**info["recipe"], "name": "child"}))
+    outputs = [cli(capsys, "status", run_dir), cli(capsys, "lineage", child),
+               cli(capsys, "validate", REPO / "recipes/quickstart-cpu.yaml", f"prompts.path=/nowhere/{ESCAPES}")]
+    for _, out, err in outputs:
+        assert not any(c in out + err for c in "\x1b\x07\u202e"), (out, err)
+    assert "prompt \\x1b[2J\\x1b]0;owned\\x07\\u202e was refused" in outputs[0][1]
+    assert outputs[1][0] == 0 and "evil\\x1b[2J\\x1b]0;owned" in outputs[1][1]   # the fork's folder
+    assert outputs[2][0] == 2 and "/nowhere/\\x1b[2J" in outputs[2][2]
+
+
+def test_console_log_lines_show_control_characters_escaped(capsys):
+    import logging
+
+    from selfplay import console
+
+    console.setup()
+    logging.getLogger("selfplay").warning("iter 1 annotate: the prompt %r... and %s", "a\x1b[2Jb", ESCAPES)
+    err = capsys.readouterr().err
+    assert "\x1b" not in err and "\\x1b]0;owned\\x07" in err

@@ -37,20 +37,23 @@ def print_table(all_series: list[RunSeries], metrics: list[str]) -> None:
     from rich.table import Table
     from rich.text import Text
 
+    from selfplay.console import printable
+
     table = Table(title="evaluation per iteration (value [95% interval])")
     table.add_column("metric")
     table.add_column("iter", justify="right")
     for series in all_series:
-        table.add_column(Text(series.label), justify="right")  # Text: a "[run id]" is not markup
+        table.add_column(Text(printable(series.label)), justify="right")  # Text: a "[run id]" is not markup
     rows = table_rows(all_series, metrics)
     for index, (metric, iteration, cells) in enumerate(rows):
         first = index == 0 or rows[index - 1][0] != metric
         last = index == len(rows) - 1 or rows[index + 1][0] != metric
-        table.add_row(Text(metric if first else ""), str(iteration), *map(Text, cells), end_section=last)
+        table.add_row(Text(printable(metric) if first else ""), str(iteration), *(Text(printable(c)) for c in cells),
+                      end_section=last)
     console = Console(width=max(120, Console().width))
     console.print(table)
     notes = [f"{s.label}: {s.relation}" for s in all_series if s.relation]
     if any(s.parent for s in all_series):
         notes.append(SHARED_NOTE)
     for note in notes:
-        console.print(note, highlight=False, markup=False)
+        console.print(printable(note), highlight=False, markup=False)
