@@ -56,6 +56,10 @@ def _init_keeping_signal_handlers(**options) -> None:
     console.route_library_loggers()
     try:
         ray.init(**options)
+    except SystemExit as stop:  # Ray's SIGTERM handler, active inside ray.init: the CLI's handles it
+        if stop.code == signal.SIGTERM and callable(handlers[signal.SIGTERM]):
+            handlers[signal.SIGTERM](signal.SIGTERM, None)
+        raise
     finally:
         if threading.current_thread() is threading.main_thread():
             for number, handler in handlers.items():

@@ -16,10 +16,11 @@ pytestmark = pytest.mark.slow
 STOP_DEADLINE = 120  # seconds from the signal to the driver's exit; ~3-10 s measured on 2 busy cores
 
 
-def stop_with(process, marker, signum) -> tuple[str, float]:
+def stop_with(process, marker, signum, delay: float = 0.0) -> tuple[str, float]:
     """Send `signum` to the driver process only (not its group, as a service manager's SIGTERM
-    or a parent's Ctrl-C forwarding would) once `marker` exists; its stderr and stop seconds."""
+    or a parent's Ctrl-C forwarding would) `delay` s after `marker` exists; its stderr and stop seconds."""
     wait_for(process, marker)
+    time.sleep(delay)
     cluster = psutil.Process(process.pid).children(recursive=True)   # its local Ray cluster and actors
     sent = time.monotonic()
     os.kill(process.pid, signum)
@@ -69,3 +70,16 @@ def test_sigint_and_sigterm_during_generate_and_train_stop_cleanly_then_resume_m
     assert resumed["weights"] == small_unbroken_run["weights"]          # bit-identical final policy
     assert resumed["metrics"] == small_unbroken_run["metrics"]
     assert resumed["pairs"] == small_unbroken_run["pairs"]
+
+
+def test_sigterm_while_ray_starts_is_a_clean_stop_that_does_not_advise_resume(tmp_path):
+    """Issue 19 finding 12: inside ray.init, Ray's own SIGTERM handler ran (sys.exit(15): exit 15,
+    nothing printed). Sent while the local cluster starts (just after the run's log file is made,
+    before run.json), SIGTERM stops the driver with 143 and one line; there is no run to resume yet."""
+    run_dir = tmp_path / "early"
+    with driver_session(start_run(run_dir)) as process:
+        stderr, _ = stop_with(process, run_dir / "logs/driver.log", signal.SIGTERM, delay=0.5)
+    assert process.returncode == 143 and "Traceback" not in stderr, stderr[-3000:]
+    assert stderr.strip().splitlines()[-1] == ("selfplay: interrupted by SIGTERM during start-up; no run was recorded "
+                                               "yet: run the same command again to start it"), stderr[-3000:]
+    assert not (run_dir / "run.json").exists()
