@@ -10,21 +10,27 @@ Each group must fit the cluster by itself, which `check_gpu_fit` says before any
 driver then releases whichever groups are in the way when the next one needs the GPUs.
 """
 
+import logging
 import os
 import signal
 import threading
 import time
+from pathlib import Path
 
 import ray
 
+from selfplay import runs
 from selfplay.recipe import RecipeError
+
+log = logging.getLogger("selfplay")
 
 WORKER_ENV = ("SELFPLAY_CACHE", "TORCH_EXTENSIONS_DIR", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
 
 
-def start_ray(address: str | None, min_cpus: int) -> None:
+def start_ray(address: str | None, min_cpus: int) -> bool:
+    """Join the cluster at `address`, or start a local one; True when this call started one."""
     if ray.is_initialized():
-        return
+        return False
     # The CPU engine's own settings (in-process vLLM, no torch.compile) are set by the engine
     # actor itself, only on CPU (selfplay.generate.engine): on CUDA vLLM keeps its defaults.
     env = {"TOKENIZERS_PARALLELISM": "false", "PYTHONWARNINGS": "ignore::DeprecationWarning"}
@@ -36,7 +42,7 @@ def start_ray(address: str | None, min_cpus: int) -> None:
                                           configure_logging=False)
         except ConnectionError as error:
             raise ClusterError(_join_failure(address, error)) from None
-        return
+        return False
     # Logical CPUs: engines and training ranks each hold one; on a small machine they take
     # turns with the real cores (the engine idles while ranks train).
     # address="local": a new cluster of our own even when `ray start` left one running on this
@@ -44,6 +50,50 @@ def start_ray(address: str | None, min_cpus: int) -> None:
     _init_keeping_signal_handlers(address="local", num_cpus=max(os.cpu_count() or 1, min_cpus), include_dashboard=False,
                                   object_store_memory=512 * 1024 * 1024, runtime_env=runtime_env,
                                   log_to_driver=True, configure_logging=False)
+    return True
+
+
+# The local cluster's processes, recorded by the driver that started them (see stop_leftovers).
+LOCAL_PROCESSES = Path("logs") / "ray_processes.json"
+
+
+def record_local_processes(run_dir: Path) -> None:
+    """The processes of the local cluster this driver just started (GCS, raylet, agents), by PID
+    and start time, for the next driver of the run."""
+    import psutil
+
+    found = []
+    for child in psutil.Process().children(recursive=True):
+        try:
+            found.append([child.pid, child.create_time()])
+        except psutil.Error:  # ended meanwhile
+            continue
+    runs.write_json_atomic(Path(run_dir) / LOCAL_PROCESSES, found)
+
+
+def stop_leftovers(run_dir: Path) -> None:
+    """Kill what an earlier driver of this run left running. A driver killed alone (an OOM kill,
+    `kill -9` of its PID) takes its local cluster down except Ray's dashboard and runtime-env
+    agents, which stay orphaned and ignore SIGTERM. A recorded process is killed only if its
+    start time still matches (a PID can be reused); the run lock keeps a live driver's own safe."""
+    import psutil
+
+    path = Path(run_dir) / LOCAL_PROCESSES
+    recorded = runs.read_scratch_json(path, [])
+    stopped = []
+    for entry in recorded if isinstance(recorded, list) else []:
+        try:
+            pid, started = entry
+            process = psutil.Process(pid)
+            if abs(process.create_time() - started) < 0.01 and process.status() != psutil.STATUS_ZOMBIE:
+                process.kill()
+                stopped.append(pid)
+        except (psutil.Error, TypeError, ValueError):  # gone, or a damaged record
+            continue
+    if stopped:
+        log.warning("stopped %d process(es) that an earlier driver of this run left running (pids %s)", len(stopped),
+                    ", ".join(map(str, stopped)))
+    path.unlink(missing_ok=True)
 
 
 def _init_keeping_signal_handlers(**options) -> None:

@@ -35,7 +35,7 @@ class Driver:
     def run(self, parent: dict | None = None) -> list[dict]:
         from selfplay import console
         from selfplay.actors import Actors
-        from selfplay.cluster import check_cluster_fit, gpu_needs, start_ray
+        from selfplay.cluster import check_cluster_fit, gpu_needs, record_local_processes, start_ray, stop_leftovers
         from selfplay.models import resolve_model
         from selfplay.preflight import check_recipe, load_tokenizer
         from selfplay.track.tracker import Tracker
@@ -52,7 +52,9 @@ class Driver:
             if pool.duplicates:
                 log.info("prompts: %d rows repeat an earlier prompt (same text up to case and whitespace) and are "
                          "never selected; %d distinct prompts", pool.duplicates, len(pool.prompts) - pool.duplicates)
-            start_ray(self.ray_address, recipe.generate.replicas + recipe.train.world_size + 1)
+            stop_leftovers(self.run_dir)  # of an earlier driver of this run, killed alone
+            if start_ray(self.ray_address, recipe.generate.replicas + recipe.train.world_size + 1):
+                record_local_processes(self.run_dir)  # the local cluster this driver started
             check_cluster_fit(recipe, initial_policy)  # before run.json: a recipe the cluster cannot hold leaves no run behind
             started = time.time()
             info = lineage.init_run_dir(self.run_dir, recipe, self.allow_changes, parent)

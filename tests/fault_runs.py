@@ -61,12 +61,31 @@ def wait_for(process: subprocess.Popen, marker: Path, deadline: float = MARKER_D
         time.sleep(0.02)
 
 
-def kill_when(process: subprocess.Popen, marker: Path, delay: float = 0.0) -> None:
-    """SIGKILL the driver and its whole session (its local Ray cluster) once `marker` exists."""
+def kill_when(process: subprocess.Popen, marker: Path, delay: float = 0.0, group: bool = True) -> list:
+    """SIGKILL the driver and its whole session (its local Ray cluster) once `marker` exists, or
+    with group=False the driver alone, as an OOM kill does. Returns the processes it had
+    started (psutil.Process), for a check that none of them outlives the next driver."""
     wait_for(process, marker)
     time.sleep(delay)
-    os.killpg(process.pid, signal.SIGKILL)
+    started = psutil.Process(process.pid).children(recursive=True)
+    if group:
+        os.killpg(process.pid, signal.SIGKILL)
+    else:
+        os.kill(process.pid, signal.SIGKILL)
     process.wait(timeout=60)
+    return started
+
+
+def still_running(processes: list) -> list[int]:
+    """PIDs of `processes` that have not ended (a zombie has)."""
+    alive = []
+    for process in processes:
+        try:
+            if process.is_running() and process.status() != psutil.STATUS_ZOMBIE:
+                alive.append(process.pid)
+        except psutil.NoSuchProcess:
+            pass
+    return alive
 
 
 def actor_pids(driver_pid: int, actor: str) -> list[int]:

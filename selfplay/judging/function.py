@@ -57,7 +57,10 @@ def _serve(spec: str, requests: Connection, replies: Connection) -> None:
     fn = getattr(importlib.import_module(module_name), attr)
     replies.send(("ready",))
     while True:
-        message = requests.recv()
+        try:
+            message = requests.recv()
+        except EOFError:  # the driver is gone (killed): nothing is waiting for a score
+            return
         if message is None:
             return
         prompt, responses = message

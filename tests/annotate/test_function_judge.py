@@ -129,3 +129,23 @@ def test_judges_are_asked_one_prompt_at_a_time(monkeypatch):
     judge = CountingJudge()
     judge_groups(judge, [(i, "p", ["a", "b", "c"]) for i in range(70)])
     assert judge.calls == [1] * 70 and updates == [1] * 70
+
+
+def test_the_scoring_process_ends_quietly_when_the_driver_is_gone():
+    """Issue 19 finding 15: after a SIGKILL of the driver the child's request pipe is closed; it
+    ends with exit code 0 instead of an EOFError traceback in the run's log."""
+    import multiprocessing
+
+    from selfplay.judging.function import _serve
+
+    context = multiprocessing.get_context("spawn")
+    child_requests, driver_requests = context.Pipe(duplex=False)
+    driver_replies, child_replies = context.Pipe(duplex=False)
+    process = context.Process(target=_serve, args=("selfplay.judges:letter_e_count", child_requests, child_replies))
+    process.start()
+    child_requests.close()
+    child_replies.close()
+    assert driver_replies.recv() == ("ready",)
+    driver_requests.close()   # as the kernel does for a killed driver
+    process.join(timeout=60)
+    assert process.exitcode == 0

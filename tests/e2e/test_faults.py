@@ -14,7 +14,18 @@ import pytest
 
 from selfplay.track.wandb_offline import find_run_files, read_history
 
-from fault_runs import SMALL, cli, driver_session, final_state, kill_actors_when, kill_when, start_cli, start_run, train_ranks
+from fault_runs import (
+    SMALL,
+    cli,
+    driver_session,
+    final_state,
+    kill_actors_when,
+    kill_when,
+    start_cli,
+    start_run,
+    still_running,
+    train_ranks,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -26,15 +37,17 @@ def unbroken(small_unbroken_run):
 
 def test_sigkill_during_stages_then_resume_matches_an_unbroken_run(tmp_path, unbroken):
     run_dir = tmp_path / "killed"
-    # 1) killed in the middle of iteration 1's training (after at least one DeepSpeed checkpoint)
+    # 1) the driver alone killed (as by the OOM killer) in the middle of iteration 1's training
+    #    (after at least one DeepSpeed checkpoint): Ray's dashboard and runtime-env agents outlive it
     with driver_session(start_run(run_dir)) as process:
-        kill_when(process, run_dir / "iter-001/train.checkpoints/latest")
+        first_driver = kill_when(process, run_dir / "iter-001/train.checkpoints/latest", group=False)
     assert not (run_dir / "iter-001/train/manifest.json").exists()
     status = cli("status", str(run_dir)).stdout
     assert "train          interrupted" in status and "generate       done" in status
-    # 2) resumed, then killed while iteration 2 generates
+    # 2) resumed, then killed while iteration 2 generates; that driver stopped the first one's leftovers
     with driver_session(start_cli("resume", str(run_dir))) as process:
         kill_when(process, run_dir / "iter-002/generate.tmp")
+    assert still_running(first_driver) == [], "processes of the killed driver outlived the next one"
     # 3) a crash between the rename of a stage folder and its manifest, and a half-written stage
     (run_dir / "iter-001/evaluate/manifest.json").unlink()
     (run_dir / "iter-001/pairs.tmp").mkdir()
