@@ -2,8 +2,8 @@
 
 They give a known ground-truth preference, so tests and the quickstart can show that a
 training algorithm really moves the policy toward what the judge prefers. The letter-'e'
-fraction comes on three scales (x1, x0.001, x1000): the same preference, which must train the
-policy the same way (annotate.temperature: auto).
+fraction comes on three scales (x1, x0.001, x1e300, whose squared differences overflow a
+float): the same preference, which must train the policy the same way (annotate.temperature: auto).
 """
 
 
@@ -22,9 +22,9 @@ def letter_e_fraction_milli(prompt: str, response: str) -> float:
     return letter_e_fraction(prompt, response) * 0.001
 
 
-def letter_e_fraction_kilo(prompt: str, response: str) -> float:
-    """letter_e_fraction x 1000."""
-    return letter_e_fraction(prompt, response) * 1000.0
+def letter_e_fraction_huge(prompt: str, response: str) -> float:
+    """letter_e_fraction x 1e300: near the float limit (a spread's squares overflow)."""
+    return letter_e_fraction(prompt, response) * 1e300
 
 
 def shorter_is_better(prompt: str, response: str) -> float:
