@@ -8,6 +8,7 @@ here (new ranks, policy from disk), ends with the same bytes.
 """
 
 import json
+import os
 import shutil
 
 import pytest
@@ -93,9 +94,19 @@ def test_corrupted_artifact_is_detected_and_redone(tmp_path, unbroken):
     assert verified.returncode == 1 and "1 stage(s) damaged" in verified.stderr
     assert [line for line in verified.stdout.splitlines() if "DAMAGED" in line] == \
         ["iter   2  generate       DAMAGED  samples.parquet no longer hash to the manifest's record"]
+    # issue 19 finding 3: a same-size rewrite with its mtime set back (no size or mtime tells),
+    # which resume must notice by the inode's ctime and re-hash
+    evaluated = run_dir / "iter-001/evaluate/eval.parquet"
+    before, data = evaluated.stat(), bytearray(evaluated.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    evaluated.write_bytes(bytes(data))
+    os.utime(evaluated, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert (evaluated.stat().st_size, evaluated.stat().st_mtime_ns) == (before.st_size, before.st_mtime_ns)
     result = cli("resume", str(run_dir))
     assert result.returncode == 0, result.stderr[-3000:]
     assert "iter 2 generate  running" in result.stderr
+    assert f"iter 1 evaluate: {evaluated} changed since it was committed" in result.stderr, result.stderr[-3000:]
+    assert "iter 1 evaluate  running" in result.stderr
     assert "iter 2 train     done earlier, skipped" in result.stderr       # same samples again: nothing downstream redone
     assert final_state(run_dir)["weights"] == unbroken["weights"]
     assert cli("verify", str(run_dir)).returncode == 0
