@@ -8,7 +8,7 @@ policy that is once the stage has committed it (`holds`), by the digest its mani
 next stage starts from the copy only when the policy it must train has that digest, and from disk
 otherwise: a resume, a fork, a redo, another reference rule, ZeRO-3. The copy is bit for bit the
 saved checkpoint, so a run ends with the same weights whether its ranks live or restart every
-stage (tests/e2e/test_long_lived_ranks.py).
+stage (tests/e2e/test_faults.py, tests/train/test_trainer.py).
 """
 
 import os
