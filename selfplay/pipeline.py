@@ -5,7 +5,8 @@ view, the CLI's summary and W&B read:
 - iteration 0: the initial policy's eval samples (`baseline`), SALSA's soup reference, and the
   seed stage (plain preference training on labelled pairs: DRIFT, Selfie);
 - iteration t >= 1: generate -> annotate -> pairs -> train -> eval-gen -> evaluate; DRIFT's
-  hindsight generation and its pairs replace generate/annotate/pairs; evaluation runs every
+  hindsight generation and its pairs replace generate/annotate/pairs; Curry-DPO's tiers
+  (train.curriculum tiers) put a train stage per tier before `train`; evaluation runs every
   `evaluate.every` iterations and at the last one.
 
 A stage is an object with a `name`, its `iteration`, `inputs(ctx)` (the digests of what it reads),
@@ -62,6 +63,7 @@ def stages(recipe, iteration: int, forked: bool = False) -> list[Stage]:
     from selfplay.annotate.stage import Annotate
     from selfplay.evaluate.stage import Evaluate
     from selfplay.generate.stage import Sample
+    from selfplay.pairs import TRAIN_STAGES
     from selfplay.pairs.stage import DriftPairs, Pairs
     from selfplay.train.stage import SeedPairs, Soup, Train
 
@@ -76,7 +78,8 @@ def stages(recipe, iteration: int, forked: bool = False) -> list[Stage]:
         listed = [Sample.hindsight(recipe, iteration), DriftPairs(iteration)]
     else:
         listed = [Sample.generate(recipe, iteration), Annotate(iteration), Pairs(iteration)]
-    listed.append(Train(iteration, recipe.train))
+    train_stages = TRAIN_STAGES.get(recipe.pairs.type)
+    listed += train_stages(recipe, iteration) if train_stages else [Train(iteration, recipe.train)]
     if evaluates(recipe, iteration):
         listed += [Sample.evaluation(recipe, iteration), Evaluate(iteration)]
     return listed

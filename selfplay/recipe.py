@@ -168,6 +168,10 @@ class TrainConfig(Strict):
     reference: Literal["previous", "initial", "soup"] = "previous"
     soup: list[str] = Field(default_factory=list, description="checkpoints averaged into the reference (SALSA)")
     checkpoint_every: int = Field(0, ge=0, description="DeepSpeed checkpoint every N optimizer steps (0: off)")
+    curriculum: Literal["pooled", "sorted", "tiers"] = Field(
+        "pooled", description="with pairs.type curriculum (Curry-DPO): pooled trains on every pair in a shuffled "
+        "order; sorted once, each epoch easy to hard; tiers trains K-1 stages in turn, stage k on every prompt's "
+        "k-th easiest pair with the previous stage's policy as start and (reference previous) reference")
     seed: Seed = 0
 
     @model_validator(mode="after")
@@ -299,6 +303,9 @@ class Recipe(Strict):
             raise ValueError(f"train.loss {self.train.loss!r} needs pair columns {', '.join(missing)} that pairs.type "
                              f"{self.pairs.type!r} does not provide; with it use train.loss {', '.join(usable)}, "
                              f"or a pairs.type that provides them")
+        if self.train.curriculum != "pooled" and "rank" not in PAIR_TARGETS[self.pairs.type]:
+            raise ValueError(f"train.curriculum {self.train.curriculum!r} orders ranked pairs: it needs pairs.type "
+                             f"curriculum, got {self.pairs.type!r}")
         return self
 
     @model_validator(mode="after")

@@ -13,5 +13,7 @@ from selfplay.pairs.curriculum import curriculum_pairs
 from selfplay.pairs.sppo import sppo_pairs
 
 PAIR_BUILDERS = {"sppo": sppo_pairs, "best_worst": best_worst_pairs, "curriculum": curriculum_pairs}
+# Pair rules that train their pairs in stages of their own (Curry-DPO's tiers): fn(recipe, iteration) -> stages
+TRAIN_STAGES = {"curriculum": curriculum.train_stages}
 PAIR_TARGETS = {"sppo": sppo.TARGET_COLUMNS, "best_worst": best_worst.TARGET_COLUMNS,
                 "curriculum": curriculum.TARGET_COLUMNS, "drift": drift.TARGET_COLUMNS}

@@ -7,6 +7,7 @@ from memory.
 """
 
 import json
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,32 +27,58 @@ REFERENCE_SOURCES = {"previous": "entering", "initial": "initial", "soup": "soup
 class Train:
     """Train a policy on the iteration's pairs.parquet into policy/ (HF safetensors) and
     history.jsonl (one row per optimizer step). `train` each iteration; `seed` (iteration 0)
-    trains the initial policy on labelled pairs before iteration 1 (DRIFT, Selfie)."""
+    trains the initial policy on labelled pairs before iteration 1 (DRIFT, Selfie).
+
+    A curriculum (selfplay.pairs.curriculum) gives a `pairs_view`, which picks or orders the pairs
+    this stage trains on (saved as train_pairs.parquet), and `starts_from`, the earlier stage of
+    the iteration whose policy this one trains (Curry-DPO's tiers)."""
 
     iteration: int
     settings: object  # TrainConfig: recipe.train, or the seed stage's
     name: str = "train"
     policy_source: str = "entering"
-    produces = ("policy", "history.jsonl")
+    pairs_view: object = None  # describe() -> dict, select(pairs table) -> pairs table
+    starts_from: str | None = None
+
+    @property
+    def produces(self) -> tuple[str, ...]:
+        return ("policy", "history.jsonl", *(("train_pairs.parquet",) if self.pairs_view else ()))
 
     @classmethod
     def seed(cls, recipe):
         return cls(0, recipe.seed_train_config(), name="seed", policy_source="initial")
 
+    def policy(self, ctx):
+        if self.starts_from is not None:
+            return ctx.artifact(self.iteration, self.starts_from, "policy")
+        return ctx.policy(self.policy_source, self.iteration)
+
     def reference(self, ctx):
+        if self.starts_from is not None and self.settings.reference == "previous":
+            return self.policy(ctx)  # Curry-DPO: the previous tier's model
         source = "initial" if self.name == "seed" else REFERENCE_SOURCES[self.settings.reference]
         return ctx.policy(source, self.iteration)
 
     def inputs(self, ctx) -> dict:
-        return {"policy": ctx.policy(self.policy_source, self.iteration).digest, "reference": self.reference(ctx).digest,
+        return {"policy": self.policy(ctx).digest, "reference": self.reference(ctx).digest,
                 "pairs": ctx.latest(self, "pairs.parquet").digest}
 
     def config(self, ctx) -> dict:
-        return self.settings.model_dump(exclude={"keep_ranks"})  # where the ranks live changes no result
+        # where the ranks live changes no result; `curriculum` left out when pooled keeps earlier runs' digests
+        config = self.settings.model_dump(exclude={"keep_ranks", *(() if self.pairs_view else ("curriculum",))})
+        if self.pairs_view is not None:
+            config["pairs_view"] = self.pairs_view.describe()
+        return config
 
     def run(self, ctx, tmp) -> StageResult:
-        config, reference = self.settings, self.reference(ctx)
-        policy = ctx.policy(self.policy_source, self.iteration)
+        config, reference, policy = self.settings, self.reference(ctx), self.policy(ctx)
+        pairs_path = ctx.latest(self, "pairs.parquet").path
+        if self.pairs_view is not None:
+            pairs = self.pairs_view.select(pq.read_table(pairs_path))
+            pairs_path = tmp / "train_pairs.parquet"
+            pq.write_table(pairs, pairs_path)
+            if pairs.num_rows == 0:  # no prompt has this tier's pair (ties): the policy passes through
+                return self.unchanged(ctx, tmp, policy, reference)
         checkpoints = self.checkpoints(ctx)
         ctx.actors.release_engines()
         ranks = ctx.actors.training_ranks(config)  # the seed stage's config differs in no resource field
@@ -59,7 +86,7 @@ class Train:
             prepare_checkpoints(checkpoints, {"inputs": self.inputs(ctx), "config": self.config(ctx)})
         try:
             result = ranks.train((str(policy.path), policy.digest), (str(reference.path), reference.digest),
-                                 str(ctx.latest(self, "pairs.parquet").path), str(tmp / "policy"), config,
+                                 str(pairs_path), str(tmp / "policy"), config,
                                  str(checkpoints) if config.checkpoint_every else None)
         except Exception:  # a rank that failed mid-collective cannot train again: the next stage starts new ones
             ctx.actors.drop_training_ranks()
@@ -75,7 +102,7 @@ class Train:
                    "reference_seconds": result["reference_seconds"]}
         if "loss_over_eta_sq" in last:
             metrics["loss_over_eta_sq"] = sum(h["loss_over_eta_sq"] for h in history) / len(history)
-        extra = {"reference": {"rule": config.reference, "path": str(reference.path), "digest": reference.digest},
+        extra = {**self.described(ctx, reference),
                  "rank_placement": result["rank_placement"],  # each DeepSpeed rank's node and PID
                  "ranks": result["ranks"],  # kept from an earlier stage or started; policy from memory or disk
                  # where this stage's steps start on the run-wide train-step axis (metrics.jsonl, W&B)
@@ -83,7 +110,22 @@ class Train:
                  "schedule": {"total_steps": result["total_steps"], "warmup_steps": result["warmup_steps"],
                               "epochs": config.epochs, "scheduler": config.scheduler,
                               "gradient_accumulation_steps": result["gradient_accumulation_steps"]}}
-        return StageResult(["policy", "history.jsonl"], metrics, extra)
+        return StageResult(list(self.produces), metrics, extra)
+
+    def described(self, ctx, reference) -> dict:
+        """The manifest's record of what this stage trained against, and of its curriculum tier."""
+        described = {"reference": {"rule": self.settings.reference, "path": str(reference.path),
+                                   "digest": reference.digest}}
+        if self.pairs_view is not None:
+            described["curriculum"] = {**self.pairs_view.describe(), "starts_from": self.starts_from or "entering"}
+        return described
+
+    def unchanged(self, ctx, tmp, policy, reference) -> StageResult:
+        """A tier without pairs: its policy is the one it starts from, file for file."""
+        shutil.copytree(policy.path, tmp / "policy", copy_function=_link_or_copy)
+        (tmp / "history.jsonl").write_text("")
+        extra = {**self.described(ctx, reference), "first_global_step": self.earlier_steps(ctx)}
+        return StageResult(list(self.produces), {"steps": 0, "pairs": 0}, extra)
 
     def checkpoints(self, ctx) -> Path:
         """In-stage checkpoints (train.checkpoint_every): a killed stage resumes from them."""
@@ -97,9 +139,24 @@ class Train:
                                    trained.digest)
 
     def earlier_steps(self, ctx) -> int:
+        """Optimizer steps of the train stages before this one: the seed stage's, every earlier
+        iteration's, and this iteration's earlier curriculum tiers."""
+        from selfplay import pipeline
+
+        names = {t: [s.name for s in pipeline.stages(ctx.recipe, t) if isinstance(s, Train)]
+                 for t in range(1, self.iteration + 1)}
+        if self.iteration:
+            names[self.iteration] = names[self.iteration][:names[self.iteration].index(self.name)]
         earlier = [] if self.name == "seed" else [runs.StageDir(ctx.run_dir, 0, "seed").manifest()]
-        earlier += [runs.StageDir(ctx.run_dir, t, "train").manifest() for t in range(1, self.iteration)]
+        earlier += [runs.StageDir(ctx.run_dir, t, name).manifest() for t, listed in names.items() for name in listed]
         return sum(m["metrics"]["steps"] for m in earlier if m)
+
+
+def _link_or_copy(source: str, target: str) -> None:
+    try:
+        os.link(source, target)  # a 7B checkpoint is not copied for a tier that trained nothing
+    except OSError:
+        shutil.copy2(source, target)
 
 
 def prepare_checkpoints(folder: Path, key: dict) -> None:

@@ -87,6 +87,11 @@ class _StageData:
     pad_id: int
     rows: list[dict]
 
+    @property
+    def order_keys(self) -> list[int] | None:
+        """The pairs' fixed easy-to-hard order, if the file has one (selfplay.train.data)."""
+        return [row["order"] for row in self.rows] if "order" in self.rows[0] else None
+
 
 @dataclass
 class _Engine:
@@ -163,7 +168,8 @@ class TrainerRank:
 
         step = 0
         for epoch in range(settings.epochs):
-            for global_batch in epoch_batches(len(data.rows), epoch, settings.seed, settings.global_batch_size):
+            for global_batch in epoch_batches(len(data.rows), epoch, settings.seed, settings.global_batch_size,
+                                              data.order_keys):
                 step += 1
                 if step <= done_steps:  # the order is a pure function of (seed, epoch): skip what was trained
                     continue

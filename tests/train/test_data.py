@@ -23,3 +23,14 @@ def test_lr_schedules():
     assert lr_multiplier(2, 10, 2, "linear") == 1.0 and lr_multiplier(6, 10, 2, "linear") == 0.5
     assert abs(lr_multiplier(6, 10, 2, "cosine") - 0.5) < 1e-12
     assert lr_multiplier(9, 10, 0, "constant") == 1.0
+
+
+def test_an_order_column_trains_lower_order_first_in_the_seeded_order_within_it():
+    order_keys = [1, 0, 2, 0, 1, 2, 0, 1]
+    shuffled = [i for b in epoch_batches(8, epoch=0, seed=3, global_batch_size=4) for i in b]
+    ordered = [i for b in epoch_batches(8, epoch=0, seed=3, global_batch_size=4, order_keys=order_keys) for i in b]
+    assert [order_keys[i] for i in ordered] == [0, 0, 0, 1, 1, 1, 2, 2]        # easy to hard
+    for key in (0, 1, 2):   # within one key, the same relative order as the plain seeded permutation
+        assert [i for i in ordered if order_keys[i] == key] == [i for i in shuffled if order_keys[i] == key]
+    later = [i for b in epoch_batches(8, epoch=1, seed=3, global_batch_size=4, order_keys=order_keys) for i in b]
+    assert [order_keys[i] for i in later] == [0, 0, 0, 1, 1, 1, 2, 2] and later != ordered   # every epoch
