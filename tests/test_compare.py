@@ -148,7 +148,7 @@ def test_a_forks_own_line_leaves_from_the_parents_last_shared_value(two_runs):
     lines = _axes_for(read_series(fork), "win_rate_vs_initial").lines
     dashed = [line for line in lines if line.get_linestyle() == "--"]
     solid = [line for line in lines if line.get_linestyle() == "-" and len(line.get_xdata()) > 1]
-    assert [list(line.get_xdata()) for line in dashed] == [[1, 2]]
+    assert [list(line.get_xdata()) for line in dashed] == [[0, 1, 2]]   # from the initial policy
     assert [(list(line.get_xdata()), list(line.get_ydata())) for line in solid] == [([2, 3], [0.8065, 0.9])]
 
 

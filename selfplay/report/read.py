@@ -11,6 +11,9 @@ Intervals are read in whichever shape the evaluate stage wrote them: flat `<m>_c
 a top-level `"ci" | "intervals": {<m>: [low, high]}`. Other nested numbers (say length
 quantiles `{"p50": .., "p90": ..}`) become metrics named `<m>.<key>`. A metric without an
 interval simply has none.
+
+Iteration 0 is the initial policy: its win rates are 0.5 and its KL 0 by definition
+(decide.KEY_METRICS), and its mean length is that of the baseline stage's samples.
 """
 
 import math
@@ -22,6 +25,7 @@ import pyarrow as pa
 from selfplay import runs
 from selfplay.artifacts import Artifact, ArtifactDamaged
 from selfplay.lineage import LineageError, changed_keys, flatten, read_run
+from selfplay.report.decide import KEY_METRICS
 
 VALUE_KEYS = ("value", "mean", "estimate", "point")
 LOW_KEYS = ("ci_low", "low", "lower", "lo")
@@ -100,6 +104,22 @@ class RunSeries:
     changes: list[str] = field(default_factory=list)   # recipe keys the fork changed, "key: old -> new"
     metrics: dict[int, dict[str, float]] = field(default_factory=dict)
     intervals: dict[int, dict[str, tuple[float, float]]] = field(default_factory=dict)
+    initial: dict[str, float] = field(default_factory=dict)   # iteration 0's key metrics, the initial policy
+    method: str = ""                                           # train.loss, with the pair rule when it differs
+
+    def value(self, iteration: int, metric: str) -> float | None:
+        return (self.initial if iteration == 0 else self.metrics.get(iteration, {})).get(metric)
+
+    def interval(self, iteration: int, metric: str) -> tuple[float, float] | None:
+        return self.intervals.get(iteration, {}).get(metric)
+
+    def iterations_of(self, metric: str) -> list[int]:
+        """The iterations with a value of the metric, 0 (the initial policy) included where known."""
+        return [t for t in [0, *sorted(self.metrics)] if self.value(t, metric) is not None]
+
+    @property
+    def final_iteration(self) -> int | None:
+        return max(self.metrics, default=None)
 
     @property
     def label(self) -> str:
@@ -160,7 +180,8 @@ def read_series(run_dir: Path) -> RunSeries:
     not a run (no or damaged run.json)."""
     run_dir = Path(run_dir)
     info = read_run(run_dir)
-    series = RunSeries(run_dir, info["name"], info["run_id"], info["recipe"]["iterations"], info.get("parent"))
+    series = RunSeries(run_dir, info["name"], info["run_id"], info["recipe"]["iterations"], info.get("parent"),
+                       method=_method_of(info["recipe"]))
     if series.parent:
         series.parent = dict(series.parent)
         try:
@@ -177,7 +198,28 @@ def read_series(run_dir: Path) -> RunSeries:
         values, intervals = split_metrics(raw)
         series.metrics[iteration] = values
         series.intervals[iteration] = intervals
+    series.initial = _initial_metrics(series)
     return series
+
+
+def _method_of(recipe: dict) -> str:
+    loss = (recipe.get("train") or {}).get("loss") or ""
+    rule = (recipe.get("pairs") or {}).get("type") or ""
+    return loss if rule in ("", loss) else f"{loss} ({rule} pairs)"
+
+
+def _initial_metrics(series: RunSeries) -> dict[str, float]:
+    """Iteration 0's key metrics (for those the run evaluates): the definitional ones, and the mean
+    length of the baseline's samples as response_stats counts it. Raises ArtifactDamaged."""
+    evaluated = {name for values in series.metrics.values() for name in values}
+    initial = {m.name: m.at_initial for m in KEY_METRICS if m.at_initial is not None and m.name in evaluated}
+    path = series.stage_path(0, "baseline")
+    if path is not None and "mean_response_tokens" in evaluated:
+        table = _read_output(path / "samples.parquet")
+        if "token_ids" in table.column_names and table.num_rows:
+            lengths = [len(ids) for ids in table.column("token_ids").to_pylist()]
+            initial["mean_response_tokens"] = sum(lengths) / len(lengths)
+    return initial
 
 
 def metric_names(all_series: list[RunSeries]) -> list[str]:
