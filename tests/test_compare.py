@@ -165,6 +165,19 @@ def test_examples_put_the_runs_first_samples_side_by_side_per_prompt_and_iterati
     assert last.prompt_win_rates == {"base-fork-3 [bbbbbb]": 0.75}
 
 
+def test_examples_show_the_judges_rationale_when_eval_parquet_has_one(two_runs, tmp_path):
+    parent, fork = two_runs
+    pq.write_table(pa.Table.from_pylist([{"prompt_id": 0, "win_rate": 1.0, "rationale": "more e's <i>here</i>"},
+                                         {"prompt_id": 1, "win_rate": 0.0, "rationale": None}]),
+                   fork / "iter-003/evaluate/eval.parquet")
+    all_series, _ = load_runs([str(parent), str(fork)], None)
+    last = read_examples(all_series, per_iteration=2)[-2:]
+    assert [e.rationales for e in last] == [{"base-fork-3 [bbbbbb]": "more e's <i>here</i>"}, {}]
+    out = tmp_path / "r.html"
+    assert main(["compare", str(parent), str(fork), "--out", str(out)]) == 0
+    assert "judge's rationale: more e&#x27;s &lt;i&gt;here&lt;/i&gt;" in out.read_text()
+
+
 # -- the command -----------------------------------------------------------------------------------
 def test_compare_writes_pngs_and_a_self_contained_report(two_runs, tmp_path, capsys):
     parent, fork = two_runs

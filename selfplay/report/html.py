@@ -152,7 +152,9 @@ def _example_block(example: Example, all_series: list[RunSeries]) -> list[str]:
     columns = [(escape(label), text, "") for label, text in example.initial.items()]
     for index, series in enumerate(all_series):
         rate = example.prompt_win_rates.get(series.label)
-        note = "" if rate is None else f'<p class="note">win rate vs initial on this prompt: {rate:.3g}</p>'
+        note = "" if rate is None else f'<p class="note">judge: win rate vs initial on this prompt {rate:.3g}</p>'
+        if series.label in example.rationales:
+            note += f'<p class="note rationale">judge\'s rationale: {escape(example.rationales[series.label])}</p>'
         columns.append((_run_name(series, index), example.responses.get(series.label), note))
     header = "".join(f"<th>{label}</th>" for label, _, _ in columns)
     body = "".join(f"<td><pre>{escape(text) if text is not None else '-'}</pre>{note}</td>"

@@ -242,6 +242,7 @@ class Example:
     initial: dict[str, str]                    # column label -> text
     responses: dict[str, str | None]           # run label -> text (None: no sample)
     prompt_win_rates: dict[str, float]         # run label -> this prompt's win rate vs initial
+    rationales: dict[str, str] = field(default_factory=dict)   # run label -> the judge's rationale, if any
 
 
 def _read_output(path: Path) -> pa.Table:
@@ -266,13 +267,17 @@ def _first_samples(path: Path) -> dict[int, tuple[str, str]]:
     return first
 
 
-def _prompt_win_rates(path: Path | None) -> dict[int, float]:
+def _prompt_scores(path: Path | None) -> dict[int, tuple[float, str | None]]:
+    """prompt_id -> (its win rate vs initial, the judge's rationale when eval.parquet has a
+    `rationale` column, as an LLM judge may write)."""
     if path is None or not (path / "eval.parquet").exists():
         return {}
     table = _read_output(path / "eval.parquet")
     if not {"prompt_id", "win_rate"} <= set(table.column_names):
         return {}
-    return {row["prompt_id"]: row["win_rate"] for row in table.select(["prompt_id", "win_rate"]).to_pylist()}
+    rationales = table.column("rationale").to_pylist() if "rationale" in table.column_names else [None] * table.num_rows
+    return {pid: (rate, rationale) for pid, rate, rationale in
+            zip(table.column("prompt_id").to_pylist(), table.column("win_rate").to_pylist(), rationales)}
 
 
 def _baselines(all_series: list[RunSeries]) -> dict[str, dict[int, tuple[str, str]]]:
@@ -297,12 +302,12 @@ def read_examples(all_series: list[RunSeries], per_iteration: int = 3) -> list[E
     iterations = sorted({t for s in all_series for t in range(1, s.planned_iterations + 1)})
     examples = []
     for iteration in iterations:
-        samples, win_rates = {}, {}
+        samples, scores = {}, {}
         for series in all_series:
             path = series.stage_path(iteration, "eval-gen")
             if path is not None:
                 samples[series.label] = _first_samples(path / "samples.parquet")
-                win_rates[series.label] = _prompt_win_rates(series.stage_path(iteration, "evaluate"))
+                scores[series.label] = _prompt_scores(series.stage_path(iteration, "evaluate"))
         if not samples:
             continue
         common = set.intersection(*(set(s) for s in samples.values()))
@@ -314,5 +319,7 @@ def read_examples(all_series: list[RunSeries], per_iteration: int = 3) -> list[E
                 {label: base[prompt_id][1] for label, base in initial.items() if prompt_id in base},
                 {s.label: samples[s.label][prompt_id][1] if prompt_id in samples.get(s.label, {}) else None
                  for s in all_series},
-                {label: rates[prompt_id] for label, rates in win_rates.items() if prompt_id in rates}))
+                {label: by_prompt[prompt_id][0] for label, by_prompt in scores.items() if prompt_id in by_prompt},
+                {label: by_prompt[prompt_id][1] for label, by_prompt in scores.items()
+                 if prompt_id in by_prompt and by_prompt[prompt_id][1]}))
     return examples
