@@ -81,7 +81,7 @@ def compare(run_dirs: list[str], requested: list[str] | None = None, out: str | 
     from selfplay.report.plots import plot_metric, write_bytes_atomic, write_plots
 
     constant = constant_metrics(all_series, metrics)
-    plots = {metric: plot_metric(all_series, metric, (6.4, 3.6) if metric in KEY_NAMES else (4.2, 2.7))
+    plots = {metric: plot_metric(all_series, metric, (5.2, 3.2) if metric in KEY_NAMES else (4.2, 2.7))
              for metric in metrics if metric not in constant}
     try:
         if out_path is not None:

@@ -129,14 +129,13 @@ def _column_range(all_series: list[RunSeries], metric: str) -> tuple[float, floa
 def _cell_html(series: RunSeries, metric: KeyMetric, cell: HeadlineCell | None, spark: str) -> str:
     if cell is None:
         return f'<td class="num" data-headline-run="{escape(series.label)}" data-headline-metric="{metric.name}">-</td>'
-    text = format_value(cell.value)
-    if cell.interval:
-        text += f" [{format_value(cell.interval[0])}, {format_value(cell.interval[1])}]"
+    interval = (f'<span class="ci">[{format_value(cell.interval[0])}, {format_value(cell.interval[1])}]</span>'
+                if cell.interval else "")
     marks = ("★" if cell.best else "") + ("▲" if cell.lead else "") + cell.versus_even
     css = "num best" if cell.best else "num"
     return (f'<td class="{css}" data-headline-run="{escape(series.label)}" data-headline-metric="{metric.name}" '
-            f'data-value="{cell.value!r}"><span class="value">{escape(text)}</span>'
-            f'{f" <b class=mark>{marks}</b>" if marks else ""}{spark}</td>')
+            f'data-value="{cell.value!r}"><span class="value">{format_value(cell.value)}</span>'
+            f'{f" <b class=mark>{marks}</b>" if marks else ""}{interval}{spark}</td>')
 
 
 def _run_cell(series: RunSeries, depth: int, index: int) -> str:
@@ -145,8 +144,8 @@ def _run_cell(series: RunSeries, depth: int, index: int) -> str:
     detail = ""
     if series.parent:
         fork_of = series.relation.split(" (")[0]
-        detail = f'<div class="note">{escape(fork_of)}</div>' + "".join(
-            f'<div class="note change">{escape(change)}</div>' for change in series.changes)
+        detail = (f'<div class="note">{escape(fork_of)}</div>'
+                  + (f'<div class="note change">{escape("; ".join(series.changes))}</div>' if series.changes else ""))
     return f'<td class="run" data-depth="{depth}">{indent}{swatch}{escape(series.label)}{detail}</td>'
 
 

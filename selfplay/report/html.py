@@ -34,7 +34,8 @@ tr.first-of-metric td { border-top: 2px solid #bbb; }
 .swatch { display: inline-block; width: 10px; height: 10px; border-radius: 2px; margin-right: 6px; }
 .plots { display: flex; flex-wrap: wrap; gap: 12px; }
 figure { margin: 0; border: 1px solid #eee; padding: 4px; flex: 0 1 430px; }
-.key figure { flex-basis: 640px; } .small figure { flex-basis: 420px; }
+.key figure { flex-basis: 440px; } .small figure { flex-basis: 320px; }
+#headline td.num span.ci { display: block; color: #777; font-size: 11px; }
 td.best { background: #eef6ee; } b.mark { color: #1a7f37; font-weight: 600; }
 td.warn div { color: #b35900; } td.run .indent { color: #999; }
 svg.spark { display: block; margin-top: 2px; } tr.group th { background: #e8eef7; }
@@ -99,7 +100,7 @@ def _figures(plots: dict[str, Plot]) -> list[str]:
 
 
 def _plots_sections(plots: dict[str, Plot]) -> list[str]:
-    key = {metric: plot for metric, plot in plots.items() if metric in KEY_NAMES}
+    key = {metric: plots[metric] for metric in KEY_NAMES if metric in plots}     # in the headline's order
     other = {metric: plot for metric, plot in plots.items() if metric not in KEY_NAMES}
     lines = ["<h2>Key curves</h2>", '<div class="plots key" id="key-curves">', *_figures(key), "</div>",
              f'<p class="note">{escape(PLOT_NOTE)}</p>']
