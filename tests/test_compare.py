@@ -208,6 +208,20 @@ def test_compare_writes_pngs_and_a_self_contained_report(two_runs, tmp_path, cap
     assert "base-fork-3 iter 3 &lt;b&gt;bold&lt;/b&gt; &amp; co (sample 0)" in html
 
 
+def test_a_constant_metric_is_one_table_row_and_no_plot(tmp_path):
+    metrics = {t: {**values, "distinct_2": 1.0, "kl_vs_initial": 0.0} for t, values in PARENT_METRICS.items()}
+    run_dir = make_run(tmp_path, "flat", "dddddd444444", metrics)
+    out = tmp_path / "r.html"
+    assert main(["compare", str(run_dir), "--out", str(out)]) == 0
+    report = read_report(out.read_text())
+    assert report.cells[("flat [dddddd]", "distinct_2", "all")] == "1"
+    assert ("flat [dddddd]", "distinct_2", 1) not in report.cells
+    plotted = {img["data-metric"] for img in report.images}
+    assert "distinct_2" not in plotted and not (tmp_path / "r-plots" / "distinct_2.png").exists()
+    assert "kl_vs_initial" in plotted                       # a key metric keeps its curve, constant or not
+    assert {img["data-xticks"] for img in report.images} == {"0 1 2"}
+
+
 def test_metric_option_limits_table_and_plots(two_runs, tmp_path, capsys):
     parent, fork = two_runs
     out = tmp_path / "r.html"
