@@ -165,6 +165,13 @@ def test_examples_put_the_runs_first_samples_side_by_side_per_prompt_and_iterati
     assert last.prompt_win_rates == {"base-fork-3 [bbbbbb]": 0.75}
 
 
+def test_examples_for_the_chosen_iterations_only(two_runs, tmp_path):
+    parent, fork = two_runs
+    out = tmp_path / "r.html"
+    assert main(["compare", str(parent), str(fork), "--out", str(out), "--example-iterations", "1", "3"]) == 0
+    assert re.findall(r'<details( open)? data-iteration="(\d+)"', out.read_text()) == [("", "1"), (" open", "3")]
+
+
 def test_examples_show_the_judges_rationale_when_eval_parquet_has_one(two_runs, tmp_path):
     parent, fork = two_runs
     pq.write_table(pa.Table.from_pylist([{"prompt_id": 0, "win_rate": 1.0, "rationale": "more e's <i>here</i>"},
@@ -237,6 +244,7 @@ def test_metric_option_limits_table_and_plots(two_runs, tmp_path, capsys):
      "unknown --metric 'win_rate': the runs have win_rate_vs_initial, mean_response_tokens"),
     (["{parent}", "--out", "{tmp}"], "must be a file name ending in .html"),
     (["{parent}", "--examples", "-1"], "--examples must be 0 or more"),
+    (["{parent}", "--example-iterations", "5"], "--example-iterations 5: not an evaluated iteration (the runs have 1, 2)"),
 ])
 def test_bad_input_is_one_line_and_exit_2_with_nothing_written(two_runs, tmp_path, capsys, args, message):
     parent, _ = two_runs

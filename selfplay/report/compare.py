@@ -54,7 +54,8 @@ def constant_metrics(all_series: list[RunSeries], metrics: list[str]) -> list[st
 
 
 def compare(run_dirs: list[str], requested: list[str] | None = None, out: str | None = None,
-            plots_dir: str | None = None, examples_per_iteration: int = 3, by: str = "run") -> dict:
+            plots_dir: str | None = None, examples_per_iteration: int = 3, by: str = "run",
+            example_iterations: list[int] | None = None) -> dict:
     """Print the table; write the plots and the report when asked. Returns the paths written."""
     from selfplay.report.table import print_table
 
@@ -63,6 +64,11 @@ def compare(run_dirs: list[str], requested: list[str] | None = None, out: str | 
     if examples_per_iteration < 0:
         raise CompareError(f"--examples must be 0 or more, got {examples_per_iteration}")
     all_series, metrics = load_runs(run_dirs, requested)
+    evaluated = sorted({t for s in all_series for t in s.metrics})
+    for iteration in example_iterations or []:
+        if iteration not in evaluated:
+            raise CompareError(f"--example-iterations {iteration}: not an evaluated iteration "
+                               f"(the runs have {', '.join(map(str, evaluated))})")
     out_path = Path(out) if out else None
     if out_path is not None and (out_path.is_dir() or out_path.suffix.lower() not in (".html", ".htm")):
         raise CompareError(f"--out {out}: must be a file name ending in .html")
@@ -70,7 +76,8 @@ def compare(run_dirs: list[str], requested: list[str] | None = None, out: str | 
     if plots_path is not None and plots_path.exists() and not plots_path.is_dir():
         raise CompareError(f"--plots {plots_path}: exists and is not a folder")
     try:  # every file the report shows, read (and hash-checked) before anything is printed or written
-        examples = read_examples(all_series, examples_per_iteration) if out_path is not None else None
+        examples = (read_examples(all_series, examples_per_iteration, example_iterations)
+                    if out_path is not None else None)
     except ArtifactDamaged as error:
         raise CompareError(str(error)) from None
     print_table(all_series, metrics)

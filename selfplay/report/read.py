@@ -295,11 +295,12 @@ def _baselines(all_series: list[RunSeries]) -> dict[str, dict[int, tuple[str, st
     return {f"initial ({label})": samples for label, samples in digests.values()}
 
 
-def read_examples(all_series: list[RunSeries], per_iteration: int = 3) -> list[Example]:
+def read_examples(all_series: list[RunSeries], per_iteration: int = 3,
+                  chosen: list[int] | None = None) -> list[Example]:
     """Up to `per_iteration` eval prompts per evaluated iteration, the same prompts in every run
     where the runs share them (lowest prompt ids first)."""
     initial = _baselines(all_series)
-    iterations = sorted({t for s in all_series for t in range(1, s.planned_iterations + 1)})
+    iterations = sorted(set(chosen) if chosen else {t for s in all_series for t in range(1, s.planned_iterations + 1)})
     examples = []
     for iteration in iterations:
         samples, scores = {}, {}
