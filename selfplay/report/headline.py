@@ -143,8 +143,7 @@ def _run_cell(series: RunSeries, depth: int, index: int) -> str:
     indent = f'<span class="indent">{"&nbsp;" * 3 * depth}↳ </span>' if depth else ""
     detail = ""
     if series.parent:
-        fork_of = series.relation.split(" (")[0]
-        detail = (f'<div class="note">{escape(fork_of)}</div>'
+        detail = (f'<div class="note">{escape(series.fork_point)}</div>'
                   + (f'<div class="note change">{escape("; ".join(series.changes))}</div>' if series.changes else ""))
     return f'<td class="run" data-depth="{depth}">{indent}{swatch}{escape(series.label)}{detail}</td>'
 

@@ -134,13 +134,19 @@ class RunSeries:
         return self.parent is not None and iteration < self.first_own_iteration
 
     @property
-    def relation(self) -> str | None:
-        """"fork of NAME [id] at iteration N (train.beta: 0.02 -> 0.05)", or None for a root run."""
+    def fork_point(self) -> str | None:
+        """"fork of NAME [id] at iteration N", or None for a root run."""
         if not self.parent:
             return None
         parent = self.parent.get("name") or Path(self.parent["run_dir"]).name
-        text = f"fork of {parent} [{str(self.parent.get('run_id', ''))[:6]}] at iteration {self.first_own_iteration}"
-        return f"{text} ({'; '.join(self.changes)})" if self.changes else text
+        return f"fork of {parent} [{str(self.parent.get('run_id', ''))[:6]}] at iteration {self.first_own_iteration}"
+
+    @property
+    def relation(self) -> str | None:
+        """fork_point with the changed keys: "... at iteration N (train.beta: 0.02 -> 0.05)"."""
+        if not self.parent:
+            return None
+        return f"{self.fork_point} ({'; '.join(self.changes)})" if self.changes else self.fork_point
 
     def stage_path(self, iteration: int, stage: str) -> Path | None:
         """The committed folder of a stage: the run's own, or for a shared iteration the parent's."""
