@@ -266,7 +266,8 @@ def cmd_compare(args) -> int:
     from selfplay.report.compare import CompareError, compare
 
     try:
-        written = compare(args.run_dirs, args.metric, args.out, args.plots, args.examples)
+        written = compare(args.run_dirs, args.metric, args.out, args.plots, args.examples, args.by,
+                          args.example_iterations)
     except CompareError as error:
         return _fail(str(error))
     if "plots" in written:
@@ -340,6 +341,10 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--out", help="write a self-contained HTML report here, e.g. report.html")
     compare.add_argument("--plots", help="folder for the PNG plots (default with --out: <report>-plots/)")
     compare.add_argument("--examples", type=int, default=3, help="eval prompts per iteration shown in the report")
+    compare.add_argument("--example-iterations", nargs="+", type=int, metavar="N",
+                         help="the iterations whose examples the report shows (default: every evaluated one)")
+    compare.add_argument("--by", choices=["run", "method"], default="run",
+                         help="method: the report's run grid grouped by method (train.loss); also shown with over 3 runs")
     tiny = sub.add_parser("make-tiny", help="build (or find in the cache) a tiny local model and print its folder")
     from selfplay.models import TINY_BUILDERS
 

@@ -148,7 +148,7 @@ def test_a_forks_own_line_leaves_from_the_parents_last_shared_value(two_runs):
     lines = _axes_for(read_series(fork), "win_rate_vs_initial").lines
     dashed = [line for line in lines if line.get_linestyle() == "--"]
     solid = [line for line in lines if line.get_linestyle() == "-" and len(line.get_xdata()) > 1]
-    assert [list(line.get_xdata()) for line in dashed] == [[1, 2]]
+    assert [list(line.get_xdata()) for line in dashed] == [[0, 1, 2]]   # from the initial policy
     assert [(list(line.get_xdata()), list(line.get_ydata())) for line in solid] == [([2, 3], [0.8065, 0.9])]
 
 
@@ -163,6 +163,26 @@ def test_examples_put_the_runs_first_samples_side_by_side_per_prompt_and_iterati
     assert last.responses == {"base [aaaaaa]": None,
                               "base-fork-3 [bbbbbb]": "base-fork-3 iter 3 <b>bold</b> & co (sample 0)"}
     assert last.prompt_win_rates == {"base-fork-3 [bbbbbb]": 0.75}
+
+
+def test_examples_for_the_chosen_iterations_only(two_runs, tmp_path):
+    parent, fork = two_runs
+    out = tmp_path / "r.html"
+    assert main(["compare", str(parent), str(fork), "--out", str(out), "--example-iterations", "1", "3"]) == 0
+    assert re.findall(r'<details( open)? data-iteration="(\d+)"', out.read_text()) == [("", "1"), (" open", "3")]
+
+
+def test_examples_show_the_judges_rationale_when_eval_parquet_has_one(two_runs, tmp_path):
+    parent, fork = two_runs
+    pq.write_table(pa.Table.from_pylist([{"prompt_id": 0, "win_rate": 1.0, "rationale": "more e's <i>here</i>"},
+                                         {"prompt_id": 1, "win_rate": 0.0, "rationale": None}]),
+                   fork / "iter-003/evaluate/eval.parquet")
+    all_series, _ = load_runs([str(parent), str(fork)], None)
+    last = read_examples(all_series, per_iteration=2)[-2:]
+    assert [e.rationales for e in last] == [{"base-fork-3 [bbbbbb]": "more e's <i>here</i>"}, {}]
+    out = tmp_path / "r.html"
+    assert main(["compare", str(parent), str(fork), "--out", str(out)]) == 0
+    assert "judge's rationale: more e&#x27;s &lt;i&gt;here&lt;/i&gt;" in out.read_text()
 
 
 # -- the command -----------------------------------------------------------------------------------
@@ -195,6 +215,20 @@ def test_compare_writes_pngs_and_a_self_contained_report(two_runs, tmp_path, cap
     assert "base-fork-3 iter 3 &lt;b&gt;bold&lt;/b&gt; &amp; co (sample 0)" in html
 
 
+def test_a_constant_metric_is_one_table_row_and_no_plot(tmp_path):
+    metrics = {t: {**values, "distinct_2": 1.0, "kl_vs_initial": 0.0} for t, values in PARENT_METRICS.items()}
+    run_dir = make_run(tmp_path, "flat", "dddddd444444", metrics)
+    out = tmp_path / "r.html"
+    assert main(["compare", str(run_dir), "--out", str(out)]) == 0
+    report = read_report(out.read_text())
+    assert report.cells[("flat [dddddd]", "distinct_2", "all")] == "1"
+    assert ("flat [dddddd]", "distinct_2", 1) not in report.cells
+    plotted = {img["data-metric"] for img in report.images}
+    assert "distinct_2" not in plotted and not (tmp_path / "r-plots" / "distinct_2.png").exists()
+    assert "kl_vs_initial" in plotted                       # a key metric keeps its curve, constant or not
+    assert {img["data-xticks"] for img in report.images} == {"0 1 2"}
+
+
 def test_metric_option_limits_table_and_plots(two_runs, tmp_path, capsys):
     parent, fork = two_runs
     out = tmp_path / "r.html"
@@ -210,6 +244,7 @@ def test_metric_option_limits_table_and_plots(two_runs, tmp_path, capsys):
      "unknown --metric 'win_rate': the runs have win_rate_vs_initial, mean_response_tokens"),
     (["{parent}", "--out", "{tmp}"], "must be a file name ending in .html"),
     (["{parent}", "--examples", "-1"], "--examples must be 0 or more"),
+    (["{parent}", "--example-iterations", "5"], "--example-iterations 5: not an evaluated iteration (the runs have 1, 2)"),
 ])
 def test_bad_input_is_one_line_and_exit_2_with_nothing_written(two_runs, tmp_path, capsys, args, message):
     parent, _ = two_runs

@@ -1,5 +1,6 @@
-"""`selfplay compare RUN_DIR [RUN_DIR ...] [--metric NAME ...] [--out report.html]`: read the
-runs, print the table, and with --out (or --plots) write the PNGs and the HTML report.
+"""`selfplay compare RUN_DIR [RUN_DIR ...] [--metric NAME ...] [--out report.html] [--by method]`:
+read the runs, print the table, and with --out (or --plots) write the PNGs and the HTML report.
+A metric with one value in every run and iteration is constant: a table cell, with no plot.
 
 Everything is checked before anything is written: a directory that is not a run, an unknown
 metric, an --out that is a folder, or a samples/eval file that no longer matches its manifest
@@ -11,7 +12,10 @@ from pathlib import Path
 
 from selfplay.artifacts import ArtifactDamaged
 from selfplay.lineage import LineageError
-from selfplay.report.read import metric_names, read_examples, read_series
+from selfplay.report.decide import KEY_NAMES, is_constant
+from selfplay.report.read import RunSeries, metric_names, read_examples, read_series
+
+GROUPINGS = ("run", "method")
 
 
 class CompareError(ValueError):
@@ -32,7 +36,7 @@ def load_runs(run_dirs: list[str], requested: list[str] | None):
         seen.add(run_dir.resolve())
         try:
             all_series.append(read_series(run_dir))
-        except LineageError as error:
+        except (LineageError, ArtifactDamaged) as error:
             raise CompareError(str(error)) from None
     available = metric_names(all_series)
     if not available:
@@ -43,14 +47,28 @@ def load_runs(run_dirs: list[str], requested: list[str] | None):
     return all_series, list(dict.fromkeys(requested)) if requested else available
 
 
+def constant_metrics(all_series: list[RunSeries], metrics: list[str]) -> list[str]:
+    """The metrics (other than the headline's) with one value across every run and iteration."""
+    return [metric for metric in metrics if metric not in KEY_NAMES and is_constant(
+        [value for s in all_series for t in s.metrics if (value := s.value(t, metric)) is not None])]
+
+
 def compare(run_dirs: list[str], requested: list[str] | None = None, out: str | None = None,
-            plots_dir: str | None = None, examples_per_iteration: int = 3) -> dict:
+            plots_dir: str | None = None, examples_per_iteration: int = 3, by: str = "run",
+            example_iterations: list[int] | None = None) -> dict:
     """Print the table; write the plots and the report when asked. Returns the paths written."""
     from selfplay.report.table import print_table
 
+    if by not in GROUPINGS:
+        raise CompareError(f"--by {by}: must be one of {', '.join(GROUPINGS)}")
     if examples_per_iteration < 0:
         raise CompareError(f"--examples must be 0 or more, got {examples_per_iteration}")
     all_series, metrics = load_runs(run_dirs, requested)
+    evaluated = sorted({t for s in all_series for t in s.metrics})
+    for iteration in example_iterations or []:
+        if iteration not in evaluated:
+            raise CompareError(f"--example-iterations {iteration}: not an evaluated iteration "
+                               f"(the runs have {', '.join(map(str, evaluated))})")
     out_path = Path(out) if out else None
     if out_path is not None and (out_path.is_dir() or out_path.suffix.lower() not in (".html", ".htm")):
         raise CompareError(f"--out {out}: must be a file name ending in .html")
@@ -58,7 +76,8 @@ def compare(run_dirs: list[str], requested: list[str] | None = None, out: str | 
     if plots_path is not None and plots_path.exists() and not plots_path.is_dir():
         raise CompareError(f"--plots {plots_path}: exists and is not a folder")
     try:  # every file the report shows, read (and hash-checked) before anything is printed or written
-        examples = read_examples(all_series, examples_per_iteration) if out_path is not None else None
+        examples = (read_examples(all_series, examples_per_iteration, example_iterations)
+                    if out_path is not None else None)
     except ArtifactDamaged as error:
         raise CompareError(str(error)) from None
     print_table(all_series, metrics)
@@ -68,13 +87,16 @@ def compare(run_dirs: list[str], requested: list[str] | None = None, out: str | 
     from selfplay.report.html import render_report
     from selfplay.report.plots import plot_metric, write_bytes_atomic, write_plots
 
-    images = {metric: plot_metric(all_series, metric) for metric in metrics}
+    constant = constant_metrics(all_series, metrics)
+    plots = {metric: plot_metric(all_series, metric, (5.2, 3.2) if metric in KEY_NAMES else (4.2, 2.7))
+             for metric in metrics if metric not in constant}
     try:
         if out_path is not None:
             out_path.parent.mkdir(parents=True, exist_ok=True)
-        written["plots"] = write_plots(images, plots_path)
+        written["plots"] = write_plots({metric: plot.png for metric, plot in plots.items()}, plots_path)
         if out_path is not None:
-            write_bytes_atomic(out_path, render_report(all_series, metrics, images, examples).encode("utf-8"))
+            html = render_report(all_series, metrics, constant, plots, examples, by)
+            write_bytes_atomic(out_path, html.encode("utf-8"))
             written["report"] = out_path
     except OSError as error:
         raise CompareError(f"{error.filename or out_path or plots_path}: cannot be written "

@@ -1,5 +1,6 @@
 """One PNG per metric against the iteration, one line per run, with the 95% band where the
-evaluate stage recorded an interval.
+evaluate stage recorded an interval. The axis starts at iteration 0, the initial policy, where
+the metric has a value there (read.py), and has integer ticks only (decide.iteration_ticks).
 
 A fork's shared iterations (the parent's, before the fork) are drawn dashed in the fork's
 colour, and its own line starts from the last shared value, so the curve visibly leaves the
@@ -11,25 +12,34 @@ import io
 import os
 import re
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
 
+from selfplay.report.decide import iteration_ticks
 from selfplay.report.read import RunSeries
 
 COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf", "#7f7f7f",
           "#bcbd22"]
 
 
+@dataclass
+class Plot:
+    """One metric's PNG and the iteration ticks drawn on its x axis."""
+
+    png: bytes
+    xticks: list[int]
+
+
 def _values(series: RunSeries, metric: str, iterations: list[int]) -> list[float]:
-    return [series.metrics[t][metric] for t in iterations]
+    return [series.value(t, metric) for t in iterations]
 
 
 def _draw_run(axes, series: RunSeries, metric: str, color: str, parent_shown: bool = False) -> None:
     """One run's line (and band). With its parent in the same plot, a fork's shared part is
     drawn under the parent's line and gets no band of its own (the parent's is the same)."""
-    iterations = sorted(t for t, values in series.metrics.items() if metric in values)
+    iterations = series.iterations_of(metric)
     if not iterations:
         return  # no legend entry for a run without this metric
     label = series.label + (f" (fork at iteration {series.first_own_iteration})" if series.parent else "")
@@ -45,20 +55,20 @@ def _draw_run(axes, series: RunSeries, metric: str, color: str, parent_shown: bo
             axes.plot(shared[-1:], _values(series, metric, shared[-1:]), color=color, marker="o",
                       markerfacecolor="white")
     banded = [t for t in (shared[-1:] + own if parent_shown else iterations)
-              if metric in series.intervals.get(t, {})]
+              if series.interval(t, metric)]
     if not banded:
         return
-    low = [series.intervals[t][metric][0] for t in banded]
-    high = [series.intervals[t][metric][1] for t in banded]
+    low = [series.interval(t, metric)[0] for t in banded]
+    high = [series.interval(t, metric)[1] for t in banded]
     axes.fill_between(banded, low, high, color=color, alpha=0.15, linewidth=0)
     if len(banded) == 1:  # a band of one point has no width: show it as an error bar
-        value = series.metrics[banded[0]][metric]
+        value = series.value(banded[0], metric)
         axes.errorbar(banded, [value], yerr=[[value - low[0]], [high[0] - value]], color=color, capsize=4)
 
 
-def plot_metric(all_series: list[RunSeries], metric: str) -> bytes:
-    """The PNG bytes of one metric's plot."""
-    figure = Figure(figsize=(5.2, 3.2), dpi=100, layout="constrained")
+def plot_metric(all_series: list[RunSeries], metric: str, size: tuple[float, float] = (5.2, 3.2)) -> Plot:
+    """One metric's plot, `size` inches at 100 dpi."""
+    figure = Figure(figsize=size, dpi=100, layout="constrained")
     axes = figure.subplots()
     shown = {s.run_id for s in all_series}
     for index, series in enumerate(all_series):
@@ -66,12 +76,14 @@ def plot_metric(all_series: list[RunSeries], metric: str) -> bytes:
         _draw_run(axes, series, metric, COLORS[index % len(COLORS)], parent_shown)
     axes.set_title(metric)
     axes.set_xlabel("iteration")
-    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+    last = max((t for s in all_series for t in s.iterations_of(metric)), default=0)
+    axes.set_xticks(iteration_ticks(last))
+    axes.set_xlim(-0.25, max(last, 1) + 0.25)
     axes.grid(alpha=0.3)
     axes.legend(fontsize="small")
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png")
-    return buffer.getvalue()
+    return Plot(buffer.getvalue(), [int(t) for t in axes.get_xticks()])
 
 
 def plot_file_name(metric: str) -> str:

@@ -11,6 +11,9 @@ Intervals are read in whichever shape the evaluate stage wrote them: flat `<m>_c
 a top-level `"ci" | "intervals": {<m>: [low, high]}`. Other nested numbers (say length
 quantiles `{"p50": .., "p90": ..}`) become metrics named `<m>.<key>`. A metric without an
 interval simply has none.
+
+Iteration 0 is the initial policy: its win rates are 0.5 and its KL 0 by definition
+(decide.KEY_METRICS), and its mean length is that of the baseline stage's samples.
 """
 
 import math
@@ -22,6 +25,7 @@ import pyarrow as pa
 from selfplay import runs
 from selfplay.artifacts import Artifact, ArtifactDamaged
 from selfplay.lineage import LineageError, changed_keys, flatten, read_run
+from selfplay.report.decide import KEY_METRICS
 
 VALUE_KEYS = ("value", "mean", "estimate", "point")
 LOW_KEYS = ("ci_low", "low", "lower", "lo")
@@ -100,6 +104,22 @@ class RunSeries:
     changes: list[str] = field(default_factory=list)   # recipe keys the fork changed, "key: old -> new"
     metrics: dict[int, dict[str, float]] = field(default_factory=dict)
     intervals: dict[int, dict[str, tuple[float, float]]] = field(default_factory=dict)
+    initial: dict[str, float] = field(default_factory=dict)   # iteration 0's key metrics, the initial policy
+    method: str = ""                                           # train.loss, with the pair rule when it differs
+
+    def value(self, iteration: int, metric: str) -> float | None:
+        return (self.initial if iteration == 0 else self.metrics.get(iteration, {})).get(metric)
+
+    def interval(self, iteration: int, metric: str) -> tuple[float, float] | None:
+        return self.intervals.get(iteration, {}).get(metric)
+
+    def iterations_of(self, metric: str) -> list[int]:
+        """The iterations with a value of the metric, 0 (the initial policy) included where known."""
+        return [t for t in [0, *sorted(self.metrics)] if self.value(t, metric) is not None]
+
+    @property
+    def final_iteration(self) -> int | None:
+        return max(self.metrics, default=None)
 
     @property
     def label(self) -> str:
@@ -114,13 +134,19 @@ class RunSeries:
         return self.parent is not None and iteration < self.first_own_iteration
 
     @property
-    def relation(self) -> str | None:
-        """"fork of NAME [id] at iteration N (train.beta: 0.02 -> 0.05)", or None for a root run."""
+    def fork_point(self) -> str | None:
+        """"fork of NAME [id] at iteration N", or None for a root run."""
         if not self.parent:
             return None
         parent = self.parent.get("name") or Path(self.parent["run_dir"]).name
-        text = f"fork of {parent} [{str(self.parent.get('run_id', ''))[:6]}] at iteration {self.first_own_iteration}"
-        return f"{text} ({'; '.join(self.changes)})" if self.changes else text
+        return f"fork of {parent} [{str(self.parent.get('run_id', ''))[:6]}] at iteration {self.first_own_iteration}"
+
+    @property
+    def relation(self) -> str | None:
+        """fork_point with the changed keys: "... at iteration N (train.beta: 0.02 -> 0.05)"."""
+        if not self.parent:
+            return None
+        return f"{self.fork_point} ({'; '.join(self.changes)})" if self.changes else self.fork_point
 
     def stage_path(self, iteration: int, stage: str) -> Path | None:
         """The committed folder of a stage: the run's own, or for a shared iteration the parent's."""
@@ -160,7 +186,8 @@ def read_series(run_dir: Path) -> RunSeries:
     not a run (no or damaged run.json)."""
     run_dir = Path(run_dir)
     info = read_run(run_dir)
-    series = RunSeries(run_dir, info["name"], info["run_id"], info["recipe"]["iterations"], info.get("parent"))
+    series = RunSeries(run_dir, info["name"], info["run_id"], info["recipe"]["iterations"], info.get("parent"),
+                       method=_method_of(info["recipe"]))
     if series.parent:
         series.parent = dict(series.parent)
         try:
@@ -177,7 +204,28 @@ def read_series(run_dir: Path) -> RunSeries:
         values, intervals = split_metrics(raw)
         series.metrics[iteration] = values
         series.intervals[iteration] = intervals
+    series.initial = _initial_metrics(series)
     return series
+
+
+def _method_of(recipe: dict) -> str:
+    loss = (recipe.get("train") or {}).get("loss") or ""
+    rule = (recipe.get("pairs") or {}).get("type") or ""
+    return loss if rule in ("", loss) else f"{loss} ({rule} pairs)"
+
+
+def _initial_metrics(series: RunSeries) -> dict[str, float]:
+    """Iteration 0's key metrics (for those the run evaluates): the definitional ones, and the mean
+    length of the baseline's samples as response_stats counts it. Raises ArtifactDamaged."""
+    evaluated = {name for values in series.metrics.values() for name in values}
+    initial = {m.name: m.at_initial for m in KEY_METRICS if m.at_initial is not None and m.name in evaluated}
+    path = series.stage_path(0, "baseline")
+    if path is not None and "mean_response_tokens" in evaluated:
+        table = _read_output(path / "samples.parquet")
+        if "token_ids" in table.column_names and table.num_rows:
+            lengths = [len(ids) for ids in table.column("token_ids").to_pylist()]
+            initial["mean_response_tokens"] = sum(lengths) / len(lengths)
+    return initial
 
 
 def metric_names(all_series: list[RunSeries]) -> list[str]:
@@ -200,6 +248,7 @@ class Example:
     initial: dict[str, str]                    # column label -> text
     responses: dict[str, str | None]           # run label -> text (None: no sample)
     prompt_win_rates: dict[str, float]         # run label -> this prompt's win rate vs initial
+    rationales: dict[str, str] = field(default_factory=dict)   # run label -> the judge's rationale, if any
 
 
 def _read_output(path: Path) -> pa.Table:
@@ -224,13 +273,17 @@ def _first_samples(path: Path) -> dict[int, tuple[str, str]]:
     return first
 
 
-def _prompt_win_rates(path: Path | None) -> dict[int, float]:
+def _prompt_scores(path: Path | None) -> dict[int, tuple[float, str | None]]:
+    """prompt_id -> (its win rate vs initial, the judge's rationale when eval.parquet has a
+    `rationale` column, as an LLM judge may write)."""
     if path is None or not (path / "eval.parquet").exists():
         return {}
     table = _read_output(path / "eval.parquet")
     if not {"prompt_id", "win_rate"} <= set(table.column_names):
         return {}
-    return {row["prompt_id"]: row["win_rate"] for row in table.select(["prompt_id", "win_rate"]).to_pylist()}
+    rationales = table.column("rationale").to_pylist() if "rationale" in table.column_names else [None] * table.num_rows
+    return {pid: (rate, rationale) for pid, rate, rationale in
+            zip(table.column("prompt_id").to_pylist(), table.column("win_rate").to_pylist(), rationales)}
 
 
 def _baselines(all_series: list[RunSeries]) -> dict[str, dict[int, tuple[str, str]]]:
@@ -248,19 +301,20 @@ def _baselines(all_series: list[RunSeries]) -> dict[str, dict[int, tuple[str, st
     return {f"initial ({label})": samples for label, samples in digests.values()}
 
 
-def read_examples(all_series: list[RunSeries], per_iteration: int = 3) -> list[Example]:
+def read_examples(all_series: list[RunSeries], per_iteration: int = 3,
+                  chosen: list[int] | None = None) -> list[Example]:
     """Up to `per_iteration` eval prompts per evaluated iteration, the same prompts in every run
     where the runs share them (lowest prompt ids first)."""
     initial = _baselines(all_series)
-    iterations = sorted({t for s in all_series for t in range(1, s.planned_iterations + 1)})
+    iterations = sorted(set(chosen) if chosen else {t for s in all_series for t in range(1, s.planned_iterations + 1)})
     examples = []
     for iteration in iterations:
-        samples, win_rates = {}, {}
+        samples, scores = {}, {}
         for series in all_series:
             path = series.stage_path(iteration, "eval-gen")
             if path is not None:
                 samples[series.label] = _first_samples(path / "samples.parquet")
-                win_rates[series.label] = _prompt_win_rates(series.stage_path(iteration, "evaluate"))
+                scores[series.label] = _prompt_scores(series.stage_path(iteration, "evaluate"))
         if not samples:
             continue
         common = set.intersection(*(set(s) for s in samples.values()))
@@ -272,5 +326,7 @@ def read_examples(all_series: list[RunSeries], per_iteration: int = 3) -> list[E
                 {label: base[prompt_id][1] for label, base in initial.items() if prompt_id in base},
                 {s.label: samples[s.label][prompt_id][1] if prompt_id in samples.get(s.label, {}) else None
                  for s in all_series},
-                {label: rates[prompt_id] for label, rates in win_rates.items() if prompt_id in rates}))
+                {label: by_prompt[prompt_id][0] for label, by_prompt in scores.items() if prompt_id in by_prompt},
+                {label: by_prompt[prompt_id][1] for label, by_prompt in scores.items()
+                 if prompt_id in by_prompt and by_prompt[prompt_id][1]}))
     return examples
