@@ -41,16 +41,6 @@ def small_unbroken_run(tmp_path_factory, tiny_policy) -> dict:
     return unbroken_run(tmp_path_factory.mktemp("unbroken") / "run")
 
 
-@pytest.fixture(scope="session")
-def killed_run(tmp_path_factory, tiny_policy) -> dict:
-    """One SMALL run SIGKILLed twice and resumed (fault_runs.killed_and_resumed), W&B offline.
-    (test_wandb_mirror keeps a run of its own: this one redoes a stage whose manifest was lost,
-    which records that stage's metrics row a second time.)"""
-    from fault_runs import killed_and_resumed
-
-    return killed_and_resumed(tmp_path_factory.mktemp("killed") / "run")
-
-
 # The shared 2-iteration run: 8 prompts a iteration, one epoch, W&B offline
 TINY_RUN = ["iterations=2", "prompts.per_iteration=8", "prompts.eval_size=8", "train.epochs=1",
             "tracking.project=selfplay-tests"]

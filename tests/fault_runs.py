@@ -124,30 +124,6 @@ def unbroken_run(run_dir: Path) -> dict:
     return {**final_state(run_dir), "run_dir": run_dir}
 
 
-def killed_and_resumed(run_dir: Path) -> dict:
-    """A SMALL run killed twice and resumed to the end (three drivers, one W&B run), and what the
-    tests check along the way:
-    1) the driver alone killed (as by the OOM killer) in the middle of iteration 1's training,
-       after at least one DeepSpeed checkpoint: Ray's dashboard and runtime-env agents outlive it;
-    2) resumed, then killed with its session while iteration 2 generates (that driver stops the
-       first one's leftovers);
-    3) a crash between the rename of a stage folder and its manifest, and a half-written stage;
-       then resumed to the end."""
-    with driver_session(start_run(run_dir)) as process:
-        first_driver = kill_when(process, run_dir / "iter-001/train.checkpoints/latest", group=False)
-    train_committed_after_first_kill = (run_dir / "iter-001/train/manifest.json").exists()
-    status_after_first_kill = cli("status", str(run_dir)).stdout
-    with driver_session(start_cli("resume", str(run_dir))) as process:
-        kill_when(process, run_dir / "iter-002/generate.tmp")
-    leftovers = still_running(first_driver)
-    (run_dir / "iter-001/evaluate/manifest.json").unlink()
-    (run_dir / "iter-001/pairs.tmp").mkdir()
-    (run_dir / "iter-001/pairs.tmp/pairs.parquet").write_bytes(b"half")
-    resumed = cli("resume", str(run_dir))
-    return {"run_dir": run_dir, "train_committed_after_first_kill": train_committed_after_first_kill,
-            "status_after_first_kill": status_after_first_kill, "leftovers": leftovers, "resumed": resumed}
-
-
 def train_ranks(run_dir: Path, iteration: int) -> dict:
     """How a train stage got its ranks and policy (the manifest's `ranks`)."""
     return json.loads((run_dir / f"iter-{iteration:03d}/train/manifest.json").read_text())["ranks"]

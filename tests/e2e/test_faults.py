@@ -21,7 +21,10 @@ from fault_runs import (
     driver_session,
     final_state,
     kill_actors_when,
+    kill_when,
+    start_cli,
     start_run,
+    still_running,
     train_ranks,
 )
 
@@ -33,13 +36,24 @@ def unbroken(small_unbroken_run):
     return small_unbroken_run
 
 
-def test_sigkill_during_stages_then_resume_matches_an_unbroken_run(killed_run, unbroken):
-    """The steps are in fault_runs.killed_and_resumed (the run is shared with test_wandb_mirror)."""
-    run_dir, result = killed_run["run_dir"], killed_run["resumed"]
-    assert not killed_run["train_committed_after_first_kill"]
-    status = killed_run["status_after_first_kill"]
+def test_sigkill_during_stages_then_resume_matches_an_unbroken_run(tmp_path, unbroken):
+    run_dir = tmp_path / "killed"
+    # 1) the driver alone killed (as by the OOM killer) in the middle of iteration 1's training
+    #    (after at least one DeepSpeed checkpoint): Ray's dashboard and runtime-env agents outlive it
+    with driver_session(start_run(run_dir)) as process:
+        first_driver = kill_when(process, run_dir / "iter-001/train.checkpoints/latest", group=False)
+    assert not (run_dir / "iter-001/train/manifest.json").exists()
+    status = cli("status", str(run_dir)).stdout
     assert "train          interrupted" in status and "generate       done" in status
-    assert killed_run["leftovers"] == [], "processes of the killed driver outlived the next one"
+    # 2) resumed, then killed while iteration 2 generates; that driver stopped the first one's leftovers
+    with driver_session(start_cli("resume", str(run_dir))) as process:
+        kill_when(process, run_dir / "iter-002/generate.tmp")
+    assert still_running(first_driver) == [], "processes of the killed driver outlived the next one"
+    # 3) a crash between the rename of a stage folder and its manifest, and a half-written stage
+    (run_dir / "iter-001/evaluate/manifest.json").unlink()
+    (run_dir / "iter-001/pairs.tmp").mkdir()
+    (run_dir / "iter-001/pairs.tmp/pairs.parquet").write_bytes(b"half")
+    result = cli("resume", str(run_dir))
     assert result.returncode == 0, result.stderr[-3000:]
     assert "iter 1 generate  done earlier, skipped" in result.stderr      # finished stages are not recomputed
     assert "iter 1 evaluate  running" in result.stderr                   # the unmanifested one is redone
