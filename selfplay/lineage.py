@@ -262,21 +262,6 @@ def fork_start_policy(run_dir: Path, info: dict) -> tuple[str, str]:
     return str(path), digest
 
 
-def _link_tree(source: Path, target: Path, copied: list) -> None:
-    """Recreate `source` at `target` with hard links to its files; a plain copy (mtimes kept,
-    so recorded fingerprints still match) where a link is not possible."""
-    target.mkdir(parents=True)
-    for entry in sorted(source.iterdir()):
-        if entry.is_dir() and not entry.is_symlink():
-            _link_tree(entry, target / entry.name, copied)
-            continue
-        try:
-            os.link(entry, target / entry.name, follow_symlinks=True)
-        except OSError as error:
-            copied.append(f"{entry}: {error.strerror or error}")
-            shutil.copy2(entry, target / entry.name)
-
-
 def _share_iteration(parent_dir: Path, fork_tmp: Path, iteration: int, copied: list) -> None:
     """The fork's own folder for a shared iteration: the parent's committed stages only
     (no temporary folders, failure records or training checkpoints)."""
@@ -285,7 +270,7 @@ def _share_iteration(parent_dir: Path, fork_tmp: Path, iteration: int, copied: l
     target.mkdir()
     for stage in sorted(source.iterdir()):
         if stage.is_dir() and runs.StageDir(parent_dir, iteration, stage.name).manifest() is not None:
-            _link_tree(stage, target / stage.name, copied)
+            runs.link_tree(stage, target / stage.name, copied)
 
 
 def record_fork(parent_dir: Path, record: dict) -> None:

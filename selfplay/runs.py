@@ -336,3 +336,18 @@ class RunLock:
     def __exit__(self, *exc):
         fcntl.flock(self.handle, fcntl.LOCK_UN)
         self.handle.close()
+
+
+def link_tree(source: Path, target: Path, copied: list) -> None:
+    """Recreate `source` at `target` with hard links to its files; a plain copy (mtimes kept,
+    so recorded fingerprints still match) where a link is not possible."""
+    target.mkdir(parents=True)
+    for entry in sorted(source.iterdir()):
+        if entry.is_dir() and not entry.is_symlink():
+            link_tree(entry, target / entry.name, copied)
+            continue
+        try:
+            os.link(entry, target / entry.name, follow_symlinks=True)
+        except OSError as error:
+            copied.append(f"{entry}: {error.strerror or error}")
+            shutil.copy2(entry, target / entry.name)

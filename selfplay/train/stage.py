@@ -7,7 +7,6 @@ from memory.
 """
 
 import json
-import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -102,7 +101,7 @@ class Train:
                    "reference_seconds": result["reference_seconds"]}
         if "loss_over_eta_sq" in last:
             metrics["loss_over_eta_sq"] = sum(h["loss_over_eta_sq"] for h in history) / len(history)
-        extra = {**self.described(ctx, reference),
+        extra = {**self.described(reference),
                  "rank_placement": result["rank_placement"],  # each DeepSpeed rank's node and PID
                  "ranks": result["ranks"],  # kept from an earlier stage or started; policy from memory or disk
                  # where this stage's steps start on the run-wide train-step axis (metrics.jsonl, W&B)
@@ -112,7 +111,7 @@ class Train:
                               "gradient_accumulation_steps": result["gradient_accumulation_steps"]}}
         return StageResult(list(self.produces), metrics, extra)
 
-    def described(self, ctx, reference) -> dict:
+    def described(self, reference) -> dict:
         """The manifest's record of what this stage trained against, and of its curriculum tier."""
         described = {"reference": {"rule": self.settings.reference, "path": str(reference.path),
                                    "digest": reference.digest}}
@@ -122,9 +121,9 @@ class Train:
 
     def unchanged(self, ctx, tmp, policy, reference) -> StageResult:
         """A tier without pairs: its policy is the one it starts from, file for file."""
-        shutil.copytree(policy.path, tmp / "policy", copy_function=_link_or_copy)
+        runs.link_tree(policy.path, tmp / "policy", [])  # a 7B checkpoint is not copied for a tier that trained nothing
         (tmp / "history.jsonl").write_text("")
-        extra = {**self.described(ctx, reference), "first_global_step": self.earlier_steps(ctx)}
+        extra = {**self.described(reference), "first_global_step": self.earlier_steps(ctx)}
         return StageResult(list(self.produces), {"steps": 0, "pairs": 0}, extra)
 
     def checkpoints(self, ctx) -> Path:
@@ -150,13 +149,6 @@ class Train:
         earlier = [] if self.name == "seed" else [runs.StageDir(ctx.run_dir, 0, "seed").manifest()]
         earlier += [runs.StageDir(ctx.run_dir, t, name).manifest() for t, listed in names.items() for name in listed]
         return sum(m["metrics"]["steps"] for m in earlier if m)
-
-
-def _link_or_copy(source: str, target: str) -> None:
-    try:
-        os.link(source, target)  # a 7B checkpoint is not copied for a tier that trained nothing
-    except OSError:
-        shutil.copy2(source, target)
 
 
 def prepare_checkpoints(folder: Path, key: dict) -> None:
