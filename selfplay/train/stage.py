@@ -38,16 +38,28 @@ class Train:
     def seed(cls, recipe):
         return cls(0, recipe.seed_train_config(), name="seed", policy_source="initial")
 
+    def needs_reference(self) -> bool:
+        from selfplay.methods import LOSSES
+
+        return LOSSES[self.settings.loss].needs_reference
+
     def reference(self, ctx):
+        """The reference policy, or None for a loss that needs none (TPO, ASFT: nothing is loaded)."""
+        if not self.needs_reference():
+            return None
         source = "initial" if self.name == "seed" else REFERENCE_SOURCES[self.settings.reference]
         return ctx.policy(source, self.iteration)
 
     def inputs(self, ctx) -> dict:
-        return {"policy": ctx.policy(self.policy_source, self.iteration).digest, "reference": self.reference(ctx).digest,
+        reference = self.reference(ctx)
+        return {"policy": ctx.policy(self.policy_source, self.iteration).digest,
+                **({} if reference is None else {"reference": reference.digest}),
                 "pairs": ctx.latest(self, "pairs.parquet").digest}
 
     def config(self, ctx) -> dict:
-        return self.settings.model_dump(exclude={"keep_ranks"})  # where the ranks live changes no result
+        # where the ranks live changes no result; nor, for a reference-free loss, the reference rule
+        unused = {"keep_ranks"} if self.needs_reference() else {"keep_ranks", "reference", "soup"}
+        return self.settings.model_dump(exclude=unused)
 
     def run(self, ctx, tmp) -> StageResult:
         config, reference = self.settings, self.reference(ctx)
@@ -58,7 +70,8 @@ class Train:
         if config.checkpoint_every:
             prepare_checkpoints(checkpoints, {"inputs": self.inputs(ctx), "config": self.config(ctx)})
         try:
-            result = ranks.train((str(policy.path), policy.digest), (str(reference.path), reference.digest),
+            result = ranks.train((str(policy.path), policy.digest),
+                                 None if reference is None else (str(reference.path), reference.digest),
                                  str(ctx.latest(self, "pairs.parquet").path), str(tmp / "policy"), config,
                                  str(checkpoints) if config.checkpoint_every else None)
         except Exception:  # a rank that failed mid-collective cannot train again: the next stage starts new ones
@@ -75,7 +88,8 @@ class Train:
                    "reference_seconds": result["reference_seconds"]}
         if "loss_over_eta_sq" in last:
             metrics["loss_over_eta_sq"] = sum(h["loss_over_eta_sq"] for h in history) / len(history)
-        extra = {"reference": {"rule": config.reference, "path": str(reference.path), "digest": reference.digest},
+        extra = {"reference": {"rule": "none"} if reference is None else  # a reference-free loss read none
+                 {"rule": config.reference, "path": str(reference.path), "digest": reference.digest},
                  "rank_placement": result["rank_placement"],  # each DeepSpeed rank's node and PID
                  "ranks": result["ranks"],  # kept from an earlier stage or started; policy from memory or disk
                  # where this stage's steps start on the run-wide train-step axis (metrics.jsonl, W&B)

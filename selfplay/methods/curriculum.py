@@ -1,5 +1,6 @@
-"""Curry-DPO pair rule (Pattnaik et al. 2024): the best sample against each of the others.
+"""Curry-DPO's pair rule (Pattnaik et al. 2024): the best sample against each of the others.
 
+Pair rule `curriculum`; it trains with any loss that needs no more than its columns (dpo, ipo...).
 Samples are ranked by score (or, without scalar scores, by mean win rate
 Phat(y_i) = (1/K) * sum_j P[i, j], self term included). The best sample is paired with every
 other sample whose score is strictly lower (ties with the best are dropped), giving up to
@@ -11,6 +12,9 @@ k-th curriculum set is "every prompt's rank-k pair". The list comes back sorted 
 
 import numpy as np
 
+from selfplay.methods.base import Method, PairRule
+from selfplay.methods.dpo import ranking_of
+
 # The per-pair targets each pair carries (besides the sample indices): what losses may ask for.
 TARGET_COLUMNS = ("rank", "gap", "chosen_score", "rejected_score", "chosen_win_rate", "rejected_win_rate",
                   "chosen_beats_rejected")
@@ -18,8 +22,7 @@ TARGET_COLUMNS = ("rank", "gap", "chosen_score", "rejected_score", "chosen_win_r
 
 def curriculum_pairs(win_matrix: np.ndarray, scores: np.ndarray | None = None) -> list[dict]:
     win_matrix = np.asarray(win_matrix, dtype=np.float64)
-    win_rates = win_matrix.mean(axis=1)
-    ranking = win_rates if scores is None else np.asarray(scores, dtype=np.float64)
+    win_rates, ranking = ranking_of(win_matrix, scores)
     best = int(np.argmax(ranking))
     others = [i for i in range(len(ranking)) if ranking[i] < ranking[best]]
     # Largest gap first (= lowest score first); a stable sort keeps index order within ties.
@@ -30,3 +33,6 @@ def curriculum_pairs(win_matrix: np.ndarray, scores: np.ndarray | None = None) -
              "chosen_win_rate": float(win_rates[best]), "rejected_win_rate": float(win_rates[other]),
              "chosen_beats_rejected": float(win_matrix[best, other])}
             for rank, other in enumerate(others)]
+
+
+METHOD = Method("curriculum", pair_rules={"curriculum": PairRule(curriculum_pairs, TARGET_COLUMNS)})
