@@ -11,7 +11,7 @@ The models are the schema, so the reference is derived from them and never writt
   - a leaf field's row gives its key (as written in overrides), type (Literal values spelled out),
     default, limits (gt/ge/lt/le...) and Field description;
   - a description that names a registry (a module-level mapping in UPPER_CASE such as
-    `selfplay.train.losses.LOSSES`) lists that registry's keys as the allowed values, so a new
+    `selfplay.methods.LOSSES`) lists that registry's keys as the allowed values, so a new
     loss or pair rule appears here when the file is regenerated.
 """
 
@@ -148,7 +148,7 @@ def _limits(info) -> str:
 
 
 def _registry_keys(description: str) -> list[str]:
-    """Keys of each registry the description names (`selfplay.pairs.PAIR_TARGETS` -> its keys)."""
+    """Keys of each registry the description names (`selfplay.methods.PAIR_RULES` -> its keys)."""
     keys = []
     for dotted in REGISTRY_NAME.findall(description):
         module_name, attribute = dotted.rsplit(".", 1)

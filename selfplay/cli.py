@@ -208,8 +208,11 @@ def cmd_validate(args) -> int:
     recipe = load_recipe(args.recipe, args.overrides)
     pool = check_recipe(recipe)
     duplicates = f" ({pool.duplicates} duplicates dropped)" if pool.duplicates else ""
+    from selfplay.methods import PAIR_RULES
+
+    samples = PAIR_RULES[recipe.pairs.type].samples_per_prompt or recipe.generate.samples_per_prompt
     print(f"{args.recipe}: ok ({recipe.iterations} iterations, {len(pool.prompts)} prompts{duplicates}, "
-          f"K={1 if recipe.pairs.type == 'drift' else recipe.generate.samples_per_prompt}, "
+          f"K={samples}, "
           f"judge={recipe.annotate.type}, loss={recipe.train.loss})")
     return 0
 

@@ -24,7 +24,7 @@ class RunContext:
     tokenizer: object = None
     actors: object = None  # selfplay.actors.Actors
     prompts: list = field(default_factory=list)
-    records: list | None = None  # DRIFT's DSAT records
+    records: list | None = None  # the prompt records of a pair rule that reads them (DRIFT's DSAT records)
     duplicate_prompts: int = 0
     eval_ids: list = field(default_factory=list)
     slices: list = field(default_factory=list)  # prompt ids of each iteration

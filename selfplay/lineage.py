@@ -461,7 +461,8 @@ def lineage_tree(run_dir: Path) -> list[str]:
             win = metrics.get("win_rate_vs_initial")
             win = f" win_rate_vs_initial={win:.3f}" if isinstance(win, (int, float)) else ""
             lines.append(f"{pad}  iter {iteration}: policy {manifest['outputs']['policy'][:12]} "
-                         f"reference={reference.get('rule')}:{str(reference.get('digest'))[:12]}{win}")
+                         f"reference={reference.get('rule')}"
+                         f"{':' + str(reference['digest'])[:12] if reference.get('digest') else ''}{win}")
         for fork in info.get("forks", []):
             fork_path = Path(fork["run_dir"])
             if (fork_path / "run.json").exists() and fork_path not in visited:

@@ -4,10 +4,11 @@
 view, the CLI's summary and W&B read:
 - iteration 0: the initial policy's eval samples (`baseline`), SALSA's soup reference, and the
   seed stage (plain preference training on labelled pairs: DRIFT, Selfie);
-- iteration t >= 1: generate -> annotate -> pairs -> train -> eval-gen -> evaluate; DRIFT's
-  hindsight generation and its pairs replace generate/annotate/pairs; Curry-DPO's tiers
-  (train.curriculum tiers) put a train stage per tier before `train`; evaluation runs every
-  `evaluate.every` iterations and at the last one.
+- iteration t >= 1: generate -> annotate -> pairs -> train -> eval-gen -> evaluate; a pair rule
+  with its own `front` (DRIFT's hindsight generation and pairs, selfplay/methods/drift.py)
+  replaces generate/annotate/pairs; evaluation runs every `evaluate.every` iterations and at the
+  last one. A pair rule with its own `train` stages (Curry-DPO's tiers, train.curriculum tiers,
+  selfplay/methods/curriculum.py) puts a train stage per tier before `train`.
 
 A stage is an object with a `name`, its `iteration`, `inputs(ctx)` (the digests of what it reads),
 `config(ctx)` (what else decides its result) and `run(ctx, tmp) -> StageResult`, writing its
@@ -63,23 +64,23 @@ def stages(recipe, iteration: int, forked: bool = False) -> list[Stage]:
     from selfplay.annotate.stage import Annotate
     from selfplay.evaluate.stage import Evaluate
     from selfplay.generate.stage import Sample
-    from selfplay.pairs import TRAIN_STAGES
-    from selfplay.pairs.stage import DriftPairs, Pairs
+    from selfplay.methods import LOSSES, PAIR_RULES
+    from selfplay.pairs.stage import Pairs
     from selfplay.train.stage import SeedPairs, Soup, Train
 
     if iteration == 0:
         listed = [Sample.baseline(recipe)]
-        if recipe.train.reference == "soup":
+        if recipe.train.reference == "soup" and LOSSES[recipe.train.loss].needs_reference:
             listed.append(Soup(0))
         if recipe.seed_training and not forked:
             listed += [SeedPairs(0), Train.seed(recipe)]
         return listed
-    if recipe.pairs.type == "drift":
-        listed = [Sample.hindsight(recipe, iteration), DriftPairs(iteration)]
+    rule = PAIR_RULES[recipe.pairs.type]
+    if rule.front is not None:
+        listed = rule.front(recipe, iteration)
     else:
         listed = [Sample.generate(recipe, iteration), Annotate(iteration), Pairs(iteration)]
-    train_stages = TRAIN_STAGES.get(recipe.pairs.type)
-    listed += train_stages(recipe, iteration) if train_stages else [Train(iteration, recipe.train)]
+    listed += rule.train(recipe, iteration) if rule.train else [Train(iteration, recipe.train)]
     if evaluates(recipe, iteration):
         listed += [Sample.evaluation(recipe, iteration), Evaluate(iteration)]
     return listed

@@ -202,25 +202,10 @@ def split_prompts(prompt_ids: int | list[int], iterations: int, per_iteration: i
     return eval_ids, TrainSlices(pool, iterations, per_iteration, seed)
 
 
-# DRIFT's prompt pool: a record is the user's request, the assistant turn the user disliked and
-# the user's complaint; each iteration answers it again from a hindsight prompt (pairs/drift.py).
-HINDSIGHT_TEMPLATE = ("{prompt}\n\nAn earlier answer to this request was:\n{dsat_response}\n\n"
-                      "The user was not satisfied and said:\n{feedback}\n\n"
-                      "Write an improved answer to the original request.")
-RECORD_FIELDS = ("prompt", "dsat_response", "feedback")
-
-
-def load_dsat_records(path: str) -> list[dict]:
-    return [{f: row[f] for f in RECORD_FIELDS} for row in read_jsonl_records(path, RECORD_FIELDS, "a DRIFT record")]
-
-
-def hindsight_prompt(record: dict, template: str = HINDSIGHT_TEMPLATE) -> str:
-    return template.format(**record)
-
-
 @dataclass
 class PromptPool:
-    """A recipe's prompts (row order of the source), DRIFT records (pairs.type drift, else None),
+    """A recipe's prompts (row order of the source), the records they came from when the pair rule
+    reads records (DRIFT's DSAT records, PairRule.records; else None),
     eval ids, per-iteration training slices and the number of duplicate rows never selected."""
     prompts: list[str]
     records: list[dict] | None
@@ -230,9 +215,11 @@ class PromptPool:
 
 
 def load_prompt_pool(recipe) -> PromptPool:
-    records = None
-    if recipe.pairs.type == "drift":
-        records = load_dsat_records(recipe.prompts.path)
+    from selfplay.methods import PAIR_RULES
+
+    records, read_records = None, PAIR_RULES[recipe.pairs.type].records
+    if read_records is not None:
+        records = read_records(recipe.prompts.path)
         prompts = [r["prompt"] for r in records]
     else:
         prompts = load_prompts(recipe.prompts.path, recipe.prompts.field)

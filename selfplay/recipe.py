@@ -13,7 +13,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from selfplay.judging.registry import JUDGES, FunctionJudgeConfig, JudgeConfig
-from selfplay.prompts import HINDSIGHT_TEMPLATE, PromptError, read_text
+from selfplay.prompts import PromptError, read_text
 
 
 class RecipeError(ValueError):
@@ -34,38 +34,38 @@ def check_run_name(value: str) -> str:
 # Seeds feed numpy (non-negative) and vLLM's np.random.seed (below 2**32, one more per replica).
 Seed = Annotated[int, Field(ge=0, lt=2**31)]
 
-# Limits of the losses' float options (selfplay.train.losses): the ranges their math needs.
+# Limits of the losses' float options (selfplay.methods): the ranges their math needs.
 LOSS_OPTION_LIMITS = {
     "label_smoothing": (lambda v: 0 <= v < 0.5, "in [0, 0.5) (the assumed chance that a preference label is "
                                                 "flipped: 0.5 learns nothing, more learns the reverse)"),
     "nll_weight": (lambda v: v >= 0, ">= 0"),
     "alpha": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+    "gamma": (lambda v: v >= 0, ">= 0"),
+    "lam": (lambda v: v >= 0, ">= 0"),
+    "ce_coef": (lambda v: v >= 0, ">= 0"),
 }
 
 
-def loss_options_of(loss: str) -> list[str]:
-    """A loss's settable options (train.loss_options): its spec's float keywords the trainer does not set."""
-    from selfplay.train.losses import LOSSES
+def _loss_options(loss: str) -> dict[str, type]:
+    """A loss's settable options (train.loss_options) and their types: its spec's float and bool
+    keywords the trainer does not set."""
+    from selfplay.methods import LOSSES
 
-    return list(LOSSES[loss].options)
-
-
-def loss_targets(loss: str) -> list[str]:
-    """The per-pair columns a loss needs from pairs.parquet (its spec's pair_columns)."""
-    from selfplay.train.losses import LOSSES
-
-    return list(LOSSES[loss].pair_columns)
-
-
-def _loss_names() -> list[str]:
-    from selfplay.train.losses import LOSSES
-
-    return list(LOSSES)
+    return LOSSES[loss].option_types
 
 
 def missing_targets(loss: str, provided: tuple[str, ...]) -> list[str]:
-    """The columns `loss` needs that a pair source declaring `provided` does not emit."""
-    return [name for name in loss_targets(loss) if name not in provided]
+    """The per-pair columns `loss` needs that a pair source declaring `provided` does not emit."""
+    from selfplay.methods import LOSSES
+
+    return [name for name in LOSSES[loss].pair_columns if name not in provided]
+
+
+def missing_responses(loss: str, provided: tuple[str, ...]) -> list[str]:
+    """The responses `loss` trains on (beyond chosen and rejected) that a pair source does not carry."""
+    from selfplay.methods import LOSSES
+
+    return [name for name in LOSSES[loss].responses if name not in provided]
 
 
 class Strict(BaseModel):
@@ -136,11 +136,11 @@ class GenerateConfig(Strict):
 
 
 class PairsConfig(Strict):
-    type: str = Field("sppo", description="pair rule name (selfplay.pairs.PAIR_TARGETS)")
+    type: str = Field("sppo", description="pair rule name (selfplay.methods.PAIR_RULES)")
 
 
 class TrainConfig(Strict):
-    loss: str = Field("sppo", description="loss name (selfplay.train.losses.LOSSES)")
+    loss: str = Field("sppo", description="loss name (selfplay.methods.LOSSES)")
     beta: float = Field(0.001, gt=0.0)
     learning_rate: float = Field(5e-7, gt=0.0)
     optimizer: Literal["rmsprop", "adamw"] = "rmsprop"
@@ -163,8 +163,8 @@ class TrainConfig(Strict):
                              "ZeRO 0-2 each keeps a copy of the weights it trained in host memory (the policy's size "
                              "per rank) and trains the next stage from it. false starts new ranks every stage. The "
                              "trained weights are the same either way")
-    loss_options: dict[str, float] = Field(default_factory=dict,
-                                           description="extra keyword arguments of the loss, e.g. label_smoothing")
+    loss_options: dict[str, float | bool] = Field(default_factory=dict, description="extra keyword arguments of "
+                                                  "the loss, e.g. label_smoothing, or tpo's length_normalized: true")
     reference: Literal["previous", "initial", "soup"] = "previous"
     soup: list[str] = Field(default_factory=list, description="checkpoints averaged into the reference (SALSA)")
     checkpoint_every: int = Field(0, ge=0, description="DeepSpeed checkpoint every N optimizer steps (0: off)")
@@ -176,15 +176,18 @@ class TrainConfig(Strict):
 
     @model_validator(mode="after")
     def _check_batch(self):
-        from selfplay.train.losses import LOSSES
+        from selfplay.methods import LOSSES
 
         if self.loss not in LOSSES:
             raise ValueError(f"train.loss must be one of {', '.join(sorted(LOSSES))}, got {self.loss!r}")
-        allowed = loss_options_of(self.loss)
+        allowed = _loss_options(self.loss)
         for key, value in self.loss_options.items():
             if key not in allowed:
                 raise ValueError(f"train.loss_options.{key}: not an option of loss {self.loss!r} "
                                  f"(allowed: {', '.join(allowed) or 'none'})")
+            if (allowed[key] is bool) != isinstance(value, bool):
+                raise ValueError(f"train.loss_options.{key} must be "
+                                 f"{'true or false' if allowed[key] is bool else 'a number'}, got {value!r}")
             within, limits = LOSS_OPTION_LIMITS.get(key, (lambda v: True, ""))
             if not within(value):
                 raise ValueError(f"train.loss_options.{key} must be {limits}, got {value!r}")
@@ -217,7 +220,8 @@ class EvaluateConfig(Strict):
 class SeedTrainingConfig(Strict):
     """A plain preference-training stage on labelled pairs before iteration 1 (DRIFT, Selfie)."""
     path: str = Field(description="JSONL of {prompt, chosen, rejected}")
-    loss: str = Field("dpo", description="a train.loss that needs no per-pair columns (dpo, ipo, sppo_hard, drift, selfie)")
+    loss: str = Field("dpo", description="a train.loss that needs no per-pair columns and no third response (dpo, ipo, "
+                      "sppo_hard, drift, selfie, asft)")
     epochs: int = Field(3, ge=1)
     learning_rate: float | None = Field(None, gt=0.0, description="defaults to train.learning_rate")
     beta: float | None = Field(None, gt=0.0, description="defaults to train.beta")
@@ -225,15 +229,26 @@ class SeedTrainingConfig(Strict):
     @field_validator("loss")
     @classmethod
     def _check_loss(cls, value):
-        from selfplay.train.losses import LOSSES
-        from selfplay.train.seed_pairs import TARGET_COLUMNS
+        from selfplay.methods import LOSSES
+        from selfplay.train.seed_pairs import RESPONSES, TARGET_COLUMNS
 
-        usable = sorted(name for name in LOSSES if not missing_targets(name, TARGET_COLUMNS))
+        usable = sorted(name for name in LOSSES
+                        if not missing_targets(name, TARGET_COLUMNS) and not missing_responses(name, RESPONSES))
         if value not in usable:
-            needs = (f" ({value!r} needs per-pair targets {', '.join(missing_targets(value, TARGET_COLUMNS))} that "
-                     f"labelled pairs do not have)" if value in LOSSES else "")
+            lacking = [*missing_targets(value, TARGET_COLUMNS), *missing_responses(value, RESPONSES)] \
+                if value in LOSSES else []
+            needs = (f" ({value!r} needs per-pair {', '.join(lacking)} that labelled pairs do not have)"
+                     if lacking else "")
             raise ValueError(f"must be one of {', '.join(usable)}{needs}, got {value!r}")
         return value
+
+
+# DRIFT's recipe section (selfplay/methods/drift.py): a record is the user's request, the assistant
+# turn the user disliked and the user's complaint; each iteration answers it again from a hindsight prompt.
+HINDSIGHT_TEMPLATE = ("{prompt}\n\nAn earlier answer to this request was:\n{dsat_response}\n\n"
+                      "The user was not satisfied and said:\n{feedback}\n\n"
+                      "Write an improved answer to the original request.")
+RECORD_FIELDS = ("prompt", "dsat_response", "feedback")
 
 
 class DriftConfig(Strict):
@@ -246,8 +261,6 @@ class DriftConfig(Strict):
     def _check_template(cls, value):
         """Filled with str.format from each record: an unknown {name} or a stray brace would fail mid-run."""
         import string
-
-        from selfplay.prompts import RECORD_FIELDS
 
         try:
             names = {name for _, name, _, _ in string.Formatter().parse(value) if name is not None}
@@ -292,20 +305,32 @@ class Recipe(Strict):
 
     @model_validator(mode="after")
     def _check_pairs(self):
-        """pairs.type names a pair source, and it emits every per-pair column train.loss needs."""
-        from selfplay.pairs import PAIR_TARGETS
+        """pairs.type names a pair rule that emits every per-pair column and response train.loss needs,
+        from enough samples per prompt."""
+        from selfplay.methods import LOSSES, PAIR_RULES
 
-        if self.pairs.type not in PAIR_TARGETS:
-            raise ValueError(f"pairs.type must be one of {', '.join(sorted(PAIR_TARGETS))}, got {self.pairs.type!r}")
-        missing = missing_targets(self.train.loss, PAIR_TARGETS[self.pairs.type])
+        kind = self.pairs.type
+        if kind not in PAIR_RULES:
+            raise ValueError(f"pairs.type must be one of {', '.join(sorted(PAIR_RULES))}, got {kind!r}")
+        rule = PAIR_RULES[kind]
+        missing = missing_targets(self.train.loss, rule.targets)
         if missing:
-            usable = sorted(name for name in _loss_names() if not missing_targets(name, PAIR_TARGETS[self.pairs.type]))
+            usable = sorted(name for name in LOSSES if not missing_targets(name, rule.targets))
             raise ValueError(f"train.loss {self.train.loss!r} needs pair columns {', '.join(missing)} that pairs.type "
-                             f"{self.pairs.type!r} does not provide; with it use train.loss {', '.join(usable)}, "
+                             f"{kind!r} does not provide; with it use train.loss {', '.join(usable)}, "
                              f"or a pairs.type that provides them")
-        if self.train.curriculum != "pooled" and "rank" not in PAIR_TARGETS[self.pairs.type]:
+        if self.train.curriculum != "pooled" and "rank" not in rule.targets:
             raise ValueError(f"train.curriculum {self.train.curriculum!r} orders ranked pairs: it needs pairs.type "
-                             f"curriculum, got {self.pairs.type!r}")
+                             f"curriculum, got {kind!r}")
+        lacking = missing_responses(self.train.loss, rule.responses)
+        if lacking:
+            providers = sorted(name for name, other in PAIR_RULES.items()
+                               if not missing_responses(self.train.loss, other.responses))
+            raise ValueError(f"train.loss {self.train.loss!r} trains on a {', '.join(lacking)} response per pair, which "
+                             f"pairs.type {kind!r} does not provide; use pairs.type {', '.join(providers)}")
+        if rule.front is None and self.generate.samples_per_prompt < rule.min_samples:
+            raise ValueError(f"generate.samples_per_prompt must be at least {rule.min_samples} for pairs.type {kind!r}, "
+                             f"got {self.generate.samples_per_prompt}")
         return self
 
     @model_validator(mode="after")

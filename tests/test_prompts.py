@@ -85,7 +85,9 @@ def test_jsonl_keeps_unicode_line_separators_inside_strings_and_a_bom(tmp_path):
 
 
 def test_drift_records_and_seed_pairs_are_checked(tmp_path):
-    from selfplay.prompts import hindsight_prompt, load_dsat_records, read_jsonl_records
+    from selfplay.methods.drift import hindsight_prompt, load_dsat_records
+    from selfplay.prompts import read_jsonl_records
+    from selfplay.recipe import HINDSIGHT_TEMPLATE
 
     good = {"prompt": "Name a colour.", "dsat_response": "Blue.", "feedback": "Say more."}
     (tmp_path / "d.jsonl").write_text(json.dumps(good) + "\n" + json.dumps({**good, "feedback": " "}) + "\n")
@@ -93,7 +95,7 @@ def test_drift_records_and_seed_pairs_are_checked(tmp_path):
         load_dsat_records(str(tmp_path / "d.jsonl"))
     (tmp_path / "d.jsonl").write_text(json.dumps(good) + "\n")
     record = load_dsat_records(str(tmp_path / "d.jsonl"))[0]
-    text = hindsight_prompt(record)
+    text = hindsight_prompt(record, HINDSIGHT_TEMPLATE)
     assert text.startswith("Name a colour.") and "Blue." in text and "Say more." in text
     (tmp_path / "empty.jsonl").write_text("\n")
     with pytest.raises(PromptError, match="no records"):

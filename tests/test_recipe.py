@@ -65,7 +65,7 @@ def test_quickstart_recipe_loads_with_overrides():
     ("evaluate.max_tokens=-5", "evaluate.max_tokens", "greater than 0"),
     ("evaluate.max_tokens=1024", "evaluate.max_tokens", "smaller than generate.max_model_len (1024)"),
     ("generate.max_tokens=2048", "generate.max_tokens", "smaller than generate.max_model_len (1024)"),
-    ("seed_training.path=data/seed_pairs.jsonl seed_training.loss=bogus", "seed_training.loss", "must be one of dpo"),
+    ("seed_training.path=data/seed_pairs.jsonl seed_training.loss=bogus", "seed_training.loss", "must be one of asft, dpo"),
     ("seed_training.path=data/seed_pairs.jsonl seed_training.loss=sppo_single", "seed_training.loss",
      "chosen_beats_rejected"),
     ("seed_training.path=data/seed_pairs.jsonl seed_training.learning_rate=.inf", "seed_training.learning_rate",

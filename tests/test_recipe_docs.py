@@ -118,11 +118,11 @@ class Toy(BaseModel):
     other_pet: Pet | None = None
     extras: list[Item] = Field(default_factory=list)
     optional: Middle | None = None
-    rule: str = Field("sppo", description="a pair rule (selfplay.pairs.PAIR_TARGETS)")
+    rule: str = Field("sppo", description="a pair rule (selfplay.methods.PAIR_RULES)")
 
 
 def test_walk_documents_nested_unions_lists_and_registries(recipe_docs):
-    from selfplay.pairs import PAIR_TARGETS
+    from selfplay.methods import PAIR_RULES
 
     text = recipe_docs.Reference().markdown(Toy)
     sections = rows_by_heading(text)
@@ -143,5 +143,5 @@ def test_walk_documents_nested_unions_lists_and_registries(recipe_docs):
     assert keys_of(sections["`extras[]`"]) == ["extras[].size"]
     assert top["optional"][1] == "section [middle](#middle) \\| null"
     # a registry named in a description lists its keys
-    assert top["rule"][3] == ", ".join(f"`{name}`" for name in PAIR_TARGETS)
+    assert top["rule"][3] == ", ".join(f"`{name}`" for name in PAIR_RULES)
 

@@ -15,6 +15,7 @@ pairs or win rate). The stage reports the prompts it truncated or skipped.
 import logging
 import time
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import pyarrow as pa
@@ -100,7 +101,8 @@ ENGINE_KEYS = {"replicas", "tensor_parallel_size", "max_model_len", "long_prompt
 class Sample:
     """Sample n responses per prompt with a policy into samples.parquet: the training samples
     (`generate`), the eval samples of the initial policy (`baseline`) and of each trained one
-    (`eval-gen`), and DRIFT's hindsight answers (`generate`, prompted from DSAT records)."""
+    (`eval-gen`), and answers prompted from the run's records (`record_prompt`: DRIFT's hindsight
+    prompt of each DSAT record, selfplay/methods/drift.py)."""
 
     name: str
     iteration: int
@@ -108,7 +110,7 @@ class Sample:
     policy_source: str  # see RunContext.policy
     n: int
     sampling: dict  # temperature, top_p, max_tokens
-    hindsight_template: str | None = None
+    record_prompt: Callable[[dict], str] | None = None  # fn(record) -> prompt; None: the prompt file's texts
     produces = ("samples.parquet",)
 
     @classmethod
@@ -116,13 +118,6 @@ class Sample:
         g = recipe.generate
         return cls("generate", iteration, "train", "entering", g.samples_per_prompt,
                    {"temperature": g.temperature, "top_p": g.top_p, "max_tokens": g.max_tokens})
-
-    @classmethod
-    def hindsight(cls, recipe, iteration):
-        drift = recipe.drift
-        return cls("generate", iteration, "hindsight", "entering", 1,
-                   {"temperature": drift.temperature, "top_p": drift.top_p, "max_tokens": recipe.generate.max_tokens},
-                   hindsight_template=drift.hindsight_template)
 
     @classmethod
     def baseline(cls, recipe):
@@ -136,11 +131,9 @@ class Sample:
         return ctx.eval_ids if self.purpose == "eval" else ctx.slices[self.iteration - 1]
 
     def prompts(self, ctx) -> list[str]:
-        if self.hindsight_template is None:
+        if self.record_prompt is None:
             return ctx.prompts
-        from selfplay.prompts import hindsight_prompt
-
-        return [hindsight_prompt(record, self.hindsight_template) for record in ctx.records]
+        return [self.record_prompt(record) for record in ctx.records]
 
     def inputs(self, ctx) -> dict:
         return {"policy": ctx.policy(self.policy_source, self.iteration).digest}
@@ -162,7 +155,7 @@ class Sample:
         redo every finished run's sampling (and, on GPUs, everything after it)."""
         folder = runs.StageDir(ctx.run_dir, self.iteration, self.name)
         old = (folder.manifest() or {}).get("config")
-        if not isinstance(old, dict) or "prompts_digest" in old and self.hindsight_template is None:
+        if not isinstance(old, dict) or "prompts_digest" in old and self.record_prompt is None:
             return config  # no committed config, or one in today's format: compared as it is
         legacy = {k: v for k, v in config.items() if k != "prompts_digest"}
         if "prompts_digest" in old:  # DRIFT's earlier digest: all records' hindsight prompts

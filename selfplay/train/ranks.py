@@ -54,15 +54,19 @@ class TrainingRanks:
     def fits(self, config) -> bool:
         return self.shape == (config.world_size, config.num_gpus_per_rank)
 
-    def train(self, policy: tuple[str, str | None], reference: tuple[str, str | None], pairs_path: str, out_dir: str,
-              config, checkpoint_dir: str | None = None) -> dict:
+    def train(self, policy: tuple[str, str | None], reference: tuple[str, str | None] | None, pairs_path: str,
+              out_dir: str, config, checkpoint_dir: str | None = None) -> dict:
         """Train `policy` (path, digest) against `reference` (path, digest) on pairs_path into
-        out_dir. A digest of None (a caller outside a run) means: load it from disk."""
+        out_dir. A digest of None (a caller outside a run) means: load it from disk. A loss that
+        needs no reference (its LossSpec) reads none, whatever `reference` names (it may be None)."""
+        from selfplay.methods import LOSSES
         from selfplay.train.settings import TrainSettings
 
         settings = TrainSettings.of(config)  # what the ranks read: typed and frozen
         from_memory = policy[1] is not None and policy[1] == self.held
-        if policy[1] is not None:
+        if not LOSSES[config.loss].needs_reference:
+            reference, reference_is_policy = None, False
+        elif policy[1] is not None:
             reference_is_policy = reference[1] == policy[1]
         else:  # a caller outside a run names both by path
             reference_is_policy = os.path.realpath(reference[0]) == os.path.realpath(policy[0])
@@ -70,7 +74,8 @@ class TrainingRanks:
         waited = time.perf_counter()
         self.ready()
         waited = time.perf_counter() - waited
-        results = ray.get([rank.train.remote(policy[0], reference[0], pairs_path, out_dir, settings, checkpoint_dir,
+        reference_path = None if reference is None else reference[0]
+        results = ray.get([rank.train.remote(policy[0], reference_path, pairs_path, out_dir, settings, checkpoint_dir,
                                              from_memory=from_memory, reference_is_policy=reference_is_policy)
                            for rank in self.ranks])
         self.stages += 1
@@ -79,7 +84,8 @@ class TrainingRanks:
                 "ranks": {"reused": self.stages > 1, "start_seconds": round(self.start_seconds, 3) if self.stages == 1
                           else 0.0, "waited_seconds": round(waited, 3),  # what the stage waited of their start
                           "policy_from": "memory" if from_memory else "disk",
-                          "reference_from": "policy" if reference_is_policy else "disk"}}
+                          "reference_from": "none" if reference is None else "policy" if reference_is_policy
+                          else "disk"}}
 
     def holds(self, out_dir: str, digest: str) -> None:
         """The stage that trained into out_dir committed it as the policy with this digest."""
@@ -95,11 +101,13 @@ class TrainingRanks:
         remove_placement_group(self.group)
 
 
-def train_policy(policy_path: str, reference_path: str, pairs_path: str, out_dir: str, config,
+def train_policy(policy_path: str, reference_path: str | None, pairs_path: str, out_dir: str, config,
                  checkpoint_dir: str | None = None) -> dict:
-    """One train stage on ranks started for it and stopped after it (tests, benchmarks)."""
+    """One train stage on ranks started for it and stopped after it (tests, benchmarks); reference_path
+    None for a loss that needs no reference."""
     ranks = TrainingRanks(config.world_size, config.num_gpus_per_rank)
+    reference = None if reference_path is None else (reference_path, None)
     try:
-        return ranks.train((policy_path, None), (reference_path, None), pairs_path, out_dir, config, checkpoint_dir)
+        return ranks.train((policy_path, None), reference, pairs_path, out_dir, config, checkpoint_dir)
     finally:
         ranks.shutdown()

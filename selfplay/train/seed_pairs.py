@@ -8,6 +8,8 @@ from selfplay.prompts import read_jsonl_records
 FIELDS = ("prompt", "chosen", "rejected")
 # Labelled pairs carry no per-pair targets (win rates etc.): seed_training.loss must need none.
 TARGET_COLUMNS = ()
+# ...and only a chosen and a rejected response (no gold for TPO).
+RESPONSES = ("chosen", "rejected")
 
 
 def load_seed_pairs(path: str, tokenizer) -> list[dict]:

@@ -28,7 +28,7 @@ class Train:
     history.jsonl (one row per optimizer step). `train` each iteration; `seed` (iteration 0)
     trains the initial policy on labelled pairs before iteration 1 (DRIFT, Selfie).
 
-    A curriculum (selfplay.pairs.curriculum) gives a `pairs_view`, which picks or orders the pairs
+    A curriculum (selfplay.methods.curriculum) gives a `pairs_view`, which picks or orders the pairs
     this stage trains on (saved as train_pairs.parquet), and `starts_from`, the earlier stage of
     the iteration whose policy this one trains (Curry-DPO's tiers)."""
 
@@ -47,24 +47,38 @@ class Train:
     def seed(cls, recipe):
         return cls(0, recipe.seed_train_config(), name="seed", policy_source="initial")
 
+    def needs_reference(self) -> bool:
+        from selfplay.methods import LOSSES
+
+        return LOSSES[self.settings.loss].needs_reference
+
     def policy(self, ctx):
         if self.starts_from is not None:
             return ctx.artifact(self.iteration, self.starts_from, "policy")
         return ctx.policy(self.policy_source, self.iteration)
 
     def reference(self, ctx):
+        """The reference policy, or None for a loss that needs none (TPO, ASFT: nothing is loaded)."""
+        if not self.needs_reference():
+            return None
         if self.starts_from is not None and self.settings.reference == "previous":
             return self.policy(ctx)  # Curry-DPO: the previous tier's model
         source = "initial" if self.name == "seed" else REFERENCE_SOURCES[self.settings.reference]
         return ctx.policy(source, self.iteration)
 
     def inputs(self, ctx) -> dict:
-        return {"policy": self.policy(ctx).digest, "reference": self.reference(ctx).digest,
+        reference = self.reference(ctx)
+        return {"policy": self.policy(ctx).digest,
+                **({} if reference is None else {"reference": reference.digest}),
                 "pairs": ctx.latest(self, "pairs.parquet").digest}
 
     def config(self, ctx) -> dict:
-        # where the ranks live changes no result; `curriculum` left out when pooled keeps earlier runs' digests
-        config = self.settings.model_dump(exclude={"keep_ranks", *(() if self.pairs_view else ("curriculum",))})
+        # where the ranks live changes no result; nor, for a reference-free loss, the reference rule.
+        # The curriculum is in the pairs view's description (none when pooled: earlier runs' digests hold).
+        unused = {"keep_ranks", "curriculum"}
+        if not self.needs_reference():
+            unused |= {"reference", "soup"}
+        config = self.settings.model_dump(exclude=unused)
         if self.pairs_view is not None:
             config["pairs_view"] = self.pairs_view.describe()
         return config
@@ -84,7 +98,8 @@ class Train:
         if config.checkpoint_every:
             prepare_checkpoints(checkpoints, {"inputs": self.inputs(ctx), "config": self.config(ctx)})
         try:
-            result = ranks.train((str(policy.path), policy.digest), (str(reference.path), reference.digest),
+            result = ranks.train((str(policy.path), policy.digest),
+                                 None if reference is None else (str(reference.path), reference.digest),
                                  str(pairs_path), str(tmp / "policy"), config,
                                  str(checkpoints) if config.checkpoint_every else None)
         except Exception:  # a rank that failed mid-collective cannot train again: the next stage starts new ones
@@ -113,8 +128,8 @@ class Train:
 
     def described(self, reference) -> dict:
         """The manifest's record of what this stage trained against, and of its curriculum tier."""
-        described = {"reference": {"rule": self.settings.reference, "path": str(reference.path),
-                                   "digest": reference.digest}}
+        described = {"reference": {"rule": "none"} if reference is None else  # a reference-free loss read none
+                     {"rule": self.settings.reference, "path": str(reference.path), "digest": reference.digest}}
         if self.pairs_view is not None:
             described["curriculum"] = {**self.pairs_view.describe(), "starts_from": self.starts_from or "entering"}
         return described

@@ -8,11 +8,14 @@ train stage for its rank, in four parts:
      seed torch;
   2. reference log-probs, once, before any update (reference=previous: pi_t itself, so the
      policy model scores them; reference=initial: pi_0, loaded), each rank a strided shard,
-     gathered so every rank holds all; then the DeepSpeed engine (ZeRO stage, offload, precision
-     from the settings) around a torch optimizer (RMSprop / AdamW) and a warm-up + linear/cosine LambdaLR;
+     gathered so every rank holds all; none at all, and no reference model, for a loss whose spec
+     says it needs no reference (TPO, ASFT); then the DeepSpeed engine (ZeRO stage, offload,
+     precision from the settings) around a torch optimizer (RMSprop / AdamW) and a warm-up +
+     linear/cosine LambdaLR;
   3. steps: epochs of global batches, micro-batch by micro-batch; the loss is whatever
-     `TrainSettings.loss` names in `selfplay.train.losses.LOSSES`, and its spec says which pair
-     columns, batch-derived values and per-step state it takes (no loss is named here). A
+     `TrainSettings.loss` names in `selfplay.methods.LOSSES`, and its spec says which responses
+     of each pair it scores, and which pair columns, batch-derived values and per-step state it
+     takes (no loss is named here). A
      DeepSpeed checkpoint every `checkpoint_every` steps; a stage resumes from the latest one;
   4. save: an HF safetensors checkpoint (ZeRO-3 weights gathered to rank 0); under ZeRO 0-2
      each rank keeps a CPU copy of what it saved, the next stage's `from_memory` policy.
@@ -50,24 +53,26 @@ def _diverged(what: str, settings: TrainSettings, lr: float) -> str:
             f"check train.beta ({settings.beta:g}), train.max_grad_norm and train.loss_options; nothing was saved")
 
 
-def _load_pairs(pairs_path: Path, columns: tuple[str, ...], loss: str) -> list[dict]:
+def _load_pairs(pairs_path: Path, spec, loss: str) -> list[dict]:
     import pyarrow.parquet as pq
 
     table = pq.read_table(pairs_path)
     if table.num_rows == 0:
         raise ValueError(f"{pairs_path}: no training pairs (every prompt's samples tied?)")
-    missing = [name for name in columns if name not in table.column_names]
+    needed = [*spec.pair_columns, *(f"{response}_token_ids" for response in spec.responses)]
+    missing = [name for name in needed if name not in table.column_names]
     if missing:  # `selfplay validate` checks the pair builder; this catches a hand-made pairs file
         raise ValueError(f"{pairs_path}: no column {missing[0]!r}, which train.loss {loss!r} needs")
     return table.to_pylist()
 
 
-def _batch_tensors(rows, pad_id, settings: TrainSettings, device):
-    """Chosen rows then rejected rows in one padded batch (one forward pass for both)."""
+def _batch_tensors(rows, responses: tuple[str, ...], pad_id, settings: TrainSettings, device):
+    """Each response's rows in turn (chosen, then rejected, then any other the loss scores) in one
+    padded batch: one forward pass for all."""
     from selfplay.models.logps import pad_sequences
 
-    prompts = [r["prompt_token_ids"] for r in rows] * 2
-    responses = [r["chosen_token_ids"] for r in rows] + [r["rejected_token_ids"] for r in rows]
+    prompts = [r["prompt_token_ids"] for r in rows] * len(responses)
+    responses = [r[f"{name}_token_ids"] for name in responses for r in rows]
     tensors = pad_sequences(prompts, responses, pad_id, settings.max_length, settings.max_prompt_length)
     return [t.to(device) for t in tensors]
 
@@ -129,7 +134,7 @@ class TrainerRank:
         import deepspeed  # noqa: F401  (imported now, while the ranks wait for their first stage)
         import transformers  # noqa: F401
 
-    def train(self, policy_path: str, reference_path: str, pairs_path: str, out_dir: str, settings: TrainSettings,
+    def train(self, policy_path: str, reference_path: str | None, pairs_path: str, out_dir: str, settings: TrainSettings,
               checkpoint_dir: str | None = None, from_memory: bool = False, reference_is_policy: bool = False) -> dict:
         import gc
 
@@ -148,20 +153,22 @@ class TrainerRank:
         import torch
         import torch.distributed as dist
 
+        from selfplay.methods import LOSSES
         from selfplay.train.data import epoch_batches
-        from selfplay.train.losses import LOSSES
 
         started = time.perf_counter()
         spec = LOSSES[settings.loss]
         held, self.weights = self.weights, None  # changed by this stage: a failed one leaves no copy
         if from_memory and held is None:
             raise RuntimeError(f"rank {self.rank} was asked to train the weights it holds, but holds none")
-        data = self._setup(pairs_path, policy_path, settings, spec.pair_columns)
+        data = self._setup(pairs_path, policy_path, settings, spec)
         model = self._policy_model(policy_path, held if from_memory else None, settings)
         del held
         torch.manual_seed(settings.seed)  # after the model is built: from disk or memory, the same RNG state
-        reference = self._reference_logps(model if reference_is_policy else reference_path, data, settings)
-        reference_seconds = time.perf_counter() - started
+        reference, reference_seconds = None, 0.0  # a reference-free loss: no reference model is read
+        if spec.needs_reference:
+            reference = self._reference_logps(model if reference_is_policy else reference_path, data, settings)
+            reference_seconds = time.perf_counter() - started
         run = self._engine(model, settings, len(data.rows))
         state = spec.state(run.total_steps) if spec.state is not None else None
         history, done_steps = self._resume(run.engine, checkpoint_dir, state)
@@ -188,14 +195,14 @@ class TrainerRank:
                 "reference_seconds": reference_seconds, "train_seconds": time.perf_counter() - started}
 
     # -- 1. setup --------------------------------------------------------------------------
-    def _setup(self, pairs_path: str, policy_path: str, settings: TrainSettings, columns: tuple[str, ...]) -> _StageData:
+    def _setup(self, pairs_path: str, policy_path: str, settings: TrainSettings, spec) -> _StageData:
         import torch
         from transformers import AutoTokenizer
 
         device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
         tokenizer = AutoTokenizer.from_pretrained(policy_path)
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        return _StageData(device, tokenizer, pad_id, _load_pairs(Path(pairs_path), columns, settings.loss))
+        return _StageData(device, tokenizer, pad_id, _load_pairs(Path(pairs_path), spec, settings.loss))
 
     def _policy_model(self, policy_path: str, weights: dict | None, settings: TrainSettings):
         """The policy to train: its checkpoint, or the weights this rank holds (its config from the folder)."""
@@ -224,8 +231,8 @@ class TrainerRank:
         with torch.no_grad():
             for start in range(0, len(indices), step):
                 chunk = indices[start:start + step]
-                input_ids, attention, response_mask = _batch_tensors([rows[i] for i in chunk], data.pad_id, settings,
-                                                                      device)
+                input_ids, attention, response_mask = _batch_tensors([rows[i] for i in chunk], ("chosen", "rejected"),
+                                                                      data.pad_id, settings, device)
                 logps = response_logps(model, input_ids, attention, response_mask).cpu().tolist()
                 for offset, index in enumerate(chunk):
                     mine[index] = (logps[offset], logps[offset + len(chunk)])
@@ -269,8 +276,8 @@ class TrainerRank:
         return _Engine(engine, model, scheduler, total_steps, warmup_steps, gas)
 
     # -- 3. steps ---------------------------------------------------------------------------
-    def _step(self, run: _Engine, spec, state, data: _StageData, reference, global_batch: list[int], step: int,
-              epoch: int, settings: TrainSettings) -> dict:
+    def _step(self, run: _Engine, spec, state, data: _StageData, reference: list | None, global_batch: list[int],
+              step: int, epoch: int, settings: TrainSettings) -> dict:
         """One optimizer step over a global batch (this rank's micro-batches); returns its history record,
         the batch means over all ranks, measured before the update."""
         import torch
@@ -287,15 +294,20 @@ class TrainerRank:
         lr = run.scheduler.get_last_lr()[0]  # this step's lr (engine.step advances the scheduler)
         for micro in rank_micro_batches(global_batch, self.rank, self.world_size, settings.micro_batch_size):
             batch = [data.rows[i] for i in micro]
-            input_ids, attention, response_mask = _batch_tensors(batch, data.pad_id, settings, device)
+            input_ids, attention, response_mask = _batch_tensors(batch, spec.responses, data.pad_id, settings, device)
             logps = response_logps(engine, input_ids, attention, response_mask)
-            chosen_logps, rejected_logps = logps[:len(batch)], logps[len(batch):]
-            ref_chosen = torch.tensor([reference[i][0] for i in micro], device=device)
-            ref_rejected = torch.tensor([reference[i][1] for i in micro], device=device)
+            policy_logps = dict(zip(spec.responses, logps.split(len(batch))))
+            masks = dict(zip(spec.responses, response_mask.split(len(batch))))
+            chosen_logps, rejected_logps = policy_logps["chosen"], policy_logps["rejected"]
+            if reference is None:  # reference-free: the logged rewards are the policy's own log-probs
+                ref_chosen = ref_rejected = torch.zeros(len(batch), device=device)
+            else:
+                ref_chosen = torch.tensor([reference[i][0] for i in micro], device=device)
+                ref_rejected = torch.tensor([reference[i][1] for i in micro], device=device)
             columns = {name: torch.tensor([r[name] for r in batch], device=device, dtype=torch.float32)
                        for name in spec.pair_columns}
-            losses = spec.loss(chosen_logps, rejected_logps, ref_chosen, ref_rejected, beta=settings.beta,
-                               columns=columns, chosen_response_mask=response_mask[:len(batch)], options=options)
+            losses = spec.loss(policy_logps, {"chosen": ref_chosen, "rejected": ref_rejected}, beta=settings.beta,
+                               columns=columns, response_masks=masks, options=options)
             engine.backward(losses.mean())
             engine.step()
             with torch.no_grad():

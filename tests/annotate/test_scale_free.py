@@ -18,7 +18,7 @@ from selfplay.annotate.stage import judgments_table
 from selfplay.judging import win_matrix as wm
 from selfplay.judging.base import Judge, Judgment
 from selfplay.judging.calls import judge_groups, signal_report
-from selfplay.pairs import PAIR_BUILDERS
+from selfplay.methods import PAIR_RULES
 from selfplay.pairs.stage import build_pairs
 
 SPREAD = math.sqrt(10 / 3)
@@ -112,7 +112,7 @@ def test_scale_and_offset_give_the_same_win_matrices_and_pairs(scale, offset):
     for before, after in zip(reference.to_pylist(), scaled.to_pylist()):
         np.testing.assert_allclose(after["win_matrix"], before["win_matrix"], rtol=0, atol=1e-9)
     for builder in ("sppo", "best_worst", "curriculum"):
-        pairs = [build_pairs(_samples(GROUPS), table, PAIR_BUILDERS[builder]).to_pylist() for table in (reference, scaled)]
+        pairs = [build_pairs(_samples(GROUPS), table, PAIR_RULES[builder]).to_pylist() for table in (reference, scaled)]
         assert [(p["prompt_id"], p["chosen"], p["rejected"]) for p in pairs[0]] == \
                [(p["prompt_id"], p["chosen"], p["rejected"]) for p in pairs[1]]
         np.testing.assert_allclose([p["chosen_win_rate"] for p in pairs[1]], [p["chosen_win_rate"] for p in pairs[0]],

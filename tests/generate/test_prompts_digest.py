@@ -8,6 +8,7 @@ import pyarrow.parquet as pq
 from selfplay import runs
 from selfplay.context import RunContext
 from selfplay.generate.stage import Sample
+from selfplay.methods.drift import hindsight_generation
 from selfplay.recipe import load_recipe
 
 from conftest import REPO
@@ -53,7 +54,7 @@ def test_a_stage_committed_without_the_digest_stays_done_until_its_prompts_chang
 def test_a_drift_stage_committed_with_the_all_records_digest_stays_done_until_a_record_changes(tmp_path):
     ctx = make_ctx(tmp_path)
     ctx.records = [{"prompt": f"p{i}", "dsat_response": "r", "feedback": "f"} for i in range(6)]
-    stage = Sample.hindsight(ctx.recipe, 1)
+    stage = hindsight_generation(ctx.recipe, 1)
     old = {**stage.config(ctx), "prompts_digest": runs.digest_of(stage.prompts(ctx))}  # the earlier DRIFT format
     commit_samples(ctx, stage, old)
     assert stage.config(ctx) == old

@@ -8,7 +8,7 @@ import pyarrow as pa
 import pytest
 
 from selfplay.context import RunContext
-from selfplay.pairs.curriculum import EasyToHard, Tier, curriculum_pairs, train_stages
+from selfplay.methods.curriculum import EasyToHard, Tier, curriculum_pairs, train_stages
 from selfplay.pipeline import stage_names
 from selfplay.recipe import RecipeError, load_recipe
 from selfplay.train.stage import Train

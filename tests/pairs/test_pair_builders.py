@@ -12,7 +12,10 @@ import numpy as np
 import pytest
 
 from selfplay.judging.win_matrix import bradley_terry
-from selfplay.pairs import PAIR_BUILDERS, best_worst_pairs, curriculum_pairs, sppo_pairs
+from selfplay.methods import PAIR_RULES
+from selfplay.methods.curriculum import curriculum_pairs
+from selfplay.methods.dpo import best_worst_pairs
+from selfplay.methods.sppo import sppo_pairs
 
 P3 = np.array([[0.5, 0.8, 0.9],
                [0.2, 0.5, 0.6],
@@ -21,9 +24,10 @@ TIED = np.full((3, 3), 0.5)
 
 
 def test_registry():
-    assert PAIR_BUILDERS["sppo"] is sppo_pairs
-    assert PAIR_BUILDERS["best_worst"] is best_worst_pairs
-    assert PAIR_BUILDERS["curriculum"] is curriculum_pairs
+    assert PAIR_RULES["sppo"].build is sppo_pairs
+    assert PAIR_RULES["best_worst"].build is best_worst_pairs
+    assert PAIR_RULES["curriculum"].build is curriculum_pairs
+    assert PAIR_RULES["drift"].build is None  # its own stages write the pairs
 
 
 def test_sppo_pairs_self_term_included():

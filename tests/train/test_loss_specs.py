@@ -1,6 +1,6 @@
 """The contract between pair sources and losses, and the trainer's settings object.
 
-- each pair source emits exactly the target columns it declares (pairs.PAIR_TARGETS,
+- each pair source emits exactly the target columns it declares (methods.PAIR_RULES,
   seed_pairs.TARGET_COLUMNS), so `selfplay validate` can trust the declarations;
 - a loss whose columns the configured pair source does not emit fails `selfplay validate` with one
   line naming train.loss and pairs.type; seed_training.loss is held to the labelled pairs' columns;
@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from selfplay.cli import main
-from selfplay.pairs import PAIR_BUILDERS, PAIR_TARGETS
+from selfplay.methods import PAIR_RULES
 from selfplay.recipe import TrainConfig
 from selfplay.train.settings import TrainSettings
 
@@ -25,31 +25,32 @@ QUICKSTART = REPO / "recipes" / "quickstart-cpu.yaml"
 DRIFT = REPO / "recipes" / "drift-cpu.yaml"
 SELFIE = REPO / "recipes" / "selfie-cpu.yaml"
 # what every pair row has besides a builder's targets
-INDICES = {"chosen", "rejected"}
 PAIR_FIELDS = {"prompt_id", "prompt", "prompt_token_ids", "chosen", "rejected", "chosen_token_ids", "rejected_token_ids"}
 
 
-@pytest.mark.parametrize("builder", sorted(PAIR_BUILDERS))
+@pytest.mark.parametrize("builder", sorted(name for name, rule in PAIR_RULES.items() if rule.build))
 @pytest.mark.parametrize("with_scores", [False, True])
 def test_each_pair_builder_emits_the_targets_it_declares(builder, with_scores):
     win_matrix = np.array([[0.5, 0.8, 0.9], [0.2, 0.5, 0.6], [0.1, 0.4, 0.5]])
     scores = np.array([3.0, 2.0, 1.0]) if with_scores else None
-    pairs = PAIR_BUILDERS[builder](win_matrix, scores)
+    rule = PAIR_RULES[builder]
+    pairs = rule.build(win_matrix, scores)
     assert pairs
     for pair in pairs:
-        assert sorted(set(pair) - INDICES) == sorted(PAIR_TARGETS[builder])
+        assert set(rule.responses) <= set(pair)
+        assert sorted(set(pair) - set(rule.responses)) == sorted(rule.targets)
 
 
 def test_drift_and_seed_pairs_emit_no_targets(tiny_policy, tmp_path):
     from transformers import AutoTokenizer
 
-    from selfplay.pairs.drift import drift_pairs
+    from selfplay.methods.drift import drift_pairs
     from selfplay.train import seed_pairs
 
     records = [{"prompt": "Name a colour.", "dsat_response": "Blue.", "feedback": "Say more."}]
     samples = [{"prompt_id": 0, "text": "Blue, like the sky.", "token_ids": [5, 6, 7]}]
     [row] = drift_pairs(records, samples, {0: [1, 2]}, lambda text: [9])
-    assert set(row) - PAIR_FIELDS == set(PAIR_TARGETS["drift"]) == set()
+    assert set(row) - PAIR_FIELDS == set(PAIR_RULES["drift"].targets) == set()
 
     path = tmp_path / "seed.jsonl"
     path.write_text(json.dumps({"prompt": "Hi", "chosen": "Hello.", "rejected": "Go away."}) + "\n")
@@ -63,7 +64,7 @@ def test_drift_and_seed_pairs_emit_no_targets(tiny_policy, tmp_path):
     (DRIFT, ["train.loss=sppo_single", "train.loss_options={}"],
      ["train.loss 'sppo_single'", "pairs.type 'drift'", "chosen_beats_rejected"]),
     (SELFIE, ["seed_training.loss=sppo_single"], ["seed_training.loss", "chosen_beats_rejected"]),
-    (SELFIE, ["seed_training.loss=dpo_typo"], ["seed_training.loss", "must be one of dpo, drift, ipo, selfie"]),
+    (SELFIE, ["seed_training.loss=dpo_typo"], ["seed_training.loss", "must be one of asft, dpo, drift, ipo, selfie, sppo_hard"]),
 ])
 def test_a_loss_the_pairs_cannot_feed_fails_validate_in_one_line(capsys, recipe, overrides, needles):
     assert main(["validate", str(recipe), *overrides]) == 2

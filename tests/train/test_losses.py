@@ -20,19 +20,12 @@ Reference numbers from the math module: softplus(x) = log(1 + e^x) = -log sigmoi
 import pytest
 import torch
 
-from selfplay.train.losses import (
-    LOSSES,
-    LossSpec,
-    SelfieState,
-    SelfieThreshold,
-    chosen_mean_nll,
-    dpo_loss,
-    selfie_alpha,
-    selfie_loss,
-    sppo_hard_loss,
-    sppo_loss,
-    sppo_single_loss,
-)
+from selfplay.methods import LOSSES
+from selfplay.methods.dpo import dpo_loss
+from selfplay.methods.drift import chosen_mean_nll
+from selfplay.methods.selfie import SelfieState, SelfieThreshold, selfie_alpha, selfie_loss
+from selfplay.methods.sppo import sppo_hard_loss, sppo_loss, sppo_single_loss
+from selfplay.train.losses import LossSpec
 
 BETA = 0.5
 SP_M075, SP_075, SP_05, SP_M05 = 0.38687100611489994, 1.1368710061148999, 0.9740769841801067, 0.4740769841801067
@@ -56,8 +49,10 @@ ALL_COLUMNS = {"chosen_win_rate": f64(0.8, 0.7), "rejected_win_rate": f64(0.3, 0
 
 def as_trained(name, columns=ALL_COLUMNS, options=None, logps=None):
     """The per-example loss exactly as the trainer computes it for a micro-batch."""
-    return LOSSES[name].loss(*(logps or batch()), beta=BETA, columns=columns, chosen_response_mask=CHOSEN_MASK,
-                             options=options or {})
+    chosen, rejected, reference_chosen, reference_rejected = logps or batch()
+    return LOSSES[name].loss({"chosen": chosen, "rejected": rejected},
+                             {"chosen": reference_chosen, "rejected": reference_rejected}, beta=BETA, columns=columns,
+                             response_masks={"chosen": CHOSEN_MASK}, options=options or {})
 
 
 def close(actual, expected):
@@ -109,9 +104,9 @@ def test_ipo_loss():
 
 def test_chosen_mean_nll_is_per_example():
     # -logp / |y_w|: 1.0/1 and 2.0/4 (not the pooled 3.0/5 = 0.6 for both)
-    close(chosen_mean_nll(batch()[0], CHOSEN_MASK), [1.0, 0.5])
+    close(chosen_mean_nll({"chosen": batch()[0]}, {"chosen": CHOSEN_MASK}), [1.0, 0.5])
     # an empty response counts as one token, not a division by zero
-    close(chosen_mean_nll(f64(0.0), torch.zeros((1, 3), dtype=torch.long)), [0.0])
+    close(chosen_mean_nll({"chosen": f64(0.0)}, {"chosen": torch.zeros((1, 3), dtype=torch.long)}), [0.0])
 
 
 def test_drift_loss():
@@ -182,13 +177,18 @@ def test_selfie_state_sets_alpha_and_tau_each_step():
 
 
 def test_registry_and_specs():
-    assert set(LOSSES) == {"sppo", "sppo_single", "sppo_hard", "dpo", "ipo", "drift", "selfie"}
+    assert set(LOSSES) == {"sppo", "sppo_single", "sppo_hard", "dpo", "ipo", "drift", "selfie", "tpo", "asft"}
     assert LOSSES["sppo_hard"].fn is sppo_hard_loss
     assert {name: spec.pair_columns for name, spec in LOSSES.items() if spec.pair_columns} == {
         "sppo": ("chosen_win_rate", "rejected_win_rate"), "sppo_single": ("chosen_beats_rejected",)}
     assert {name for name, spec in LOSSES.items() if spec.state} == {"selfie"}
     assert {name: spec.options for name, spec in LOSSES.items() if spec.options} == {
-        "dpo": ("label_smoothing",), "drift": ("nll_weight",), "selfie": ("alpha",)}
+        "dpo": ("label_smoothing",), "drift": ("nll_weight",), "selfie": ("alpha",),
+        "tpo": ("alpha", "gamma", "length_normalized"), "asft": ("lam", "ce_coef")}
+    assert LOSSES["tpo"].option_types["length_normalized"] is bool
+    assert [name for name, spec in LOSSES.items() if not spec.needs_reference] == ["tpo", "asft"]
+    assert {name: spec.responses for name, spec in LOSSES.items() if len(spec.responses) > 2} == {
+        "tpo": ("chosen", "rejected", "gold")}
     # SPPO's losses also log the loss on the eta^2 scale
     record = {"loss": 2.0e4}
     assert [name for name, spec in LOSSES.items() if spec.step_metrics] == ["sppo", "sppo_single", "sppo_hard"]
@@ -234,8 +234,10 @@ def random_batch():
 
 
 def trained_on(batch, name, beta, options=None):
-    return LOSSES[name].loss(*batch["logps"], beta=beta, columns={}, chosen_response_mask=batch["chosen_mask"],
-                             options=options or {})
+    chosen, rejected, reference_chosen, reference_rejected = batch["logps"]
+    return LOSSES[name].loss({"chosen": chosen, "rejected": rejected},
+                             {"chosen": reference_chosen, "rejected": reference_rejected}, beta=beta, columns={},
+                             response_masks={"chosen": batch["chosen_mask"]}, options=options or {})
 
 
 def _trl(batch, loss_type, beta, rows=slice(None), **kwargs):

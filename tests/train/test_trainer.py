@@ -6,7 +6,8 @@
 - DPO learns a tiny dataset (accuracy and reward margin grow); IPO, sppo_single and sppo_hard
   start at their loss at rewards 0 and train towards their targets;
 - the reference log-probs come from the reference checkpoint passed in (reference: previous vs initial);
-- the history logs the lr each step used.
+- the history logs the lr each step used;
+- TPO and ASFT train with no reference model, from step 1 at their formula's value.
 
 The tiny Llama has no dropout, so the RNG state a resume restores is not exercised here.
 One Ray session for the module, and its training ranks are kept from one stage to the next as in
@@ -444,3 +445,71 @@ def test_a_digest_other_than_the_held_one_loads_from_disk(ray_session, tiny_poli
     assert other["history"] == train(tiny_policy, pairs, workdir / "other-disk", checkpoint_every=0)["history"]
     ours, theirs = load_weights(workdir / "other-2"), load_weights(workdir / "other-disk")
     assert all(torch.equal(ours[k], theirs[k]) for k in theirs)
+
+
+@pytest.fixture(scope="module")
+def triples(workdir, tiny_policy, small_pairs) -> Path:
+    """small_pairs with a gold response per pair (random ids, lengths 5-20), as pairs.type triple writes them."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_policy)
+    vocab = np.array([i for i in range(len(tokenizer)) if i not in set(tokenizer.all_special_ids)])
+    rng = np.random.default_rng(7)
+    rows = pq.read_table(small_pairs).to_pylist()
+    for row in rows:
+        row["gold_token_ids"] = rng.choice(vocab, size=int(rng.integers(5, 21))).tolist()
+    path = workdir / "triples.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), path)
+    return path
+
+
+def _policy_logps(policy_dir, pairs_path, responses):
+    """{response: summed log-probs (float64) per pair, response lengths} under the policy, test-side."""
+    from transformers import AutoModelForCausalLM
+
+    from selfplay.models.logps import pad_sequences, response_logps
+
+    rows = pq.read_table(pairs_path).to_pylist()
+    model = AutoModelForCausalLM.from_pretrained(policy_dir, dtype=torch.float32).eval()
+    logps = {}
+    for name in responses:
+        batch = pad_sequences([r["prompt_token_ids"] for r in rows], [r[f"{name}_token_ids"] for r in rows], 0,
+                              BASE["max_length"], BASE["max_prompt_length"])
+        with torch.no_grad():
+            logps[name] = (response_logps(model, *batch).double(), batch[2].sum(-1).double())
+    return logps
+
+
+@pytest.mark.parametrize("loss", ["tpo", "asft"])
+def test_a_reference_free_loss_trains_without_a_reference(loss, ray_session, tiny_policy, triples, workdir):
+    """TPO and ASFT read no reference: the ranks are given none, load none and run no reference pass.
+    Step 1's loss is the loss's formula at the initial policy (the trainer fed it the right
+    responses: TPO's gold NLL, ASFT's mean token log-probs). Then each moves the policy the way its
+    math says: TPO raises the gold response's likelihood and the chosen-rejected margin; ASFT raises
+    the chosen response's mean log-prob; both lower the rejected one's. The logged rewards of a reference-free loss are the policy's
+    summed log-probs themselves."""
+    settings = {**LEARNING, "learning_rate": 3e-4, "loss": loss, "beta": 0.1 if loss == "tpo" else 1.0}
+    result = kept_ranks(1).train((str(tiny_policy), None), None, str(triples), str(workdir / loss),
+                                 TrainConfig(**{**BASE, **settings}))
+    history = result["history"]
+    assert result["reference_seconds"] == 0 and result["ranks"]["reference_from"] == "none"
+    before = _policy_logps(tiny_policy, triples, ("chosen", "rejected", "gold"))
+    after = _policy_logps(workdir / loss, triples, ("chosen", "rejected", "gold"))
+    (chosen, chosen_len), (rejected, rejected_len), (gold, gold_len) = (before[r] for r in ("chosen", "rejected", "gold"))
+    if loss == "tpo":  # -log sigmoid(beta (lp_w - lp_l)) + alpha NLL(gold), alpha 1
+        first = -torch.nn.functional.logsigmoid(0.1 * (chosen - rejected)) - gold / gold_len
+    else:  # beta 1: -lp_w - log p_w - log(1 - p_l), lp the mean token log-probs
+        lp_w, lp_l = chosen / chosen_len, rejected / rejected_len
+        first = -lp_w - lp_w - torch.log1p(-torch.exp(lp_l))
+    assert history[0]["loss"] == pytest.approx(first.mean().item(), rel=1e-4)
+    assert history[0]["chosen_reward"] == pytest.approx(chosen.mean().item(), rel=1e-4)
+    losses = [h["loss"] for h in history]
+    mean = lambda logps, name: (logps[name][0] / logps[name][1]).mean().item()  # noqa: E731
+    assert len(history) == 8 and losses[-1] < 0.75 * losses[0]
+    if loss == "tpo":
+        assert (after["gold"][0] / gold_len).mean() > (gold / gold_len).mean() + 1.0
+        margin = lambda logps: (logps["chosen"][0] - logps["rejected"][0]).mean()  # noqa: E731
+        assert margin(after) > margin(before) + 5.0
+    else:
+        assert (after["chosen"][0] / chosen_len).mean() > (chosen / chosen_len).mean() + 1.0
+    assert mean(after, "rejected") < mean(before, "rejected")  # measured: -7.61 -> -8.88 (TPO), -8.07 (ASFT)

@@ -1,5 +1,6 @@
-"""Curry-DPO pair rule (Pattnaik et al. 2024): the best sample against each of the others.
+"""Curry-DPO's pair rule (Pattnaik et al. 2024): the best sample against each of the others.
 
+Pair rule `curriculum`; it trains with any loss that needs no more than its columns (dpo, ipo...).
 Samples are ranked by score (or, without scalar scores, by mean win rate
 Phat(y_i) = (1/K) * sum_j P[i, j], self term included). The best sample is paired with every
 other sample whose score is strictly lower (ties with the best are dropped), giving up to
@@ -17,6 +18,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from selfplay.methods.base import Method, PairRule
+from selfplay.methods.dpo import ranking_of
+
 # The per-pair targets each pair carries (besides the sample indices): what losses may ask for.
 TARGET_COLUMNS = ("rank", "gap", "chosen_score", "rejected_score", "chosen_win_rate", "rejected_win_rate",
                   "chosen_beats_rejected")
@@ -24,8 +28,7 @@ TARGET_COLUMNS = ("rank", "gap", "chosen_score", "rejected_score", "chosen_win_r
 
 def curriculum_pairs(win_matrix: np.ndarray, scores: np.ndarray | None = None) -> list[dict]:
     win_matrix = np.asarray(win_matrix, dtype=np.float64)
-    win_rates = win_matrix.mean(axis=1)
-    ranking = win_rates if scores is None else np.asarray(scores, dtype=np.float64)
+    win_rates, ranking = ranking_of(win_matrix, scores)
     best = int(np.argmax(ranking))
     others = [i for i in range(len(ranking)) if ranking[i] < ranking[best]]
     # Largest gap first (= lowest score first); a stable sort keeps index order within ties.
@@ -84,3 +87,6 @@ def train_stages(recipe, iteration: int) -> list:
     return [Train(iteration, recipe.train, name=name, pairs_view=Tier(k, count),
                   starts_from=names[k - 2] if k > 1 else None)
             for k, name in enumerate(names, start=1)]
+
+
+METHOD = Method("curriculum", pair_rules={"curriculum": PairRule(curriculum_pairs, TARGET_COLUMNS, train=train_stages)})
