@@ -30,3 +30,9 @@ def letter_e_fraction_huge(prompt: str, response: str) -> float:
 def shorter_is_better(prompt: str, response: str) -> float:
     """Prefers short responses: the negative character count, in units of 10 characters."""
     return -len(response) / 10.0
+
+
+def distinct_letters(prompt: str, response: str) -> float:
+    """The number of different letters a-z in the response: the methods table's judge
+    (scripts/bench_methods.py), a preference no test or recipe is tuned to."""
+    return float(len({c for c in response.lower() if "a" <= c <= "z"}))
