@@ -199,12 +199,11 @@ def check_reward_model_folder(field: str, folder: Path) -> None:
 
 def check_pairrm_folder(field: str, folder: Path) -> None:
     """A PairRM checkpoint: its ranker config, weights and a backbone transformers knows."""
-    from selfplay.judging.pairrm import WEIGHT_FILES, backbone_folder, read_ranker_config
+    from selfplay.judging.pairrm import backbone_folder, read_ranker_config, weights_file
 
     try:
         config = read_ranker_config(folder)
-        if not any((folder / name).is_file() for name in WEIGHT_FILES):
-            raise ValueError(f"{folder}: missing weights file ({' or '.join(WEIGHT_FILES)})")
+        weights_file(folder)
         backbone = backbone_folder(folder, config["model_name"])
     except ValueError as error:
         raise PreflightError(f"{field}: {error}") from None

@@ -5,6 +5,9 @@ returns either K scalar `scores` or a K x K matrix of `pairwise_logits` (L[i, j]
 response i beats response j). The raw output is stored; `win_matrix()` derives P.
 A NaN score marks an empty response that no judge saw (judging.calls.judge_groups); it is
 filled in relative to the temperature (win_matrix.fill_empty_scores).
+
+The errors of a judge call are here too, for every judge: judge_groups puts the prompt ids in
+front of their messages (calls._judge_error); any other error passes unchanged.
 """
 
 from dataclasses import dataclass
@@ -15,7 +18,15 @@ from selfplay.judging import win_matrix as wm
 
 
 class JudgeTimeout(RuntimeError):
-    """A judge call ran past annotate.timeout_seconds."""
+    """A judge call ran past annotate.timeout_seconds; the judge's processes were killed."""
+
+    @classmethod
+    def after(cls, judge: str, what: str, timeout: float, killed: str) -> "JudgeTimeout":
+        return cls(f"{judge} did not {what} within annotate.timeout_seconds={timeout:g} ({killed})")
+
+
+class ScoreError(ValueError):
+    """The scoring function returned something that is not a finite real number, or raised."""
 
 
 @dataclass
@@ -45,6 +56,10 @@ class Judge:
     responses: list of N lists of K response strings.
     Returns a list of N Judgments.
     """
+
+    # judge() also takes `token_ids` (per prompt: its ids, each response's ids, as sampled), and
+    # judge_groups passes them (Selfie scores the very sequences the train stage trains on)
+    takes_token_ids = False
 
     def judge(self, prompts: list[str], responses: list[list[str]]) -> list[Judgment]:
         raise NotImplementedError

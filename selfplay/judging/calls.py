@@ -25,7 +25,7 @@ from tqdm import tqdm
 from selfplay import runs
 from selfplay.cluster import where_it_runs
 from selfplay.judging import win_matrix as wm
-from selfplay.judging.base import JudgeTimeout, Judgment
+from selfplay.judging.base import JudgeTimeout, Judgment, ScoreError
 
 log = logging.getLogger("selfplay")
 # Share of prompts without signal from which a stage warns ("nearly every prompt").
@@ -75,7 +75,7 @@ class RemoteJudge:
         """Kill the actors (one is stuck; a later stage starts fresh ones) and say what timed out."""
         self.shutdown()
         killed = "its actor was killed" if self.replicas == 1 else f"its {self.replicas} actors were killed"
-        return JudgeTimeout(f"the judge did not {what} within annotate.timeout_seconds={self.timeout:g} ({killed})")
+        return JudgeTimeout.after("the judge", what, self.timeout, killed)
 
     def start(self) -> None:
         """Wait until every replica has loaded its model: not a judge call, so it gets its own
@@ -113,8 +113,6 @@ class RemoteJudge:
 def _judge_error(error: Exception, prompt_ids: list) -> Exception:
     """The same error with the prompt(s) it was on in front; other error types pass unchanged
     (a dead Ray worker must stay a RayActorError for the driver's retry)."""
-    from selfplay.judging.function import ScoreError
-
     if type(error) not in (JudgeTimeout, ScoreError, ValueError):
         return error
     where = ", ".join(str(p) for p in prompt_ids[:4]) + (f", ... ({len(prompt_ids)} prompts in the call)"

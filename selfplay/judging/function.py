@@ -27,11 +27,7 @@ from multiprocessing.connection import Connection
 
 import numpy as np
 
-from selfplay.judging.base import Judge, JudgeTimeout, Judgment
-
-
-class ScoreError(ValueError):
-    """The scoring function returned something that is not a finite real number, or raised."""
+from selfplay.judging.base import Judge, JudgeTimeout, Judgment, ScoreError
 
 
 class RemoteTraceback(Exception):
@@ -85,8 +81,7 @@ class FunctionJudge(Judge):
     def _wait(self, what: str):
         if not self.replies.poll(self.timeout):
             self._kill()
-            raise JudgeTimeout(f"annotate.function {self.spec} did not {what} within annotate.timeout_seconds="
-                               f"{self.timeout:g} (its process was killed)")
+            raise JudgeTimeout.after(f"annotate.function {self.spec}", what, self.timeout, "its process was killed")
         try:
             return self.replies.recv()
         except EOFError:

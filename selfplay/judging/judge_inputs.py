@@ -1,4 +1,4 @@
-"""Input checks and token-budget batching shared by the model judges.
+"""Input checks, model files and dtypes, and token-budget batching shared by the model judges.
 
 Judging runs over whole iterations of samples, so a bad row should fail up front with the
 row named, not halfway through. Batches are cut by a token budget (rows x padded length)
@@ -11,6 +11,16 @@ from pathlib import Path
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                 "pytorch_model.bin.index.json")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "spm.model")
+DTYPES = ("float32", "bfloat16", "float16")  # the torch dtypes a model judge loads its weights in
+
+
+def torch_dtype(name: str, judge: str):
+    """The torch dtype a judge's `dtype` names, else ValueError naming the judge."""
+    if name not in DTYPES:
+        raise ValueError(f"{judge} dtype must be one of {', '.join(DTYPES)}, got {name!r}")
+    import torch  # here: preflight reads this module's file names without loading torch
+
+    return getattr(torch, name)
 
 
 def check_model_folder(path: str | Path, role: str) -> Path:

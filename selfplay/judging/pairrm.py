@@ -49,13 +49,13 @@ from torch import nn
 from tqdm import tqdm
 
 from selfplay.judging.base import Judge, Judgment
-from selfplay.judging.judge_inputs import check_inputs, token_budget_batches
+from selfplay.judging.judge_inputs import WEIGHT_FILES, check_inputs, token_budget_batches, torch_dtype
 
 # Added to the backbone tokenizer in this order by llm-blender, so their ids follow its vocabulary.
 MARKER_TOKENS = ["<|source|>", "<|candidate1|>", "<|candidate2|>", "<|candidate|>"]
-WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+# llm-blender's layout holds the weights in one file, never a sharded checkpoint's index.
+PAIRRM_WEIGHT_FILES = tuple(name for name in WEIGHT_FILES if not name.endswith(".index.json"))
 REQUIRED_CONFIG_FIELDS = ("ranker_type", "model_type", "model_name", "source_maxlength", "candidate_maxlength")
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 class PairRMModel(nn.Module):
@@ -110,10 +110,10 @@ def backbone_folder(path: Path, model_name: str) -> Path:
 
 
 def weights_file(path: Path) -> Path:
-    for name in WEIGHT_FILES:
+    for name in PAIRRM_WEIGHT_FILES:
         if (path / name).is_file():
             return path / name
-    raise ValueError(f"{path}: missing weights file ({' or '.join(WEIGHT_FILES)})")
+    raise ValueError(f"{path}: missing weights file ({' or '.join(PAIRRM_WEIGHT_FILES)})")
 
 
 def load_state_dict(file: Path) -> dict:
@@ -208,11 +208,10 @@ class PairRMJudge(Judge):
     def _load_native(self, dtype: str):
         if dtype == "auto":
             dtype = "float16" if self.device.startswith("cuda") and self.config.get("fp16", True) else "float32"
-        if dtype not in DTYPES:
-            raise ValueError(f"PairRM dtype must be 'auto' or one of {', '.join(DTYPES)}, got {dtype!r}")
+        weights_dtype = torch_dtype(dtype, "PairRM")
         self.tokenizer = load_pairrm_tokenizer(self.backbone)
         self.marker_ids = self.tokenizer.convert_tokens_to_ids(MARKER_TOKENS)
-        self.model = load_native_model(self.path, self.backbone, self.config).to(self.device, DTYPES[dtype])
+        self.model = load_native_model(self.path, self.backbone, self.config).to(self.device, weights_dtype)
 
     def _load_blender(self):
         from selfplay.judging.blender_compat import import_llm_blender

@@ -11,7 +11,6 @@ judge's fields, most at their defaults) still parses.
 A judge declares what the pipeline must give it, so the pipeline never needs a judge's name:
   - `judges_with_policy`: it scores with the current policy (Selfie), so it is rebuilt when the
     policy changes and the policy's digest is an input of the annotate stage;
-  - `needs_token_ids`: it reads the sampled token ids (judge_groups passes them);
   - `runs_in_actor`, `num_gpus`, `replicas`: whether it holds Ray actors (one CPU each), each
     actor's GPUs and how many actors (data parallel: judge_groups spreads the calls over them;
     the function judge runs in a child process of the driver: no actor, num_gpus 0);
@@ -19,6 +18,8 @@ A judge declares what the pipeline must give it, so the pipeline never needs a j
   - `identity()`: config entries beyond the fields that make its identity complete (a scoring
     function's source digest), merged into the stage's config digest;
   - `preflight(field)`: checks of the folders it will read, before a run starts.
+What a judge reads at call time is declared on its Judge class instead (`takes_token_ids`,
+judging/base.py), where judge_groups reads it.
 
 A new judge is a module with its Judge class plus one config class and one factory here.
 The judge modules import torch; they are imported by the factories only, so a recipe validates
@@ -58,7 +59,6 @@ class JudgeConfigBase(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
     judges_with_policy: ClassVar[bool] = False
-    needs_token_ids: ClassVar[bool] = False
     runs_in_actor: ClassVar[bool] = False  # a Ray actor with one CPU and num_gpus GPUs
     tiny_kinds: ClassVar[tuple[str, ...]] = ()  # the tiny:<kind> models it accepts (never a policy)
 
@@ -180,7 +180,6 @@ class SelfieJudgeConfig(ModelJudgeConfig):
     """`type: selfie`: the current policy scores its own samples against a fixed reference (SPA)."""
 
     judges_with_policy: ClassVar[bool] = True
-    needs_token_ids: ClassVar[bool] = True
 
     type: Literal["selfie"] = "selfie"
     reference: str | None = Field(None, description="fixed reference model; null: the initial policy")

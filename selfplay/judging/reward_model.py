@@ -16,9 +16,13 @@ import torch
 from tqdm import tqdm
 
 from selfplay.judging.base import Judge, Judgment
-from selfplay.judging.judge_inputs import check_inputs, check_model_folder, require_chat_template, token_budget_batches
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+from selfplay.judging.judge_inputs import (
+    check_inputs,
+    check_model_folder,
+    require_chat_template,
+    token_budget_batches,
+    torch_dtype,
+)
 
 
 class RewardModelJudge(Judge):
@@ -27,8 +31,7 @@ class RewardModelJudge(Judge):
 
         from selfplay.models.causal_lm import attn_implementation
 
-        if dtype not in DTYPES:
-            raise ValueError(f"reward model dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+        weights_dtype = torch_dtype(dtype, "reward model")
         self.path = check_model_folder(path, "reward model")
         self.batch_tokens = batch_tokens
         self.device = device
@@ -36,7 +39,7 @@ class RewardModelJudge(Judge):
         require_chat_template(self.tokenizer, self.path, "reward model")
         # eager attention for a soft-capped backbone (Gemma-2 reward models), as causal_lm.py explains
         attention = attn_implementation(AutoConfig.from_pretrained(self.path))
-        self.model = AutoModelForSequenceClassification.from_pretrained(self.path, dtype=DTYPES[dtype],
+        self.model = AutoModelForSequenceClassification.from_pretrained(self.path, dtype=weights_dtype,
                                                                         attn_implementation=attention)
         if self.model.config.num_labels != 1:
             raise ValueError(f"reward model: {self.path}/config.json has num_labels={self.model.config.num_labels}; "

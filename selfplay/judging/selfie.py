@@ -20,14 +20,18 @@ import torch
 from tqdm import tqdm
 
 from selfplay.judging.base import Judge, Judgment
-from selfplay.judging.judge_inputs import check_inputs, check_model_folder, require_chat_template, token_budget_batches
+from selfplay.judging.judge_inputs import (
+    check_inputs,
+    check_model_folder,
+    require_chat_template,
+    token_budget_batches,
+    torch_dtype,
+)
 from selfplay.models.logps import pad_sequences, response_logps
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
 class SelfieJudge(Judge):
-    takes_token_ids = True  # judge_groups passes the sampled ids (see the module docstring)
+    takes_token_ids = True  # the sampled ids (see the module docstring)
 
     def __init__(self, policy_path: str, reference_path: str, batch_tokens: int = 8192, device: str = "cpu",
                  dtype: str = "float32"):
@@ -35,8 +39,7 @@ class SelfieJudge(Judge):
 
         from selfplay.models.causal_lm import load_causal_lm
 
-        if dtype not in DTYPES:
-            raise ValueError(f"selfie dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+        weights_dtype = torch_dtype(dtype, "selfie")
         self.policy_path = check_model_folder(policy_path, "selfie policy")
         self.reference_path = check_model_folder(reference_path, "selfie reference")
         self.batch_tokens = batch_tokens
@@ -50,7 +53,7 @@ class SelfieJudge(Judge):
         if self.pad_id is None:
             self.pad_id = self.tokenizer.eos_token_id
         self.eos = [] if self.tokenizer.eos_token_id is None else [self.tokenizer.eos_token_id]
-        self.policy, self.reference = (load_causal_lm(path, DTYPES[dtype]).to(device).eval()
+        self.policy, self.reference = (load_causal_lm(path, weights_dtype).to(device).eval()
                                        for path in (self.policy_path, self.reference_path))
         self.max_length = min(model.config.max_position_embeddings for model in (self.policy, self.reference))
 
