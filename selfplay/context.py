@@ -1,18 +1,21 @@
 """RunContext: what every stage of one run reads, built once by the driver.
 
 It holds the run's paths, recipe, prompts, tokenizer, tracker and long-lived actors, and answers
-the two questions a stage asks about the run directory:
+the questions a stage asks about the run directory:
 - `artifact(iteration, stage, name)`: a committed output with its recorded digest;
+- `latest(stage, name)`: the artifact of a name that an earlier stage of its iteration made;
 - `policy(source, iteration)`: which policy a stage samples from or trains (the initial one, the
-  one entering the iteration, the one the iteration trained, the soup reference).
+  one entering the iteration, the one the iteration trained, the soup reference), by the rule
+  in lineage.py that forks use too.
 A stage test builds one with only the fields it needs (everything has a default).
 """
 
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from selfplay import runs
+from selfplay import lineage, runs
 from selfplay.artifacts import Artifact
+from selfplay.stage_names import POLICY_FOLDER, REFERENCE_SOUP
 
 
 @dataclass
@@ -68,17 +71,16 @@ class RunContext:
         return Artifact(Path(path), runs.content_digest(known[key]))
 
     def policy(self, source: str, iteration: int) -> Artifact:
-        """source: "initial"; "entering" (what iteration starts from: the seed stage's policy or
-        the initial one at 1, a fork's copy of its parent's at its first iteration, else the
-        previous iteration's); "trained" (what iteration trained); "soup" (SALSA's reference)."""
+        """source: "initial"; "entering" (what iteration starts from: a fork's copy of its
+        parent's policy at its first iteration, else lineage.entering_stage's); "trained" (what
+        iteration trained, lineage.trained_stage); "soup" (SALSA's reference)."""
         if source == "initial":
             return self.initial
         if source == "trained":
-            return self.artifact(iteration, "seed" if iteration == 0 else "train", "policy")
+            return self.artifact(*lineage.trained_stage(iteration), POLICY_FOLDER)
         if source == "soup":
-            return self.artifact(0, "reference-soup", "policy")
+            return self.artifact(0, REFERENCE_SOUP, POLICY_FOLDER)
         if iteration == self.first_iteration and self.fork_start is not None:
             return Artifact(Path(self.fork_start[0]), self.fork_start[1])
-        if iteration == 1:
-            return self.artifact(0, "seed", "policy") if self.recipe.seed_training else self.initial
-        return self.artifact(iteration - 1, "train", "policy")
+        entering = lineage.entering_stage(iteration, bool(self.recipe.seed_training))
+        return self.initial if entering is None else self.artifact(*entering, POLICY_FOLDER)

@@ -30,6 +30,16 @@ from selfplay.evaluate.kl import kl_metrics
 from selfplay.evaluate.length_control import length_controlled_win_rate_of
 from selfplay.judging.calls import judge_config
 from selfplay.pipeline import StageResult
+from selfplay.stage_names import (
+    BASELINE,
+    COMPARISONS_PARQUET,
+    EVAL_GEN,
+    EVAL_PARQUET,
+    EVALUATE,
+    METRICS_JSON,
+    PAIRS,
+    SAMPLES_PARQUET,
+)
 
 log = logging.getLogger("selfplay")
 LENGTH_QUANTILES = (10, 50, 90)
@@ -79,19 +89,19 @@ class Evaluate:
     """
 
     iteration: int
-    name = "evaluate"
-    produces = ("eval.parquet", "comparisons.parquet", "metrics.json")
+    name = EVALUATE
+    produces = (EVAL_PARQUET, COMPARISONS_PARQUET, METRICS_JSON)
 
     def previous(self, ctx):
         """The eval samples of the last iteration before this one that has them (evaluate.every);
         None at the first evaluation, where the previous policy is the initial one."""
-        earlier = next((t for t in range(self.iteration - 1, 0, -1) if runs.StageDir(ctx.run_dir, t, "eval-gen").manifest()),
+        earlier = next((t for t in range(self.iteration - 1, 0, -1) if runs.StageDir(ctx.run_dir, t, EVAL_GEN).manifest()),
                        None)
-        return None if earlier is None else ctx.artifact(earlier, "eval-gen", "samples.parquet")
+        return None if earlier is None else ctx.artifact(earlier, EVAL_GEN, SAMPLES_PARQUET)
 
     def inputs(self, ctx) -> dict:
-        inputs = {"policy_samples": ctx.latest(self, "samples.parquet").digest,
-                  "initial_samples": ctx.artifact(0, "baseline", "samples.parquet").digest}
+        inputs = {"policy_samples": ctx.latest(self, SAMPLES_PARQUET).digest,
+                  "initial_samples": ctx.artifact(0, BASELINE, SAMPLES_PARQUET).digest}
         previous = self.previous(ctx)
         if previous is not None:
             inputs["previous_samples"] = previous.digest
@@ -111,8 +121,8 @@ class Evaluate:
         return ctx.recipe.evaluate.judge or ctx.recipe.annotate
 
     def run(self, ctx, tmp) -> StageResult:
-        samples = ctx.latest(self, "samples.parquet").table()
-        initial = ctx.artifact(0, "baseline", "samples.parquet").table()
+        samples = ctx.latest(self, SAMPLES_PARQUET).table()
+        initial = ctx.artifact(0, BASELINE, SAMPLES_PARQUET).table()
         policy_path = str(ctx.policy("trained", self.iteration).path)
         settings = self.judge_settings(ctx)
         judge = ctx.actors.judge("annotate" if ctx.recipe.evaluate.judge is None else "evaluate", settings, policy_path)
@@ -148,16 +158,16 @@ class Evaluate:
         if ctx.recipe.evaluate.kl:
             metrics.update(policy_kl(ctx, samples, policy_path))
         metrics.update(response_stats(samples))
-        pairs = runs.StageDir(ctx.run_dir, self.iteration, "pairs").manifest()
+        pairs = runs.StageDir(ctx.run_dir, self.iteration, PAIRS).manifest()
         for key in ("mean_chosen_win_rate", "mean_rejected_win_rate"):  # SPPO: they approach 0.5 as self-play converges
             if pairs and key in pairs["metrics"]:
                 metrics[key] = pairs["metrics"][key]
-        pq.write_table(against_initial.per_prompt, tmp / "eval.parquet")
-        pq.write_table(pa.concat_tables(comparisons), tmp / "comparisons.parquet")
-        runs.write_json_atomic(tmp / "metrics.json", metrics)
+        pq.write_table(against_initial.per_prompt, tmp / EVAL_PARQUET)
+        pq.write_table(pa.concat_tables(comparisons), tmp / COMPARISONS_PARQUET)
+        runs.write_json_atomic(tmp / METRICS_JSON, metrics)
         for warning in warnings:
             log.warning("iter %d %s", self.iteration, warning)
-        return StageResult(["eval.parquet", "comparisons.parquet", "metrics.json"], metrics, {"warnings": warnings})
+        return StageResult([EVAL_PARQUET, COMPARISONS_PARQUET, METRICS_JSON], metrics, {"warnings": warnings})
 
 
     def committed(self, ctx) -> None:
@@ -166,9 +176,9 @@ class Evaluate:
 
         if not ctx.tracker.wants_examples(self.iteration):
             return
-        per_prompt = ctx.artifact(self.iteration, self.name, "eval.parquet").table()
+        per_prompt = ctx.artifact(self.iteration, self.name, EVAL_PARQUET).table()
         scores = dict(zip(per_prompt["prompt_id"].to_pylist(), per_prompt["win_rate"].to_pylist()))
-        ctx.tracker.log_examples(self.iteration, example_rows(ctx.latest(self, "samples.parquet").table(),
+        ctx.tracker.log_examples(self.iteration, example_rows(ctx.latest(self, SAMPLES_PARQUET).table(),
                                                               ctx.eval_ids[:EXAMPLE_PROMPTS], scores))
 
 

@@ -22,6 +22,7 @@ import pyarrow as pa
 from selfplay import runs
 from selfplay.artifacts import Artifact, ArtifactDamaged
 from selfplay.lineage import LineageError, changed_keys, flatten, read_run
+from selfplay.stage_names import BASELINE, EVAL_GEN, EVAL_PARQUET, EVALUATE, METRICS_JSON, SAMPLES_PARQUET
 
 VALUE_KEYS = ("value", "mean", "estimate", "point")
 LOW_KEYS = ("ci_low", "low", "lower", "lo")
@@ -142,7 +143,7 @@ def _is_done(stage: runs.StageDir) -> bool:
 def _evaluate_metrics(path: Path) -> dict | None:
     """The evaluate stage's metrics.json, or its manifest's copy when the file is unreadable."""
     try:
-        metrics = runs.read_json(path / "metrics.json")
+        metrics = runs.read_json(path / METRICS_JSON)
     except (OSError, ValueError):
         metrics = (runs.read_json(path / runs.MANIFEST) or {}).get("metrics")
     return metrics if isinstance(metrics, dict) else None
@@ -170,7 +171,7 @@ def read_series(run_dir: Path) -> RunSeries:
         except LineageError:
             pass  # the parent was moved or deleted: the fork still has its own copies
     for iteration in range(1, series.planned_iterations + 1):
-        path = series.stage_path(iteration, "evaluate")
+        path = series.stage_path(iteration, EVALUATE)
         raw = _evaluate_metrics(path) if path else None
         if raw is None:
             continue
@@ -225,9 +226,9 @@ def _first_samples(path: Path) -> dict[int, tuple[str, str]]:
 
 
 def _prompt_win_rates(path: Path | None) -> dict[int, float]:
-    if path is None or not (path / "eval.parquet").exists():
+    if path is None or not (path / EVAL_PARQUET).exists():
         return {}
-    table = _read_output(path / "eval.parquet")
+    table = _read_output(path / EVAL_PARQUET)
     if not {"prompt_id", "win_rate"} <= set(table.column_names):
         return {}
     return {row["prompt_id"]: row["win_rate"] for row in table.select(["prompt_id", "win_rate"]).to_pylist()}
@@ -237,12 +238,12 @@ def _baselines(all_series: list[RunSeries]) -> dict[str, dict[int, tuple[str, st
     """The initial policy's samples, once per distinct baseline (a fork shares its parent's)."""
     digests = {}
     for series in all_series:
-        path = series.stage_path(0, "baseline")
+        path = series.stage_path(0, BASELINE)
         if path is None:
             continue
-        digest = (runs.read_json(path / runs.MANIFEST)["outputs"]).get("samples.parquet")
+        digest = (runs.read_json(path / runs.MANIFEST)["outputs"]).get(SAMPLES_PARQUET)
         if digest not in digests:
-            digests[digest] = (series.label, _first_samples(path / "samples.parquet"))
+            digests[digest] = (series.label, _first_samples(path / SAMPLES_PARQUET))
     if len(digests) == 1:
         return {"initial policy": next(iter(digests.values()))[1]}
     return {f"initial ({label})": samples for label, samples in digests.values()}
@@ -257,10 +258,10 @@ def read_examples(all_series: list[RunSeries], per_iteration: int = 3) -> list[E
     for iteration in iterations:
         samples, win_rates = {}, {}
         for series in all_series:
-            path = series.stage_path(iteration, "eval-gen")
+            path = series.stage_path(iteration, EVAL_GEN)
             if path is not None:
-                samples[series.label] = _first_samples(path / "samples.parquet")
-                win_rates[series.label] = _prompt_win_rates(series.stage_path(iteration, "evaluate"))
+                samples[series.label] = _first_samples(path / SAMPLES_PARQUET)
+                win_rates[series.label] = _prompt_win_rates(series.stage_path(iteration, EVALUATE))
         if not samples:
             continue
         common = set.intersection(*(set(s) for s in samples.values()))

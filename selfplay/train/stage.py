@@ -17,6 +17,7 @@ import pyarrow.parquet as pq
 from selfplay import runs
 from selfplay.artifacts import iteration_folder
 from selfplay.pipeline import StageResult
+from selfplay.stage_names import HISTORY_JSONL, PAIRS_PARQUET, POLICY_FOLDER, REFERENCE_SOUP, SEED, SEED_PAIRS, TRAIN
 
 # Which policy a reference rule (train.reference) names, as RunContext.policy sources.
 REFERENCE_SOURCES = {"previous": "entering", "initial": "initial", "soup": "soup"}
@@ -30,21 +31,21 @@ class Train:
 
     iteration: int
     settings: object  # TrainConfig: recipe.train, or the seed stage's
-    name: str = "train"
+    name: str = TRAIN
     policy_source: str = "entering"
-    produces = ("policy", "history.jsonl")
+    produces = (POLICY_FOLDER, HISTORY_JSONL)
 
     @classmethod
     def seed(cls, recipe):
-        return cls(0, recipe.seed_train_config(), name="seed", policy_source="initial")
+        return cls(0, recipe.seed_train_config(), name=SEED, policy_source="initial")
 
     def reference(self, ctx):
-        source = "initial" if self.name == "seed" else REFERENCE_SOURCES[self.settings.reference]
+        source = "initial" if self.name == SEED else REFERENCE_SOURCES[self.settings.reference]
         return ctx.policy(source, self.iteration)
 
     def inputs(self, ctx) -> dict:
         return {"policy": ctx.policy(self.policy_source, self.iteration).digest, "reference": self.reference(ctx).digest,
-                "pairs": ctx.latest(self, "pairs.parquet").digest}
+                "pairs": ctx.latest(self, PAIRS_PARQUET).digest}
 
     def config(self, ctx) -> dict:
         return self.settings.model_dump(exclude={"keep_ranks"})  # where the ranks live changes no result
@@ -59,7 +60,7 @@ class Train:
             prepare_checkpoints(checkpoints, {"inputs": self.inputs(ctx), "config": self.config(ctx)})
         try:
             result = ranks.train((str(policy.path), policy.digest), (str(reference.path), reference.digest),
-                                 str(ctx.latest(self, "pairs.parquet").path), str(tmp / "policy"), config,
+                                 str(ctx.latest(self, PAIRS_PARQUET).path), str(tmp / POLICY_FOLDER), config,
                                  str(checkpoints) if config.checkpoint_every else None)
         except Exception:  # a rank that failed mid-collective cannot train again: the next stage starts new ones
             ctx.actors.drop_training_ranks()
@@ -68,7 +69,7 @@ class Train:
             if not config.keep_ranks:
                 ctx.actors.drop_training_ranks()
         history = result.pop("history")
-        (tmp / "history.jsonl").write_text("".join(json.dumps(h) + "\n" for h in history))
+        (tmp / HISTORY_JSONL).write_text("".join(json.dumps(h) + "\n" for h in history))
         last = history[-1]
         metrics = {"loss": sum(h["loss"] for h in history) / len(history), "final_loss": last["loss"],
                    "accuracy": last["accuracy"], "steps": len(history), "pairs": result["num_pairs"],
@@ -83,7 +84,7 @@ class Train:
                  "schedule": {"total_steps": result["total_steps"], "warmup_steps": result["warmup_steps"],
                               "epochs": config.epochs, "scheduler": config.scheduler,
                               "gradient_accumulation_steps": result["gradient_accumulation_steps"]}}
-        return StageResult(["policy", "history.jsonl"], metrics, extra)
+        return StageResult([POLICY_FOLDER, HISTORY_JSONL], metrics, extra)
 
     def checkpoints(self, ctx) -> Path:
         """In-stage checkpoints (train.checkpoint_every): a killed stage resumes from them."""
@@ -92,13 +93,13 @@ class Train:
     def committed(self, ctx) -> None:
         shutil.rmtree(self.checkpoints(ctx), ignore_errors=True)  # the committed policy replaces them
         if ctx.actors is not None and ctx.actors.ranks is not None:  # they hold what they just trained
-            trained = ctx.artifact(self.iteration, self.name, "policy")
-            ctx.actors.ranks.holds(str(runs.StageDir(ctx.run_dir, self.iteration, self.name).tmp / "policy"),
+            trained = ctx.artifact(self.iteration, self.name, POLICY_FOLDER)
+            ctx.actors.ranks.holds(str(runs.StageDir(ctx.run_dir, self.iteration, self.name).tmp / POLICY_FOLDER),
                                    trained.digest)
 
     def earlier_steps(self, ctx) -> int:
-        earlier = [] if self.name == "seed" else [runs.StageDir(ctx.run_dir, 0, "seed").manifest()]
-        earlier += [runs.StageDir(ctx.run_dir, t, "train").manifest() for t in range(1, self.iteration)]
+        earlier = [] if self.name == SEED else [runs.StageDir(ctx.run_dir, 0, SEED).manifest()]
+        earlier += [runs.StageDir(ctx.run_dir, t, TRAIN).manifest() for t in range(1, self.iteration)]
         return sum(m["metrics"]["steps"] for m in earlier if m)
 
 
@@ -116,8 +117,8 @@ class SeedPairs:
     """The labelled seed pairs (seed_training.path), tokenized into pairs.parquet."""
 
     iteration: int
-    name = "seed-pairs"
-    produces = ("pairs.parquet",)
+    name = SEED_PAIRS
+    produces = (PAIRS_PARQUET,)
 
     def inputs(self, ctx) -> dict:
         return {"seed_pairs": ctx.external(ctx.recipe.seed_training.path).digest}
@@ -129,8 +130,8 @@ class SeedPairs:
         from selfplay.train.seed_pairs import load_seed_pairs
 
         rows = load_seed_pairs(ctx.recipe.seed_training.path, ctx.tokenizer)
-        pq.write_table(pa.Table.from_pylist(rows), tmp / "pairs.parquet")
-        return StageResult(["pairs.parquet"], {"pairs": len(rows)})
+        pq.write_table(pa.Table.from_pylist(rows), tmp / PAIRS_PARQUET)
+        return StageResult([PAIRS_PARQUET], {"pairs": len(rows)})
 
 
 @dataclass
@@ -138,8 +139,8 @@ class Soup:
     """SALSA's reference: the weight average of train.soup, built once per run."""
 
     iteration: int
-    name = "reference-soup"
-    produces = ("policy",)
+    name = REFERENCE_SOUP
+    produces = (POLICY_FOLDER,)
 
     def checkpoints(self, ctx) -> list[str]:
         from selfplay.models import resolve_model
@@ -156,5 +157,5 @@ class Soup:
         from selfplay.train.reference import weight_soup
 
         checkpoints = self.checkpoints(ctx)
-        weight_soup(checkpoints, tmp / "policy")
-        return StageResult(["policy"], {"checkpoints": len(checkpoints)}, {"soup": checkpoints})
+        weight_soup(checkpoints, tmp / POLICY_FOLDER)
+        return StageResult([POLICY_FOLDER], {"checkpoints": len(checkpoints)}, {"soup": checkpoints})
