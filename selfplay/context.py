@@ -4,9 +4,12 @@ It holds the run's paths, recipe, prompts, tokenizer, tracker and long-lived act
 the questions a stage asks about the run directory:
 - `artifact(iteration, stage, name)`: a committed output with its recorded digest;
 - `latest(stage, name)`: the artifact of a name that an earlier stage of its iteration made;
+- `earlier_iterations(stage, name, made_by)`: those the named stages committed in the iterations
+  before it (the previous evaluation's samples, the train steps already taken);
 - `policy(source, iteration)`: which policy a stage samples from or trains (the initial one, the
   one entering the iteration, the one the iteration trained, the soup reference), by the rule
   in lineage.py that forks use too.
+A stage reads other stages' outputs only through these, and puts their digests in its inputs.
 A stage test builds one with only the fields it needs (everything has a default).
 """
 
@@ -44,7 +47,7 @@ class RunContext:
         if manifest is None or name not in manifest["outputs"]:
             raise RuntimeError(f"iteration {iteration} stage {stage} has no committed {name}")
         return Artifact(runs.StageDir(self.run_dir, iteration, stage).path / name, manifest["outputs"][name],
-                        manifest["output_files"].get(name, {}))
+                        manifest["output_files"].get(name, {}), manifest.get("metrics") or {})
 
     def latest(self, stage, name: str) -> Artifact:
         """The `name` artifact of the last stage before `stage` in its iteration that makes one:
@@ -57,6 +60,30 @@ class RunContext:
             if name in producer.produces:
                 return self.artifact(stage.iteration, producer.name, name)
         raise RuntimeError(f"iteration {stage.iteration}: no stage before {stage.name} makes {name}")
+
+    def earlier_iterations(self, stage, name: str, made_by: tuple[str, ...]) -> list[Artifact]:
+        """The committed `name` artifacts of the stages named `made_by` in the iterations before
+        `stage`'s (from 0; a fork's shared ones included), oldest first: the previous
+        evaluation's samples, the train steps taken before. Found by what is committed, not by
+        the recipe's pipeline: a fork or an accepted change of `evaluate.every` keeps the
+        evaluations made under the old setting."""
+        return [self.artifact(iteration, producer, name) for iteration in range(stage.iteration) for producer in made_by
+                if runs.StageDir(self.run_dir, iteration, producer).manifest() is not None]
+
+    def inputs_as_committed(self, stage, inputs: dict, added: str, read_unchanged) -> dict:
+        """`inputs` without the `added` key, when the stage was committed before it declared that
+        input, with all its other inputs and its config as they are now, and
+        `read_unchanged(manifest)` says that what the input stands for is what the committed
+        stage read. A new declaration alone must not redo every finished run's stages (on GPUs,
+        its training); a change of what is read still does (the committed format is then
+        replaced)."""
+        manifest = runs.StageDir(self.run_dir, stage.iteration, stage.name).manifest()
+        if manifest is None or added in manifest["inputs"]:
+            return inputs
+        legacy = {key: value for key, value in inputs.items() if key != added}
+        if legacy != manifest["inputs"] or runs.digest_of(stage.config(self)) != manifest["config_digest"]:
+            return inputs
+        return legacy if read_unchanged(manifest) else inputs
 
     def external(self, path: str) -> Artifact:
         """A file or folder outside the run (initial policy, soup checkpoints, seed pairs). Its

@@ -37,12 +37,14 @@ from selfplay.stage_names import (
     EVAL_PARQUET,
     EVALUATE,
     METRICS_JSON,
-    PAIRS,
+    PAIRS_PARQUET,
     SAMPLES_PARQUET,
 )
 
 log = logging.getLogger("selfplay")
 LENGTH_QUANTILES = (10, 50, 90)
+# SPPO's pairs metrics the evaluation repeats: they approach 0.5 as self-play converges.
+PAIRS_METRICS = ("mean_chosen_win_rate", "mean_rejected_win_rate")
 
 
 def response_stats(samples: pa.Table) -> dict:
@@ -95,19 +97,23 @@ class Evaluate:
     def previous(self, ctx):
         """The eval samples of the last iteration before this one that has them (evaluate.every);
         None at the first evaluation, where the previous policy is the initial one."""
-        earlier = next((t for t in range(self.iteration - 1, 0, -1) if runs.StageDir(ctx.run_dir, t, EVAL_GEN).manifest()),
-                       None)
-        return None if earlier is None else ctx.artifact(earlier, EVAL_GEN, SAMPLES_PARQUET)
+        earlier = ctx.earlier_iterations(self, SAMPLES_PARQUET, made_by=(EVAL_GEN,))
+        return earlier[-1] if earlier else None
 
     def inputs(self, ctx) -> dict:
+        """The samples it judges, the pairs whose PAIRS_METRICS it repeats, and with
+        `evaluate.kl` the two policies."""
+        pairs = ctx.latest(self, PAIRS_PARQUET)
         inputs = {"policy_samples": ctx.latest(self, SAMPLES_PARQUET).digest,
-                  "initial_samples": ctx.artifact(0, BASELINE, SAMPLES_PARQUET).digest}
+                  "initial_samples": ctx.artifact(0, BASELINE, SAMPLES_PARQUET).digest, "pairs": pairs.digest}
         previous = self.previous(ctx)
         if previous is not None:
             inputs["previous_samples"] = previous.digest
         if ctx.recipe.evaluate.kl:
             inputs.update(policy=ctx.policy("trained", self.iteration).digest, initial_policy=ctx.initial.digest)
-        return inputs
+        # committed before the pairs were an input: done while the metrics it copied are the same
+        return ctx.inputs_as_committed(self, inputs, "pairs", lambda manifest: all(
+            manifest["metrics"].get(key) == pairs.metrics.get(key) for key in PAIRS_METRICS))
 
     def config(self, ctx) -> dict:
         config = {**judge_config(self.judge_settings(ctx)), "kl": ctx.recipe.evaluate.kl}
@@ -158,10 +164,8 @@ class Evaluate:
         if ctx.recipe.evaluate.kl:
             metrics.update(policy_kl(ctx, samples, policy_path))
         metrics.update(response_stats(samples))
-        pairs = runs.StageDir(ctx.run_dir, self.iteration, PAIRS).manifest()
-        for key in ("mean_chosen_win_rate", "mean_rejected_win_rate"):  # SPPO: they approach 0.5 as self-play converges
-            if pairs and key in pairs["metrics"]:
-                metrics[key] = pairs["metrics"][key]
+        pairs = ctx.latest(self, PAIRS_PARQUET).metrics
+        metrics.update({key: pairs[key] for key in PAIRS_METRICS if key in pairs})
         pq.write_table(against_initial.per_prompt, tmp / EVAL_PARQUET)
         pq.write_table(pa.concat_tables(comparisons), tmp / COMPARISONS_PARQUET)
         runs.write_json_atomic(tmp / METRICS_JSON, metrics)

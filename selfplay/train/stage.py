@@ -44,8 +44,16 @@ class Train:
         return ctx.policy(source, self.iteration)
 
     def inputs(self, ctx) -> dict:
-        return {"policy": ctx.policy(self.policy_source, self.iteration).digest, "reference": self.reference(ctx).digest,
-                "pairs": ctx.latest(self, PAIRS_PARQUET).digest}
+        """The policy, reference and pairs it trains on, and the histories of the train stages
+        before it, whose steps place this stage's on the run-wide step axis (first_global_step)."""
+        histories = self.earlier_histories(ctx)
+        inputs = {"policy": ctx.policy(self.policy_source, self.iteration).digest,
+                  "reference": self.reference(ctx).digest, "pairs": ctx.latest(self, PAIRS_PARQUET).digest,
+                  "earlier_histories": runs.digest_of([history.digest for history in histories])}
+        # committed before the histories were an input: done while the steps they count are the same
+        steps = sum(history.metrics["steps"] for history in histories)
+        return ctx.inputs_as_committed(self, inputs, "earlier_histories",
+                                       lambda manifest: manifest.get("first_global_step", steps) == steps)
 
     def config(self, ctx) -> dict:
         return self.settings.model_dump(exclude={"keep_ranks"})  # where the ranks live changes no result
@@ -97,10 +105,13 @@ class Train:
             ctx.actors.ranks.holds(str(runs.StageDir(ctx.run_dir, self.iteration, self.name).tmp / POLICY_FOLDER),
                                    trained.digest)
 
+    def earlier_histories(self, ctx) -> list:
+        """history.jsonl of every committed train stage of the iterations before this one (the seed
+        stage's included)."""
+        return ctx.earlier_iterations(self, HISTORY_JSONL, made_by=(SEED, TRAIN))
+
     def earlier_steps(self, ctx) -> int:
-        earlier = [] if self.name == SEED else [runs.StageDir(ctx.run_dir, 0, SEED).manifest()]
-        earlier += [runs.StageDir(ctx.run_dir, t, TRAIN).manifest() for t in range(1, self.iteration)]
-        return sum(m["metrics"]["steps"] for m in earlier if m)
+        return sum(history.metrics["steps"] for history in self.earlier_histories(ctx))
 
 
 def prepare_checkpoints(folder: Path, key: dict) -> None:
