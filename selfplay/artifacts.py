@@ -29,6 +29,7 @@ class Artifact:
     path: Path
     digest: str
     files: dict = field(default_factory=dict)  # the manifest's output_files entry (runs.fingerprint)
+    metrics: dict = field(default_factory=dict)  # the metrics of the stage that made it (its manifest)
 
     def table(self) -> pa.Table:
         """The parquet table, after checking its bytes against the recorded sha256."""

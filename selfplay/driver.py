@@ -15,6 +15,7 @@ from selfplay import lineage, pipeline, runs
 from selfplay.context import RunContext
 from selfplay.pipeline import StageFailed  # noqa: F401  (the CLI's import)
 from selfplay.recipe import Recipe
+from selfplay.stage_names import BASELINE, EVALUATE, SAMPLES_PARQUET, TRAIN
 
 log = logging.getLogger("selfplay")
 
@@ -73,7 +74,7 @@ class Driver:
                 ctx.fork_start = lineage.fork_start_policy(self.run_dir, info)
             # on one local node (no placement order can strand a later group), unless the last
             # train stage is committed (a finished run run again): they start while the engines do
-            if self.ray_address is None and runs.StageDir(self.run_dir, recipe.iterations, "train").manifest() is None:
+            if self.ray_address is None and runs.StageDir(self.run_dir, recipe.iterations, TRAIN).manifest() is None:
                 ctx.actors.start_training_ranks(recipe.train)
             try:
                 return walk(ctx)
@@ -98,8 +99,8 @@ def summary_row(ctx: RunContext, iteration: int, manifests: dict[str, dict]) -> 
     from selfplay.evaluate.stage import response_stats
 
     if iteration == 0:  # the initial policy, the reference point of every win rate
-        baseline = ctx.artifact(0, "baseline", "samples.parquet").table()
+        baseline = ctx.artifact(0, BASELINE, SAMPLES_PARQUET).table()
         return {"iteration": 0, "win_rate_vs_initial": 0.5, **response_stats(baseline), "loss": None, "seconds": {}}
-    evaluated = manifests.get("evaluate", {}).get("metrics", {})
-    return {"iteration": iteration, **evaluated, "loss": manifests["train"]["metrics"]["loss"],
+    evaluated = manifests.get(EVALUATE, {}).get("metrics", {})
+    return {"iteration": iteration, **evaluated, "loss": manifests[TRAIN]["metrics"]["loss"],
             "seconds": {name: manifest["seconds"] for name, manifest in manifests.items()}}

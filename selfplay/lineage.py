@@ -29,6 +29,7 @@ import yaml
 
 from selfplay import runs
 from selfplay.recipe import Recipe, RecipeError, load_yaml, recipe_to_yaml
+from selfplay.stage_names import EVALUATE, POLICY_FOLDER, SEED, TRAIN
 
 log = logging.getLogger("selfplay")
 
@@ -213,47 +214,57 @@ def init_run_dir(run_dir: Path, recipe: Recipe, allow_changes: bool = False, par
     return info
 
 
+# -- which policy an iteration trains and starts from ----------------------------------------
+def trained_stage(iteration: int) -> tuple[int, str]:
+    """(iteration, stage) whose committed policy is the one `iteration` trained: the seed stage
+    at 0, else the iteration's train stage."""
+    return iteration, SEED if iteration == 0 else TRAIN
+
+
+def entering_stage(iteration: int, seed_training: bool) -> tuple[int, str] | None:
+    """(iteration, stage) whose committed policy `iteration` starts from: what the previous
+    iteration trained; at iteration 1 that is the seed stage's policy when the recipe trains
+    one, else the initial policy (None). The one rule RunContext.policy("entering") and forks
+    follow; a fork's first iteration starts from its own copy of that stage (fork_start_policy)."""
+    if iteration == 1 and not seed_training:
+        return None
+    return trained_stage(iteration - 1)
+
+
 # -- forks -----------------------------------------------------------------------------------
 def _iteration_dir(run_dir: Path, iteration: int) -> Path:
     return Path(run_dir) / f"iter-{iteration:03d}"
 
 
-def start_policy(run_dir: Path, iteration: int) -> Path | None:
-    """The policy a run trained in iteration-1 (the start of `iteration`), if that exists."""
-    if iteration <= 1:
-        return None
-    path = _iteration_dir(run_dir, iteration - 1) / "train" / "policy"
-    if runs.StageDir(run_dir, iteration - 1, "train").manifest() is None:
-        raise LineageError(f"{run_dir}: iteration {iteration - 1} has no finished train stage to start from")
-    return path
-
-
-def _checked_policy(run_dir: Path, iteration: int) -> str:
-    """The digest of iteration's train/policy, after checking the files still hash to it."""
-    stage = runs.StageDir(run_dir, iteration, "train")
+def _checked_policy(run_dir: Path, iteration: int, stage_name: str) -> str:
+    """The digest of the stage's policy, after checking the files still hash to it."""
+    stage = runs.StageDir(run_dir, iteration, stage_name)
     manifest = stage.manifest()
-    path = stage.path / "policy"
-    if manifest is None or "policy" not in manifest["outputs"] or not path.exists():
+    path = stage.path / POLICY_FOLDER
+    if manifest is None or POLICY_FOLDER not in manifest["outputs"] or not path.exists():
         raise LineageError(f"{path}: missing, or its manifest is damaged")
-    digest = manifest["outputs"]["policy"]
-    if runs.content_digest(runs.fingerprint(path, manifest["output_files"].get("policy"))) != digest:
+    digest = manifest["outputs"][POLICY_FOLDER]
+    if runs.content_digest(runs.fingerprint(path, manifest["output_files"].get(POLICY_FOLDER))) != digest:
         raise LineageError(f"{path}: its files no longer hash to the digest its manifest records (edited or damaged)")
     return digest
 
 
 def fork_start_policy(run_dir: Path, info: dict) -> tuple[str, str]:
-    """(path, digest) of the policy a fork starts from: its own copy of the parent's
-    iteration N-1 policy, checked against the digest recorded when the fork was made."""
+    """(path, digest) of the policy a fork starts from: its own copy of the parent's policy
+    entering iteration N (entering_stage), checked against the digest recorded when the fork
+    was made."""
     parent, run_dir = info["parent"], Path(run_dir)
     first = parent["iteration"]
-    path = _iteration_dir(run_dir, first - 1) / "train" / "policy"
+    start = entering_stage(first, bool(info["recipe"].get("seed_training")))
+    path = runs.StageDir(run_dir, *start).path / POLICY_FOLDER
     # forks made before digests were recorded: the policy their first train stage was trained from
-    own_train = runs.StageDir(run_dir, first, "train").manifest()
-    recorded = parent.get("policy_digest") or (own_train["inputs"].get("policy") if own_train else None)
+    # (its input keyed by the artifact's name)
+    own_train = runs.StageDir(run_dir, *trained_stage(first)).manifest()
+    recorded = parent.get("policy_digest") or (own_train["inputs"].get(POLICY_FOLDER) if own_train else None)
     remedy = (f"restore it from the parent's superseded/ folder or a backup, or fork the parent again "
               f"(`selfplay fork {parent['run_dir']} --from-iteration {first} ...`)")
     try:
-        digest = _checked_policy(run_dir, first - 1)
+        digest = _checked_policy(run_dir, *start)
     except LineageError as error:
         raise LineageError(f"fork {run_dir}: the policy it starts from is not intact: {error}; {remedy}") from None
     if recorded is not None and digest != recorded:
@@ -299,9 +310,11 @@ def create_fork(parent_dir: Path, fork_dir: Path, from_iteration: int, recipe: R
                            f"got {from_iteration}")
     policy_digest = None
     if from_iteration > 1:
-        start_policy(parent_dir, from_iteration)  # fails early if the parent never got there
+        start = entering_stage(from_iteration, bool(recipe.seed_training))
+        if runs.StageDir(parent_dir, *start).manifest() is None:
+            raise LineageError(f"{parent_dir}: iteration {start[0]} has no finished {start[1]} stage to start from")
         try:
-            policy_digest = _checked_policy(parent_dir, from_iteration - 1)
+            policy_digest = _checked_policy(parent_dir, *start)
         except LineageError as error:
             raise LineageError(f"cannot fork: {error}") from None
     if recipe.tracking.group is None:
@@ -410,17 +423,17 @@ def stage_status(run_dir: Path, lock_held: bool) -> list[dict]:
         is_shared = iteration in shared or (0 < iteration < parent.get("iteration", 0) and folder.is_symlink())
         for name in names:
             row = {"iteration": iteration, "stage": name, "shared": is_shared}
-            manifest = runs.StageDir(run_dir, iteration, name).manifest()
-            failed = folder / f"{name}.failed.json"
+            stage = runs.StageDir(run_dir, iteration, name)
+            manifest = stage.manifest()
             if manifest and manifest["status"] == "done":
                 row.update(state="done", seconds=manifest.get("seconds", 0.0))
-            elif (folder / f"{name}.tmp").exists() and lock_held:
+            elif stage.tmp.exists() and lock_held:
                 row["state"] = "running"
-            elif failed.exists():
-                row.update(state="failed", error=_failure(failed))
-            elif (folder / f"{name}.tmp").exists():
+            elif stage.failed_path.exists():
+                row.update(state="failed", error=_failure(stage.failed_path))
+            elif stage.tmp.exists():
                 row["state"] = "interrupted"
-            elif (folder / name / runs.MANIFEST).exists():
+            elif stage.manifest_path.exists():
                 row["state"] = "damaged"  # a manifest we cannot read: the next start redoes the stage
             else:
                 row["state"] = "pending"
@@ -448,19 +461,20 @@ def lineage_tree(run_dir: Path) -> list[str]:
         lines.append(f"{pad}{info['name']} [{info['run_id']}] {path}{where}")
         recorded = (info.get("parent") or {}).get("policy_digest")
         if from_iteration and recorded:
-            parent_now = runs.StageDir(info["parent"]["run_dir"], from_iteration - 1, "train").manifest()
-            redone = "" if parent_now and parent_now["outputs"].get("policy") == recorded else \
+            start = entering_stage(from_iteration, bool(info["recipe"].get("seed_training")))
+            parent_now = runs.StageDir(info["parent"]["run_dir"], *start).manifest()
+            redone = "" if parent_now and parent_now["outputs"].get(POLICY_FOLDER) == recorded else \
                 " (the parent has redone that iteration since; the fork keeps its own copy)"
             lines.append(f"{pad}  starts from policy {recorded[:12]}{redone}")
         for iteration in range(from_iteration or 1, info["recipe"]["iterations"] + 1):
-            manifest = runs.StageDir(path, iteration, "train").manifest()
-            if not manifest or "policy" not in manifest["outputs"]:
+            manifest = runs.StageDir(path, *trained_stage(iteration)).manifest()
+            if not manifest or POLICY_FOLDER not in manifest["outputs"]:
                 continue
             reference = manifest.get("reference") or {}
-            metrics = (runs.StageDir(path, iteration, "evaluate").manifest() or {}).get("metrics") or {}
+            metrics = (runs.StageDir(path, iteration, EVALUATE).manifest() or {}).get("metrics") or {}
             win = metrics.get("win_rate_vs_initial")
             win = f" win_rate_vs_initial={win:.3f}" if isinstance(win, (int, float)) else ""
-            lines.append(f"{pad}  iter {iteration}: policy {manifest['outputs']['policy'][:12]} "
+            lines.append(f"{pad}  iter {iteration}: policy {manifest['outputs'][POLICY_FOLDER][:12]} "
                          f"reference={reference.get('rule')}"
                          f"{':' + str(reference['digest'])[:12] if reference.get('digest') else ''}{win}")
         for fork in info.get("forks", []):

@@ -109,7 +109,7 @@ def run_stage(ctx, stage: Stage) -> dict:
         _committed(ctx, stage)
         return manifest
     _say_if_prompts_changed(folder, config)
-    failed_path = folder.path.with_name(name + ".failed.json")
+    failed_path = folder.failed_path
     started = time.time()
     retries = ctx.recipe.max_stage_retries
     for attempt in range(retries + 1):

@@ -206,6 +206,11 @@ class StageDir:
     def manifest_path(self) -> Path:
         return self.path / MANIFEST
 
+    @property
+    def failed_path(self) -> Path:
+        """The last failed attempt's error and traceback (`<stage>.failed.json`, beside the stage)."""
+        return self.path.with_name(self.name + ".failed.json")
+
     def manifest(self) -> dict | None:
         """The stage's manifest, or None when it is missing or damaged (not JSON, not an object,
         keys missing): such a stage counts as not done and is redone, its old folder superseded.

@@ -18,6 +18,7 @@ from selfplay.judging import win_matrix as wm
 from selfplay.judging.base import Judgment
 from selfplay.judging.calls import judge_config, judge_groups, signal_report, stage_temperature
 from selfplay.pipeline import StageResult
+from selfplay.stage_names import ANNOTATE, JUDGMENTS_PARQUET, SAMPLES_PARQUET
 
 log = logging.getLogger("selfplay")
 
@@ -50,11 +51,11 @@ class Annotate:
     """judgments.parquet of the iteration's samples, by the recipe's judge (`annotate`)."""
 
     iteration: int
-    name = "annotate"
-    produces = ("judgments.parquet",)
+    name = ANNOTATE
+    produces = (JUDGMENTS_PARQUET,)
 
     def inputs(self, ctx) -> dict:
-        inputs = {"samples": ctx.latest(self, "samples.parquet").digest}
+        inputs = {"samples": ctx.latest(self, SAMPLES_PARQUET).digest}
         if ctx.recipe.annotate.judges_with_policy:  # the judge is the policy itself (Selfie)
             inputs["policy"] = ctx.policy("entering", self.iteration).digest
         return inputs
@@ -64,13 +65,13 @@ class Annotate:
 
     def run(self, ctx, tmp) -> StageResult:
         config = ctx.recipe.annotate
-        grouped = group_by_prompt(ctx.latest(self, "samples.parquet").table())
+        grouped = group_by_prompt(ctx.latest(self, SAMPLES_PARQUET).table())
         groups = [(pid, prompt, [r["text"] for r in rows]) for pid, prompt, rows in grouped]
         token_ids = [(rows[0]["prompt_token_ids"], [r["token_ids"] for r in rows]) for _, _, rows in grouped]
         judge = ctx.actors.judge("annotate", config, str(ctx.policy("entering", self.iteration).path))
         judgments = judge_groups(judge, groups, desc=f"iter {self.iteration} annotate", token_ids=token_ids)
         table, metrics, warnings = judgments_table(groups, judgments, config.win_matrix, config.temperature)
-        pq.write_table(table, tmp / "judgments.parquet")
+        pq.write_table(table, tmp / JUDGMENTS_PARQUET)
         for warning in warnings:
             log.warning("iter %d %s", self.iteration, warning)
-        return StageResult(["judgments.parquet"], metrics, {"warnings": warnings})
+        return StageResult([JUDGMENTS_PARQUET], metrics, {"warnings": warnings})

@@ -30,9 +30,21 @@ from selfplay.evaluate.kl import kl_metrics
 from selfplay.evaluate.length_control import length_controlled_win_rate_of
 from selfplay.judging.calls import judge_config
 from selfplay.pipeline import StageResult
+from selfplay.stage_names import (
+    BASELINE,
+    COMPARISONS_PARQUET,
+    EVAL_GEN,
+    EVAL_PARQUET,
+    EVALUATE,
+    METRICS_JSON,
+    PAIRS_PARQUET,
+    SAMPLES_PARQUET,
+)
 
 log = logging.getLogger("selfplay")
 LENGTH_QUANTILES = (10, 50, 90)
+# SPPO's pairs metrics the evaluation repeats: they approach 0.5 as self-play converges.
+PAIRS_METRICS = ("mean_chosen_win_rate", "mean_rejected_win_rate")
 
 
 def response_stats(samples: pa.Table) -> dict:
@@ -79,25 +91,29 @@ class Evaluate:
     """
 
     iteration: int
-    name = "evaluate"
-    produces = ("eval.parquet", "comparisons.parquet", "metrics.json")
+    name = EVALUATE
+    produces = (EVAL_PARQUET, COMPARISONS_PARQUET, METRICS_JSON)
 
     def previous(self, ctx):
         """The eval samples of the last iteration before this one that has them (evaluate.every);
         None at the first evaluation, where the previous policy is the initial one."""
-        earlier = next((t for t in range(self.iteration - 1, 0, -1) if runs.StageDir(ctx.run_dir, t, "eval-gen").manifest()),
-                       None)
-        return None if earlier is None else ctx.artifact(earlier, "eval-gen", "samples.parquet")
+        earlier = ctx.earlier_iterations(self, SAMPLES_PARQUET, made_by=(EVAL_GEN,))
+        return earlier[-1] if earlier else None
 
     def inputs(self, ctx) -> dict:
-        inputs = {"policy_samples": ctx.latest(self, "samples.parquet").digest,
-                  "initial_samples": ctx.artifact(0, "baseline", "samples.parquet").digest}
+        """The samples it judges, the pairs whose PAIRS_METRICS it repeats, and with
+        `evaluate.kl` the two policies."""
+        pairs = ctx.latest(self, PAIRS_PARQUET)
+        inputs = {"policy_samples": ctx.latest(self, SAMPLES_PARQUET).digest,
+                  "initial_samples": ctx.artifact(0, BASELINE, SAMPLES_PARQUET).digest, "pairs": pairs.digest}
         previous = self.previous(ctx)
         if previous is not None:
             inputs["previous_samples"] = previous.digest
         if ctx.recipe.evaluate.kl:
             inputs.update(policy=ctx.policy("trained", self.iteration).digest, initial_policy=ctx.initial.digest)
-        return inputs
+        # committed before the pairs were an input: done while the metrics it copied are the same
+        return ctx.inputs_as_committed(self, inputs, "pairs", lambda manifest: all(
+            manifest["metrics"].get(key) == pairs.metrics.get(key) for key in PAIRS_METRICS))
 
     def config(self, ctx) -> dict:
         config = {**judge_config(self.judge_settings(ctx)), "kl": ctx.recipe.evaluate.kl}
@@ -111,8 +127,8 @@ class Evaluate:
         return ctx.recipe.evaluate.judge or ctx.recipe.annotate
 
     def run(self, ctx, tmp) -> StageResult:
-        samples = ctx.latest(self, "samples.parquet").table()
-        initial = ctx.artifact(0, "baseline", "samples.parquet").table()
+        samples = ctx.latest(self, SAMPLES_PARQUET).table()
+        initial = ctx.artifact(0, BASELINE, SAMPLES_PARQUET).table()
         policy_path = str(ctx.policy("trained", self.iteration).path)
         settings = self.judge_settings(ctx)
         judge = ctx.actors.judge("annotate" if ctx.recipe.evaluate.judge is None else "evaluate", settings, policy_path)
@@ -148,16 +164,14 @@ class Evaluate:
         if ctx.recipe.evaluate.kl:
             metrics.update(policy_kl(ctx, samples, policy_path))
         metrics.update(response_stats(samples))
-        pairs = runs.StageDir(ctx.run_dir, self.iteration, "pairs").manifest()
-        for key in ("mean_chosen_win_rate", "mean_rejected_win_rate"):  # SPPO: they approach 0.5 as self-play converges
-            if pairs and key in pairs["metrics"]:
-                metrics[key] = pairs["metrics"][key]
-        pq.write_table(against_initial.per_prompt, tmp / "eval.parquet")
-        pq.write_table(pa.concat_tables(comparisons), tmp / "comparisons.parquet")
-        runs.write_json_atomic(tmp / "metrics.json", metrics)
+        pairs = ctx.latest(self, PAIRS_PARQUET).metrics
+        metrics.update({key: pairs[key] for key in PAIRS_METRICS if key in pairs})
+        pq.write_table(against_initial.per_prompt, tmp / EVAL_PARQUET)
+        pq.write_table(pa.concat_tables(comparisons), tmp / COMPARISONS_PARQUET)
+        runs.write_json_atomic(tmp / METRICS_JSON, metrics)
         for warning in warnings:
             log.warning("iter %d %s", self.iteration, warning)
-        return StageResult(["eval.parquet", "comparisons.parquet", "metrics.json"], metrics, {"warnings": warnings})
+        return StageResult([EVAL_PARQUET, COMPARISONS_PARQUET, METRICS_JSON], metrics, {"warnings": warnings})
 
 
     def committed(self, ctx) -> None:
@@ -166,9 +180,9 @@ class Evaluate:
 
         if not ctx.tracker.wants_examples(self.iteration):
             return
-        per_prompt = ctx.artifact(self.iteration, self.name, "eval.parquet").table()
+        per_prompt = ctx.artifact(self.iteration, self.name, EVAL_PARQUET).table()
         scores = dict(zip(per_prompt["prompt_id"].to_pylist(), per_prompt["win_rate"].to_pylist()))
-        ctx.tracker.log_examples(self.iteration, example_rows(ctx.latest(self, "samples.parquet").table(),
+        ctx.tracker.log_examples(self.iteration, example_rows(ctx.latest(self, SAMPLES_PARQUET).table(),
                                                               ctx.eval_ids[:EXAMPLE_PROMPTS], scores))
 
 

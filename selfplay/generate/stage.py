@@ -24,6 +24,7 @@ import pyarrow.parquet as pq
 from selfplay import runs
 from selfplay.artifacts import chat_prompt_ids
 from selfplay.pipeline import StageResult
+from selfplay.stage_names import BASELINE, EVAL_GEN, GENERATE, SAMPLES_PARQUET
 
 log = logging.getLogger("selfplay")
 
@@ -111,21 +112,21 @@ class Sample:
     n: int
     sampling: dict  # temperature, top_p, max_tokens
     record_prompt: Callable[[dict], str] | None = None  # fn(record) -> prompt; None: the prompt file's texts
-    produces = ("samples.parquet",)
+    produces = (SAMPLES_PARQUET,)
 
     @classmethod
     def generate(cls, recipe, iteration):
         g = recipe.generate
-        return cls("generate", iteration, "train", "entering", g.samples_per_prompt,
+        return cls(GENERATE, iteration, "train", "entering", g.samples_per_prompt,
                    {"temperature": g.temperature, "top_p": g.top_p, "max_tokens": g.max_tokens})
 
     @classmethod
     def baseline(cls, recipe):
-        return cls("baseline", 0, "eval", "initial", recipe.evaluate.samples_per_prompt, eval_sampling(recipe))
+        return cls(BASELINE, 0, "eval", "initial", recipe.evaluate.samples_per_prompt, eval_sampling(recipe))
 
     @classmethod
     def evaluation(cls, recipe, iteration):
-        return cls("eval-gen", iteration, "eval", "trained", recipe.evaluate.samples_per_prompt, eval_sampling(recipe))
+        return cls(EVAL_GEN, iteration, "eval", "trained", recipe.evaluate.samples_per_prompt, eval_sampling(recipe))
 
     def prompt_ids(self, ctx) -> list[int]:
         return ctx.eval_ids if self.purpose == "eval" else ctx.slices[self.iteration - 1]
@@ -165,7 +166,7 @@ class Sample:
         if "prompts_digest" in old:
             return legacy
         try:  # no digest recorded: the committed samples hold the texts they were sampled from
-            sampled = pq.read_table(folder.path / "samples.parquet", columns=["prompt_id", "prompt"]).to_pylist()
+            sampled = pq.read_table(folder.path / SAMPLES_PARQUET, columns=["prompt_id", "prompt"]).to_pylist()
         except (OSError, pa.ArrowException):
             return config
         wanted = set(config["prompt_ids"])
@@ -187,16 +188,16 @@ class Sample:
                             "(%d tokens; generate.long_prompts=%s), prompt ids %s", self.iteration, self.name,
                             len(long_prompts[what]), len(prompt_ids), what, long_prompts["budget"],
                             long_prompts["rule"], long_prompts[what][:10])
-        pq.write_table(table, tmp / "samples.parquet")
+        pq.write_table(table, tmp / SAMPLES_PARQUET)
         tokens = sum(len(t) for t in table.column("token_ids").to_pylist())
         seconds = time.time() - started
         metrics = {"samples": table.num_rows, "prompts": len(prompt_ids), "tokens": tokens,
                    "prompts_truncated": len(long_prompts["truncated"]),
                    "prompts_skipped": len(long_prompts["skipped"]), "engine_load_seconds": load_seconds,
                    "tokens_per_second": tokens / max(seconds - load_seconds, 1e-9)}
-        if self.name == "baseline":  # the prompt pool, recorded once per run
+        if self.name == BASELINE:  # the prompt pool, recorded once per run
             metrics["duplicate_prompts_dropped"] = ctx.duplicate_prompts
-        return StageResult(["samples.parquet"], metrics, {"long_prompts": long_prompts})
+        return StageResult([SAMPLES_PARQUET], metrics, {"long_prompts": long_prompts})
 
 
 def eval_sampling(recipe) -> dict:

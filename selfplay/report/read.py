@@ -26,6 +26,7 @@ from selfplay import runs
 from selfplay.artifacts import Artifact, ArtifactDamaged
 from selfplay.lineage import LineageError, changed_keys, flatten, read_run
 from selfplay.report.decide import KEY_METRICS
+from selfplay.stage_names import BASELINE, EVAL_GEN, EVAL_PARQUET, EVALUATE, METRICS_JSON, SAMPLES_PARQUET
 
 VALUE_KEYS = ("value", "mean", "estimate", "point")
 LOW_KEYS = ("ci_low", "low", "lower", "lo")
@@ -168,7 +169,7 @@ def _is_done(stage: runs.StageDir) -> bool:
 def _evaluate_metrics(path: Path) -> dict | None:
     """The evaluate stage's metrics.json, or its manifest's copy when the file is unreadable."""
     try:
-        metrics = runs.read_json(path / "metrics.json")
+        metrics = runs.read_json(path / METRICS_JSON)
     except (OSError, ValueError):
         metrics = (runs.read_json(path / runs.MANIFEST) or {}).get("metrics")
     return metrics if isinstance(metrics, dict) else None
@@ -197,7 +198,7 @@ def read_series(run_dir: Path) -> RunSeries:
         except LineageError:
             pass  # the parent was moved or deleted: the fork still has its own copies
     for iteration in range(1, series.planned_iterations + 1):
-        path = series.stage_path(iteration, "evaluate")
+        path = series.stage_path(iteration, EVALUATE)
         raw = _evaluate_metrics(path) if path else None
         if raw is None:
             continue
@@ -209,8 +210,8 @@ def read_series(run_dir: Path) -> RunSeries:
 
 
 def _method_of(recipe: dict) -> str:
-    loss = (recipe.get("train") or {}).get("loss") or ""
-    rule = (recipe.get("pairs") or {}).get("type") or ""
+    keys = flatten(recipe)
+    loss, rule = keys.get("train.loss") or "", keys.get("pairs.type") or ""
     return loss if rule in ("", loss) else f"{loss} ({rule} pairs)"
 
 
@@ -219,9 +220,9 @@ def _initial_metrics(series: RunSeries) -> dict[str, float]:
     length of the baseline's samples as response_stats counts it. Raises ArtifactDamaged."""
     evaluated = {name for values in series.metrics.values() for name in values}
     initial = {m.name: m.at_initial for m in KEY_METRICS if m.at_initial is not None and m.name in evaluated}
-    path = series.stage_path(0, "baseline")
+    path = series.stage_path(0, BASELINE)
     if path is not None and "mean_response_tokens" in evaluated:
-        table = _read_output(path / "samples.parquet")
+        table = _read_output(path / SAMPLES_PARQUET)
         if "token_ids" in table.column_names and table.num_rows:
             lengths = [len(ids) for ids in table.column("token_ids").to_pylist()]
             initial["mean_response_tokens"] = sum(lengths) / len(lengths)
@@ -276,9 +277,9 @@ def _first_samples(path: Path) -> dict[int, tuple[str, str]]:
 def _prompt_scores(path: Path | None) -> dict[int, tuple[float, str | None]]:
     """prompt_id -> (its win rate vs initial, the judge's rationale when eval.parquet has a
     `rationale` column, as an LLM judge may write)."""
-    if path is None or not (path / "eval.parquet").exists():
+    if path is None or not (path / EVAL_PARQUET).exists():
         return {}
-    table = _read_output(path / "eval.parquet")
+    table = _read_output(path / EVAL_PARQUET)
     if not {"prompt_id", "win_rate"} <= set(table.column_names):
         return {}
     rationales = table.column("rationale").to_pylist() if "rationale" in table.column_names else [None] * table.num_rows
@@ -290,12 +291,12 @@ def _baselines(all_series: list[RunSeries]) -> dict[str, dict[int, tuple[str, st
     """The initial policy's samples, once per distinct baseline (a fork shares its parent's)."""
     digests = {}
     for series in all_series:
-        path = series.stage_path(0, "baseline")
+        path = series.stage_path(0, BASELINE)
         if path is None:
             continue
-        digest = (runs.read_json(path / runs.MANIFEST)["outputs"]).get("samples.parquet")
+        digest = (runs.read_json(path / runs.MANIFEST)["outputs"]).get(SAMPLES_PARQUET)
         if digest not in digests:
-            digests[digest] = (series.label, _first_samples(path / "samples.parquet"))
+            digests[digest] = (series.label, _first_samples(path / SAMPLES_PARQUET))
     if len(digests) == 1:
         return {"initial policy": next(iter(digests.values()))[1]}
     return {f"initial ({label})": samples for label, samples in digests.values()}
@@ -311,10 +312,10 @@ def read_examples(all_series: list[RunSeries], per_iteration: int = 3,
     for iteration in iterations:
         samples, scores = {}, {}
         for series in all_series:
-            path = series.stage_path(iteration, "eval-gen")
+            path = series.stage_path(iteration, EVAL_GEN)
             if path is not None:
-                samples[series.label] = _first_samples(path / "samples.parquet")
-                scores[series.label] = _prompt_scores(series.stage_path(iteration, "evaluate"))
+                samples[series.label] = _first_samples(path / SAMPLES_PARQUET)
+                scores[series.label] = _prompt_scores(series.stage_path(iteration, EVALUATE))
         if not samples:
             continue
         common = set.intersection(*(set(s) for s in samples.values()))

@@ -45,6 +45,19 @@ from pathlib import Path
 from typing import NamedTuple
 
 from selfplay import runs
+from selfplay.stage_names import (
+    BASELINE,
+    EVAL_GEN,
+    GENERATE,
+    PAIRS,
+    PAIRS_PARQUET,
+    POLICY_FOLDER,
+    REFERENCE_SOUP,
+    SAMPLES_PARQUET,
+    SEED,
+    SEED_PAIRS,
+    TRAIN,
+)
 from selfplay.track.journal import append_journal, read_journal
 from selfplay.track.wandb_offline import read_artifacts
 
@@ -54,16 +67,19 @@ RECORD = "wandb_artifacts.jsonl"
 
 
 class Kind(NamedTuple):
-    suffix: str   # the artifact is named <run>-<suffix>
+    suffix: str   # the artifact is named <run>-<suffix>: W&B's name, kept across versions of selfplay
     output: str   # the stage output it references
     type: str     # W&B artifact type
 
 
-POLICY, REFERENCE = Kind("policy", "policy", "model"), Kind("reference", "policy", "model")
-SAMPLES, EVAL_SAMPLES = Kind("samples", "samples.parquet", "dataset"), Kind("eval-samples", "samples.parquet", "dataset")
-PAIRS = Kind("pairs", "pairs.parquet", "dataset")
-STAGE_ARTIFACTS = {"train": POLICY, "seed": POLICY, "reference-soup": REFERENCE, "generate": SAMPLES,
-                   "eval-gen": EVAL_SAMPLES, "baseline": EVAL_SAMPLES, "pairs": PAIRS, "seed-pairs": PAIRS}
+POLICY_ARTIFACT = Kind("policy", POLICY_FOLDER, "model")
+REFERENCE_ARTIFACT = Kind("reference", POLICY_FOLDER, "model")
+SAMPLES_ARTIFACT = Kind("samples", SAMPLES_PARQUET, "dataset")
+EVAL_SAMPLES_ARTIFACT = Kind("eval-samples", SAMPLES_PARQUET, "dataset")
+PAIRS_ARTIFACT = Kind("pairs", PAIRS_PARQUET, "dataset")
+STAGE_ARTIFACTS = {TRAIN: POLICY_ARTIFACT, SEED: POLICY_ARTIFACT, REFERENCE_SOUP: REFERENCE_ARTIFACT,
+                   GENERATE: SAMPLES_ARTIFACT, EVAL_GEN: EVAL_SAMPLES_ARTIFACT, BASELINE: EVAL_SAMPLES_ARTIFACT,
+                   PAIRS: PAIRS_ARTIFACT, SEED_PAIRS: PAIRS_ARTIFACT}
 
 
 def artifact_name(run_name: str, suffix: str) -> str:

@@ -17,6 +17,16 @@ import pyarrow.parquet as pq
 from selfplay import runs
 from selfplay.artifacts import iteration_folder
 from selfplay.pipeline import StageResult
+from selfplay.stage_names import (
+    HISTORY_JSONL,
+    PAIRS_PARQUET,
+    POLICY_FOLDER,
+    REFERENCE_SOUP,
+    SEED,
+    SEED_PAIRS,
+    TRAIN,
+    TRAIN_PAIRS_PARQUET,
+)
 
 # Which policy a reference rule (train.reference) names, as RunContext.policy sources.
 REFERENCE_SOURCES = {"previous": "entering", "initial": "initial", "soup": "soup"}
@@ -34,18 +44,18 @@ class Train:
 
     iteration: int
     settings: object  # TrainConfig: recipe.train, or the seed stage's
-    name: str = "train"
+    name: str = TRAIN
     policy_source: str = "entering"
     pairs_view: object = None  # describe() -> dict, select(pairs table) -> pairs table
     starts_from: str | None = None
 
     @property
     def produces(self) -> tuple[str, ...]:
-        return ("policy", "history.jsonl", *(("train_pairs.parquet",) if self.pairs_view else ()))
+        return (POLICY_FOLDER, HISTORY_JSONL, *((TRAIN_PAIRS_PARQUET,) if self.pairs_view else ()))
 
     @classmethod
     def seed(cls, recipe):
-        return cls(0, recipe.seed_train_config(), name="seed", policy_source="initial")
+        return cls(0, recipe.seed_train_config(), name=SEED, policy_source="initial")
 
     def needs_reference(self) -> bool:
         from selfplay.methods import LOSSES
@@ -54,7 +64,7 @@ class Train:
 
     def policy(self, ctx):
         if self.starts_from is not None:
-            return ctx.artifact(self.iteration, self.starts_from, "policy")
+            return ctx.artifact(self.iteration, self.starts_from, POLICY_FOLDER)
         return ctx.policy(self.policy_source, self.iteration)
 
     def reference(self, ctx):
@@ -63,14 +73,20 @@ class Train:
             return None
         if self.starts_from is not None and self.settings.reference == "previous":
             return self.policy(ctx)  # Curry-DPO: the previous tier's model
-        source = "initial" if self.name == "seed" else REFERENCE_SOURCES[self.settings.reference]
+        source = "initial" if self.name == SEED else REFERENCE_SOURCES[self.settings.reference]
         return ctx.policy(source, self.iteration)
 
     def inputs(self, ctx) -> dict:
-        reference = self.reference(ctx)
-        return {"policy": self.policy(ctx).digest,
-                **({} if reference is None else {"reference": reference.digest}),
-                "pairs": ctx.latest(self, "pairs.parquet").digest}
+        """The policy, reference and pairs it trains on, and the histories of the train stages
+        before it, whose steps place this stage's on the run-wide step axis (first_global_step)."""
+        histories, reference = self.earlier_histories(ctx), self.reference(ctx)
+        inputs = {"policy": self.policy(ctx).digest, **({} if reference is None else {"reference": reference.digest}),
+                  "pairs": ctx.latest(self, PAIRS_PARQUET).digest,
+                  "earlier_histories": runs.digest_of([history.digest for history in histories])}
+        # committed before the histories were an input: done while the steps they count are the same
+        steps = sum(history.metrics["steps"] for history in histories)
+        return ctx.inputs_as_committed(self, inputs, "earlier_histories",
+                                       lambda manifest: manifest.get("first_global_step", steps) == steps)
 
     def config(self, ctx) -> dict:
         # where the ranks live changes no result; nor, for a reference-free loss, the reference rule.
@@ -85,10 +101,10 @@ class Train:
 
     def run(self, ctx, tmp) -> StageResult:
         config, reference, policy = self.settings, self.reference(ctx), self.policy(ctx)
-        pairs_path = ctx.latest(self, "pairs.parquet").path
+        pairs_path = ctx.latest(self, PAIRS_PARQUET).path
         if self.pairs_view is not None:
             pairs = self.pairs_view.select(pq.read_table(pairs_path))
-            pairs_path = tmp / "train_pairs.parquet"
+            pairs_path = tmp / TRAIN_PAIRS_PARQUET
             pq.write_table(pairs, pairs_path)
             if pairs.num_rows == 0:  # no prompt has this tier's pair (ties): the policy passes through
                 return self.unchanged(ctx, tmp, policy, reference)
@@ -100,7 +116,7 @@ class Train:
         try:
             result = ranks.train((str(policy.path), policy.digest),
                                  None if reference is None else (str(reference.path), reference.digest),
-                                 str(pairs_path), str(tmp / "policy"), config,
+                                 str(pairs_path), str(tmp / POLICY_FOLDER), config,
                                  str(checkpoints) if config.checkpoint_every else None)
         except Exception:  # a rank that failed mid-collective cannot train again: the next stage starts new ones
             ctx.actors.drop_training_ranks()
@@ -109,7 +125,7 @@ class Train:
             if not config.keep_ranks:
                 ctx.actors.drop_training_ranks()
         history = result.pop("history")
-        (tmp / "history.jsonl").write_text("".join(json.dumps(h) + "\n" for h in history))
+        (tmp / HISTORY_JSONL).write_text("".join(json.dumps(h) + "\n" for h in history))
         last = history[-1]
         metrics = {"loss": sum(h["loss"] for h in history) / len(history), "final_loss": last["loss"],
                    "accuracy": last["accuracy"], "steps": len(history), "pairs": result["num_pairs"],
@@ -136,8 +152,8 @@ class Train:
 
     def unchanged(self, ctx, tmp, policy, reference) -> StageResult:
         """A tier without pairs: its policy is the one it starts from, file for file."""
-        runs.link_tree(policy.path, tmp / "policy", [])  # a 7B checkpoint is not copied for a tier that trained nothing
-        (tmp / "history.jsonl").write_text("")
+        runs.link_tree(policy.path, tmp / POLICY_FOLDER, [])  # a 7B checkpoint is not copied for a tier that trained nothing
+        (tmp / HISTORY_JSONL).write_text("")
         extra = {**self.described(reference), "first_global_step": self.earlier_steps(ctx)}
         return StageResult(list(self.produces), {"steps": 0, "pairs": 0}, extra)
 
@@ -148,22 +164,23 @@ class Train:
     def committed(self, ctx) -> None:
         shutil.rmtree(self.checkpoints(ctx), ignore_errors=True)  # the committed policy replaces them
         if ctx.actors is not None and ctx.actors.ranks is not None:  # they hold what they just trained
-            trained = ctx.artifact(self.iteration, self.name, "policy")
-            ctx.actors.ranks.holds(str(runs.StageDir(ctx.run_dir, self.iteration, self.name).tmp / "policy"),
+            trained = ctx.artifact(self.iteration, self.name, POLICY_FOLDER)
+            ctx.actors.ranks.holds(str(runs.StageDir(ctx.run_dir, self.iteration, self.name).tmp / POLICY_FOLDER),
                                    trained.digest)
 
-    def earlier_steps(self, ctx) -> int:
-        """Optimizer steps of the train stages before this one: the seed stage's, every earlier
-        iteration's, and this iteration's earlier curriculum tiers."""
+    def earlier_histories(self, ctx) -> list:
+        """history.jsonl of every committed train stage before this one: the seed stage's, every
+        earlier iteration's (Curry-DPO's tiers included) and this iteration's earlier tiers."""
         from selfplay import pipeline
 
-        names = {t: [s.name for s in pipeline.stages(ctx.recipe, t) if isinstance(s, Train)]
-                 for t in range(1, self.iteration + 1)}
-        if self.iteration:
-            names[self.iteration] = names[self.iteration][:names[self.iteration].index(self.name)]
-        earlier = [] if self.name == "seed" else [runs.StageDir(ctx.run_dir, 0, "seed").manifest()]
-        earlier += [runs.StageDir(ctx.run_dir, t, name).manifest() for t, listed in names.items() for name in listed]
-        return sum(m["metrics"]["steps"] for m in earlier if m)
+        names = [stage.name for stage in pipeline.stages(ctx.recipe, max(self.iteration, 1)) if isinstance(stage, Train)]
+        earlier = ctx.earlier_iterations(self, HISTORY_JSONL, made_by=(SEED, *names))
+        if self.iteration and self.name in names:
+            earlier += [ctx.artifact(self.iteration, name, HISTORY_JSONL) for name in names[:names.index(self.name)]]
+        return earlier
+
+    def earlier_steps(self, ctx) -> int:
+        return sum(history.metrics["steps"] for history in self.earlier_histories(ctx))
 
 
 def prepare_checkpoints(folder: Path, key: dict) -> None:
@@ -180,8 +197,8 @@ class SeedPairs:
     """The labelled seed pairs (seed_training.path), tokenized into pairs.parquet."""
 
     iteration: int
-    name = "seed-pairs"
-    produces = ("pairs.parquet",)
+    name = SEED_PAIRS
+    produces = (PAIRS_PARQUET,)
 
     def inputs(self, ctx) -> dict:
         return {"seed_pairs": ctx.external(ctx.recipe.seed_training.path).digest}
@@ -193,8 +210,8 @@ class SeedPairs:
         from selfplay.train.seed_pairs import load_seed_pairs
 
         rows = load_seed_pairs(ctx.recipe.seed_training.path, ctx.tokenizer)
-        pq.write_table(pa.Table.from_pylist(rows), tmp / "pairs.parquet")
-        return StageResult(["pairs.parquet"], {"pairs": len(rows)})
+        pq.write_table(pa.Table.from_pylist(rows), tmp / PAIRS_PARQUET)
+        return StageResult([PAIRS_PARQUET], {"pairs": len(rows)})
 
 
 @dataclass
@@ -202,8 +219,8 @@ class Soup:
     """SALSA's reference: the weight average of train.soup, built once per run."""
 
     iteration: int
-    name = "reference-soup"
-    produces = ("policy",)
+    name = REFERENCE_SOUP
+    produces = (POLICY_FOLDER,)
 
     def checkpoints(self, ctx) -> list[str]:
         from selfplay.models import resolve_model
@@ -220,5 +237,5 @@ class Soup:
         from selfplay.train.reference import weight_soup
 
         checkpoints = self.checkpoints(ctx)
-        weight_soup(checkpoints, tmp / "policy")
-        return StageResult(["policy"], {"checkpoints": len(checkpoints)}, {"soup": checkpoints})
+        weight_soup(checkpoints, tmp / POLICY_FOLDER)
+        return StageResult([POLICY_FOLDER], {"checkpoints": len(checkpoints)}, {"soup": checkpoints})
