@@ -96,6 +96,7 @@ def route_library_loggers() -> None:
         library_logger = logging.getLogger(name)
         library_logger.handlers.clear()
         library_logger.propagate = True
+        library_logger.disabled = False  # a logging.config call made by an import may have disabled it
 
 
 def route_actor_output() -> bool:

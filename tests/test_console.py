@@ -15,6 +15,9 @@ VLLM_ERROR = "(MainProcess pid=7) ERROR 11-27 18:44:09 [core.py:900] EngineCore 
 @pytest.fixture
 def routed(tmp_path, capsys):
     def route(verbose: bool):
+        # as a fresh driver has them: a test run earlier in this process may have set their levels
+        for name in console.LIBRARY_LOGGERS:
+            logging.getLogger(name).setLevel(logging.NOTSET)
         console.setup(verbose=verbose)
         path = console.log_to_run_dir(tmp_path)
         logging.getLogger("selfplay").info("iter 1 generate  running")
