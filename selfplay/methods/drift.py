@@ -22,6 +22,7 @@ from selfplay.methods.base import Method, PairRule
 from selfplay.methods.dpo import dpo_loss
 from selfplay.pipeline import StageResult
 from selfplay.prompts import read_jsonl_records
+from selfplay.stage_names import GENERATE, PAIRS, PAIRS_PARQUET, SAMPLES_PARQUET
 from selfplay.train.losses import LossSpec, chosen_mean_logps
 
 
@@ -84,22 +85,22 @@ class DriftPairs:
     """pairs.parquet: (original request, fresh hindsight answer, real DSAT turn) per record; no judge."""
 
     iteration: int
-    name = "pairs"
-    produces = ("pairs.parquet",)
+    name = PAIRS
+    produces = (PAIRS_PARQUET,)
 
     def inputs(self, ctx) -> dict:
-        return {"samples": ctx.latest(self, "samples.parquet").digest}
+        return {"samples": ctx.latest(self, SAMPLES_PARQUET).digest}
 
     def config(self, ctx) -> dict:
         return ctx.recipe.pairs.model_dump()
 
     def run(self, ctx, tmp) -> StageResult:
-        samples = ctx.latest(self, "samples.parquet").table().to_pylist()
+        samples = ctx.latest(self, SAMPLES_PARQUET).table().to_pylist()
         prompt_ids = {s["prompt_id"]: chat_prompt_ids(ctx.tokenizer, ctx.records[s["prompt_id"]]["prompt"])
                       for s in samples}
         rows = drift_pairs(ctx.records, samples, prompt_ids, partial(response_token_ids, ctx.tokenizer))
-        pq.write_table(pa.Table.from_pylist(rows), tmp / "pairs.parquet")
-        return StageResult(["pairs.parquet"], {"pairs": len(rows)})
+        pq.write_table(pa.Table.from_pylist(rows), tmp / PAIRS_PARQUET)
+        return StageResult([PAIRS_PARQUET], {"pairs": len(rows)})
 
 
 def hindsight_generation(recipe, iteration: int):
@@ -107,7 +108,7 @@ def hindsight_generation(recipe, iteration: int):
     from selfplay.generate.stage import Sample
 
     drift = recipe.drift
-    return Sample("generate", iteration, "hindsight", "entering", 1,
+    return Sample(GENERATE, iteration, "hindsight", "entering", 1,
                   {"temperature": drift.temperature, "top_p": drift.top_p, "max_tokens": recipe.generate.max_tokens},
                   record_prompt=partial(hindsight_prompt, template=drift.hindsight_template))
 

@@ -16,6 +16,7 @@ from selfplay.artifacts import group_by_prompt, win_matrix_of
 from selfplay.failures import DeadEnd
 from selfplay.judging.win_matrix import aggregated_scores
 from selfplay.pipeline import StageResult
+from selfplay.stage_names import JUDGMENTS_PARQUET, PAIRS, PAIRS_PARQUET, SAMPLES_PARQUET
 
 
 def build_pairs(samples: pa.Table, judgments: pa.Table, rule) -> pa.Table:
@@ -47,12 +48,12 @@ class Pairs:
     """pairs.parquet from the iteration's samples and judgments, by the recipe's pair rule."""
 
     iteration: int
-    name = "pairs"
-    produces = ("pairs.parquet",)
+    name = PAIRS
+    produces = (PAIRS_PARQUET,)
 
     def inputs(self, ctx) -> dict:
-        return {"samples": ctx.latest(self, "samples.parquet").digest,
-                "judgments": ctx.latest(self, "judgments.parquet").digest}
+        return {"samples": ctx.latest(self, SAMPLES_PARQUET).digest,
+                "judgments": ctx.latest(self, JUDGMENTS_PARQUET).digest}
 
     def config(self, ctx) -> dict:
         return ctx.recipe.pairs.model_dump()
@@ -60,16 +61,16 @@ class Pairs:
     def run(self, ctx, tmp) -> StageResult:
         from selfplay.methods import PAIR_RULES
 
-        table = build_pairs(ctx.latest(self, "samples.parquet").table(), ctx.latest(self, "judgments.parquet").table(),
+        table = build_pairs(ctx.latest(self, SAMPLES_PARQUET).table(), ctx.latest(self, JUDGMENTS_PARQUET).table(),
                             PAIR_RULES[ctx.recipe.pairs.type])
         if table.num_rows == 0:
             raise DeadEnd(f"no training pairs: the {ctx.recipe.annotate.type} judge tied every comparison of every "
                           f"prompt (see annotate's warning), so pairs.type {ctx.recipe.pairs.type!r} found no "
                           f"response better than another; use a judge whose scores differ between responses")
-        pq.write_table(table, tmp / "pairs.parquet")
+        pq.write_table(table, tmp / PAIRS_PARQUET)
         metrics = {"pairs": table.num_rows}
         for column in ("chosen_win_rate", "rejected_win_rate"):  # SPPO: they approach 0.5 as self-play converges
             if column in table.column_names and table.num_rows:
                 metrics[f"mean_{column}"] = sum(table.column(column).to_pylist()) / table.num_rows
-        return StageResult(["pairs.parquet"], metrics)
+        return StageResult([PAIRS_PARQUET], metrics)
 
