@@ -139,6 +139,16 @@ class PairsConfig(Strict):
     type: str = Field("sppo", description="pair rule name (selfplay.methods.PAIR_RULES)")
 
 
+class LoraConfig(Strict):
+    """train.lora: train a LoRA adapter (peft) instead of every weight."""
+    r: int = Field(8, ge=1, description="the adapter's rank")
+    alpha: float = Field(16.0, gt=0.0, description="LoRA scaling numerator: the update is scaled by alpha / r")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="dropout on the adapter's input")
+    target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"],
+                                      min_length=1, description="names of the linear layers that get an adapter "
+                                      "(the module name's last part, e.g. q_proj, gate_proj)")
+
+
 class TrainConfig(Strict):
     loss: str = Field("sppo", description="loss name (selfplay.methods.LOSSES)")
     beta: float = Field(0.001, gt=0.0)
@@ -172,6 +182,10 @@ class TrainConfig(Strict):
         "pooled", description="with pairs.type curriculum (Curry-DPO): pooled trains on every pair in a shuffled "
         "order; sorted once, each epoch easy to hard; tiers trains K-1 stages in turn, stage k on every prompt's "
         "k-th easiest pair with the previous stage's policy as start and (reference previous) reference")
+    lora: LoraConfig | None = Field(None, description="train a LoRA adapter (peft) on the policy instead of every "
+                                    "weight; each stage merges the adapter into the policy it saves (a full "
+                                    "checkpoint), so engines, lineage and resume read it like any policy. "
+                                    "Needs zero_stage 0-2")
     seed: Seed = 0
 
     @model_validator(mode="after")
@@ -191,6 +205,8 @@ class TrainConfig(Strict):
             within, limits = LOSS_OPTION_LIMITS.get(key, (lambda v: True, ""))
             if not within(value):
                 raise ValueError(f"train.loss_options.{key} must be {limits}, got {value!r}")
+        if self.lora is not None and self.zero_stage == 3:
+            raise ValueError("train.lora needs train.zero_stage 0, 1 or 2 (the adapter is merged on one rank), got 3")
         if self.reference == "soup" and len(self.soup) < 2:
             raise ValueError("train.soup must name at least two checkpoints when train.reference is 'soup'")
         per_step = self.micro_batch_size * self.world_size

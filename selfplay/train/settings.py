@@ -32,10 +32,13 @@ class TrainSettings:
     max_grad_norm: float
     checkpoint_every: int
     seed: int
+    lora: tuple | None = None  # (r, alpha, dropout, target_modules): train.lora, or None for full fine-tuning
 
     @classmethod
     def of(cls, config) -> "TrainSettings":
         """From a validated TrainConfig (selfplay.recipe), never from unchecked data."""
         values = {f.name: getattr(config, f.name) for f in fields(cls)}
         values["loss_options"] = tuple(config.loss_options.items())
+        lora = config.lora
+        values["lora"] = None if lora is None else (lora.r, lora.alpha, lora.dropout, tuple(lora.target_modules))
         return cls(**values)

@@ -94,6 +94,8 @@ class Train:
         unused = {"keep_ranks", "curriculum"}
         if not self.needs_reference():
             unused |= {"reference", "soup"}
+        if self.settings.lora is None:  # full fine-tuning: the digests of runs from before train.lora existed hold
+            unused |= {"lora"}
         config = self.settings.model_dump(exclude=unused)
         if self.pairs_view is not None:
             config["pairs_view"] = self.pairs_view.describe()

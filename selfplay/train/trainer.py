@@ -17,7 +17,8 @@ train stage for its rank, in four parts:
      of each pair it scores, and which pair columns, batch-derived values and per-step state it
      takes (no loss is named here). A
      DeepSpeed checkpoint every `checkpoint_every` steps; a stage resumes from the latest one;
-  4. save: an HF safetensors checkpoint (ZeRO-3 weights gathered to rank 0); under ZeRO 0-2
+  4. save: an HF safetensors checkpoint (ZeRO-3 weights gathered to rank 0; under train.lora the
+     adapter merged into the weights it adapts, so the checkpoint is a full policy); under ZeRO 0-2
      each rank keeps a CPU copy of what it saved, the next stage's `from_memory` policy.
 Settings come as a frozen `TrainSettings` (selfplay.train.settings).
 """
@@ -51,6 +52,16 @@ def _init_distributed(rank: int, world_size: int, master_addr: str, master_port:
 def _diverged(what: str, settings: TrainSettings, lr: float) -> str:
     return (f"training diverged: {what} (lr {lr:g}); lower train.learning_rate ({settings.learning_rate:g}), or "
             f"check train.beta ({settings.beta:g}), train.max_grad_norm and train.loss_options; nothing was saved")
+
+
+def _with_lora(model, lora: tuple):
+    """The policy with a fresh LoRA adapter (peft) on its `target_modules`: only the adapter trains.
+    Its B matrices start at zero, so before the first update it computes what the policy computes."""
+    from peft import LoraConfig, get_peft_model
+
+    r, alpha, dropout, target_modules = lora
+    return get_peft_model(model, LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout,
+                                            target_modules=list(target_modules), bias="none"))
 
 
 def _load_pairs(pairs_path: Path, spec, loss: str) -> list[dict]:
@@ -186,9 +197,11 @@ class TrainerRank:
                     self._checkpoint(run.engine, checkpoint_dir, step, history, state)
 
         self._check_finite_weights(run.engine, settings, data.device, run.scheduler.get_last_lr()[0])
-        self._save(run.engine, run.model, data.tokenizer, policy_path, Path(out_dir))
+        # LoRA: the adapter is merged into the weights it adapts; what is saved and held is a full policy
+        trained = run.model if settings.lora is None else run.model.merge_and_unload()
+        self._save(run.engine, trained, data.tokenizer, policy_path, Path(out_dir))
         if settings.zero_stage < 3:  # ZeRO-3 partitions the weights: no rank holds them whole
-            self.weights = {name: tensor.detach().cpu().clone() for name, tensor in run.model.state_dict().items()}
+            self.weights = {name: tensor.detach().cpu().clone() for name, tensor in trained.state_dict().items()}
         dist.barrier()
         return {"history": history, "total_steps": run.total_steps, "warmup_steps": run.warmup_steps,
                 "gradient_accumulation_steps": run.gradient_accumulation_steps, "num_pairs": len(data.rows),
@@ -209,8 +222,10 @@ class TrainerRank:
         from selfplay.models.causal_lm import causal_lm_with_weights, load_causal_lm
 
         if weights is None:
-            return load_causal_lm(policy_path, _dtype(settings))
-        return causal_lm_with_weights(policy_path, _dtype(settings), weights)
+            model = load_causal_lm(policy_path, _dtype(settings))
+        else:
+            model = causal_lm_with_weights(policy_path, _dtype(settings), weights)
+        return model if settings.lora is None else _with_lora(model, settings.lora)
 
     # -- 2. reference log-probs, then the engine ---------------------------------------------
     def _reference_logps(self, reference, data: _StageData, settings: TrainSettings) -> list[tuple[float, float]]:
@@ -258,7 +273,8 @@ class TrainerRank:
         if settings.offload_optimizer and settings.optimizer == "adamw":
             # ZeRO-Offload's fast path: DeepSpeed's CPU Adam (a one-time JIT build, ~2 min on CPU).
             from deepspeed.ops.adam import DeepSpeedCPUAdam as optimizer_cls
-        optimizer = optimizer_cls(model.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay)
+        trainable = [param for param in model.parameters() if param.requires_grad]  # under LoRA, the adapter
+        optimizer = optimizer_cls(trainable, lr=settings.learning_rate, weight_decay=settings.weight_decay)
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda step: lr_multiplier(step, total_steps, warmup_steps, settings.scheduler))
         zero = {"stage": settings.zero_stage, "stage3_gather_16bit_weights_on_model_save": True}
@@ -373,7 +389,7 @@ class TrainerRank:
         if engine.zero_optimization_stage() == 3:
             state = engine._zero3_consolidated_16bit_state_dict()  # collective: every rank calls it
         else:
-            state = engine.module.state_dict() if self.rank == 0 else None
+            state = model.state_dict() if self.rank == 0 else None
         if self.rank != 0:
             return
         out_dir.mkdir(parents=True, exist_ok=True)
