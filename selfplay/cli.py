@@ -263,6 +263,18 @@ def cmd_lineage(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from selfplay.export import export_iteration
+    from selfplay.lineage import LineageError
+
+    try:
+        out = export_iteration(Path(args.run_dir), args.iteration, Path(args.out))
+    except LineageError as error:
+        return _fail(str(error))
+    print(printable(f"iteration {args.iteration} of {args.run_dir}: {out} (merged HF folder, model card README.md)"))
+    return 0
+
+
 def cmd_compare(args) -> int:
     """Evaluation metrics per iteration of several runs: a table, and with --out a PNG per metric
     and a self-contained HTML report (forks are shown with their parent's shared iterations)."""
@@ -337,6 +349,11 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("run_dir")
     tree = sub.add_parser("lineage", help="the tree of runs, forks and checkpoints, with hashes and references")
     tree.add_argument("run_dir")
+    export = sub.add_parser("export", help="one iteration's policy as an HF folder (safetensors, config, tokenizer) "
+                            "with a model card of its lineage")
+    export.add_argument("run_dir")
+    export.add_argument("--iteration", type=int, required=True)
+    export.add_argument("--out", required=True, help="a new or empty folder")
     compare = sub.add_parser("compare", help="evaluation metrics per iteration of several runs: table, plots, HTML report")
     compare.add_argument("run_dirs", nargs="+")
     compare.add_argument("--metric", nargs="+", action="extend", metavar="NAME",
@@ -357,7 +374,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 COMMANDS = {"run": cmd_run, "resume": cmd_resume, "fork": cmd_fork, "validate": cmd_validate, "status": cmd_status,
-            "verify": cmd_verify, "lineage": cmd_lineage, "compare": cmd_compare, "make-tiny": cmd_make_tiny, "doctor": cmd_doctor}
+            "verify": cmd_verify, "lineage": cmd_lineage, "compare": cmd_compare, "export": cmd_export,
+            "make-tiny": cmd_make_tiny, "doctor": cmd_doctor}
 
 
 # A reader that goes away (`selfplay status RUN | head -1`) ends the command quietly with the
