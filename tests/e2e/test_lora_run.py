@@ -17,8 +17,8 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def lora_run(tmp_path_factory, tiny_policy):
     run_dir = tmp_path_factory.mktemp("lora") / "lora-cpu"
-    # 24 eval prompts; 8 samples each (64 comparisons a prompt) narrow the interval: with 4 the
-    # lower bound was 0.497-0.500 at final win rates 0.58 (this CPU)
+    # 24 eval prompts, 8 samples each (64 comparisons a prompt). Measured (this CPU): final win rate
+    # 0.737, 95% interval (0.686, 0.788); without lm_head in target_modules it was 0.55-0.58
     result = subprocess.run([sys.executable, "-m", "selfplay.cli", "run", "recipes/lora-cpu.yaml", "--run-dir",
                              str(run_dir), "prompts.eval_size=24", "evaluate.samples_per_prompt=8"],
                             capture_output=True, text=True, timeout=900, cwd=REPO)
@@ -48,7 +48,7 @@ def test_the_saved_policy_is_the_base_with_the_adapter_merged(lora_run, tiny_pol
     trained = load_file(lora_run / "iter-002/train/policy/model.safetensors")
     assert trained.keys() == initial.keys()
     moved = {k for k in initial if not (trained[k] == initial[k]).all()}
-    assert moved and all(k.endswith("proj.weight") for k in moved), sorted(moved)
+    assert moved and all(k.endswith(("proj.weight", "lm_head.weight")) for k in moved), sorted(moved)
     assert not any("embed" in k or "norm" in k for k in moved)
 
 
