@@ -2,8 +2,9 @@
 
 `stages(recipe, iteration)` is the one list the driver walks and `selfplay status`, the lineage
 view, the CLI's summary and W&B read:
-- iteration 0: the initial policy's eval samples (`baseline`), SALSA's soup reference, and the
-  seed stage (plain preference training on labelled pairs: DRIFT, Selfie);
+- iteration 0: the initial policy's eval samples (`baseline`), its reference responses to every
+  training prompt when the judge's scores are shaped (`reference-samples`, PAR), SALSA's soup
+  reference, and the seed stage (plain preference training on labelled pairs: DRIFT, Selfie);
 - iteration t >= 1: generate -> annotate -> pairs -> train -> eval-gen -> evaluate; a pair rule
   with its own `front` (DRIFT's hindsight generation and pairs, selfplay/methods/drift.py)
   replaces generate/annotate/pairs; evaluation runs every `evaluate.every` iterations and at the
@@ -70,6 +71,8 @@ def stages(recipe, iteration: int, forked: bool = False) -> list[Stage]:
 
     if iteration == 0:
         listed = [Sample.baseline(recipe)]
+        if recipe.annotate.shaping is not None:  # PAR's reference responses, sampled once for every iteration
+            listed.append(Sample.reference(recipe))
         if recipe.train.reference == "soup" and LOSSES[recipe.train.loss].needs_reference:
             listed.append(Soup(0))
         if recipe.seed_training and not forked:

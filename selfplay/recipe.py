@@ -351,11 +351,19 @@ class Recipe(Strict):
 
     @model_validator(mode="after")
     def _check_settings_together(self):
+        from selfplay.methods import PAIR_RULES
+
         max_model_len = self.generate.max_model_len
         if self.evaluate.max_tokens is not None and self.evaluate.max_tokens >= max_model_len:
             raise ValueError(f"evaluate.max_tokens ({self.evaluate.max_tokens}) must be smaller than "
                              f"generate.max_model_len ({max_model_len}): the prompt and the response share the "
                              f"engine's context")
+        if self.evaluate.judge is not None and self.evaluate.judge.shaping is not None:
+            raise ValueError("evaluate.judge.shaping: the evaluation compares the judge's raw verdicts; shaping "
+                             "(PAR) applies to annotate only, set evaluate.judge.shaping=none")
+        if self.annotate.shaping is not None and PAIR_RULES[self.pairs.type].front is not None:
+            raise ValueError(f"annotate.shaping: pairs.type {self.pairs.type!r} builds its pairs without the annotate "
+                             f"stage, so nothing would be shaped; set annotate.shaping=none")
         if self.seed_training is not None:
             try:
                 self.seed_train_config()

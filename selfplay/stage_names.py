@@ -10,6 +10,7 @@ made before it.
 # -- stages ----------------------------------------------------------------------------------
 BASELINE = "baseline"              # iteration 0: the initial policy's eval samples
 REFERENCE_SOUP = "reference-soup"  # iteration 0: SALSA's weight-averaged reference
+REFERENCE_SAMPLES = "reference-samples"  # iteration 0: the initial policy's responses that PAR shapes against
 SEED_PAIRS = "seed-pairs"          # iteration 0: the labelled seed pairs, tokenized
 SEED = "seed"                      # iteration 0: the policy trained on the seed pairs
 GENERATE = "generate"

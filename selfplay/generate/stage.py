@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 from selfplay import runs
 from selfplay.artifacts import chat_prompt_ids
 from selfplay.pipeline import StageResult
-from selfplay.stage_names import BASELINE, EVAL_GEN, GENERATE, SAMPLES_PARQUET
+from selfplay.stage_names import BASELINE, EVAL_GEN, GENERATE, REFERENCE_SAMPLES, SAMPLES_PARQUET
 
 log = logging.getLogger("selfplay")
 
@@ -102,12 +102,14 @@ ENGINE_KEYS = {"replicas", "tensor_parallel_size", "max_model_len", "long_prompt
 class Sample:
     """Sample n responses per prompt with a policy into samples.parquet: the training samples
     (`generate`), the eval samples of the initial policy (`baseline`) and of each trained one
-    (`eval-gen`), and answers prompted from the run's records (`record_prompt`: DRIFT's hindsight
-    prompt of each DSAT record, selfplay/methods/drift.py)."""
+    (`eval-gen`), the initial policy's reference responses to every training prompt of the run
+    (`reference-samples`, which annotate.shaping scores against), and answers prompted from the
+    run's records (`record_prompt`: DRIFT's hindsight prompt of each DSAT record,
+    selfplay/methods/drift.py)."""
 
     name: str
     iteration: int
-    purpose: str  # "train" / "eval" / "hindsight": part of each request's seed
+    purpose: str  # "train" / "eval" / "reference" / "hindsight": part of each request's seed
     policy_source: str  # see RunContext.policy
     n: int
     sampling: dict  # temperature, top_p, max_tokens
@@ -125,10 +127,18 @@ class Sample:
         return cls(BASELINE, 0, "eval", "initial", recipe.evaluate.samples_per_prompt, eval_sampling(recipe))
 
     @classmethod
+    def reference(cls, recipe):
+        shaping = recipe.annotate.shaping
+        return cls(REFERENCE_SAMPLES, 0, "reference", "initial", shaping.references,
+                   {"temperature": shaping.temperature, "top_p": shaping.top_p, "max_tokens": recipe.generate.max_tokens})
+
+    @classmethod
     def evaluation(cls, recipe, iteration):
         return cls(EVAL_GEN, iteration, "eval", "trained", recipe.evaluate.samples_per_prompt, eval_sampling(recipe))
 
     def prompt_ids(self, ctx) -> list[int]:
+        if self.purpose == "reference":  # every prompt the run trains on, once (a reused prompt too)
+            return sorted({prompt_id for ids in ctx.slices for prompt_id in ids})
         return ctx.eval_ids if self.purpose == "eval" else ctx.slices[self.iteration - 1]
 
     def prompts(self, ctx) -> list[str]:

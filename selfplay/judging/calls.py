@@ -306,5 +306,6 @@ def signal_report(judgments: list[Judgment], matrices: list[np.ndarray], what: s
 def judge_config(config) -> dict:
     """What decides a judge's results: its recipe section (the timeout and the number of replicas
     change none: changing them re-judges nothing) and its identity extras (a scoring function's
-    source digest)."""
-    return {**config.model_dump(mode="json", exclude={"timeout_seconds", "replicas"}), **runs.judge_identity(config)}
+    source digest). No shaping is left out, as before shaping existed: a new version re-judges nothing."""
+    unchanging = {"timeout_seconds", "replicas"} | ({"shaping"} if config.shaping is None else set())
+    return {**config.model_dump(mode="json", exclude=unchanging), **runs.judge_identity(config)}

@@ -52,6 +52,29 @@ def load_function(spec: str):
     return fn
 
 
+SHAPING_TYPES = ("par", "centered", "lsc")
+
+
+class ShapingConfig(BaseModel):
+    """annotate.shaping: a scalar judge's scores shaped against the reference policy's responses
+    (PAR; selfplay/annotate/shaping.py). `shaping: par` is short for `shaping: {type: par}`;
+    `shaping: none` (or null) shapes nothing."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+    type: Literal["par", "centered", "lsc"] = Field(
+        "par", description="par: mean sigmoid(k (r - r_ref)) over the reference responses; centered: r - mean r_ref; "
+                           "lsc: log sigmoid(k (r - q85)), q85 the 0.85 quantile of a normal fit to the references")
+    k: float = Field(1.0, gt=0.0, description="the sigmoid's slope (par, lsc)")
+    references: int = Field(10, ge=1, description="reference responses per training prompt (M), sampled once from "
+                                                  "the initial policy (iteration 0) and reused by every iteration")
+    temperature: float = Field(0.9, gt=0.0, description="sampling temperature of the reference responses")
+    top_p: float = Field(0.9, gt=0.0, le=1.0, description="top_p of the reference responses")
+    length_penalty: float = Field(0.0, ge=0.0, description="PAR's length penalty: each raw reward minus this x its "
+                                                           "tokens beyond length_penalty_after (0: off)")
+    length_penalty_after: int = Field(300, ge=0, description="response tokens free of the length penalty")
+
+
 class JudgeConfigBase(BaseModel):
     """The fields every judge has, and what a judge declares (see the module docstring)."""
 
@@ -60,6 +83,7 @@ class JudgeConfigBase(BaseModel):
 
     judges_with_policy: ClassVar[bool] = False
     runs_in_actor: ClassVar[bool] = False  # a Ray actor with one CPU and num_gpus GPUs
+    gives_scores: ClassVar[bool] = True  # K scalar scores per prompt (not pairwise logits): it can be shaped
     tiny_kinds: ClassVar[tuple[str, ...]] = ()  # the tiny:<kind> models it accepts (never a policy)
 
     type: str
@@ -70,6 +94,9 @@ class JudgeConfigBase(BaseModel):
     timeout_seconds: float | None = Field(
         600.0, description="the most one judge call (one prompt's samples) or a model judge's start-up may take; "
                            "null waits forever")
+    shaping: ShapingConfig | None = Field(
+        None, description="shape a scalar judge's scores against reference responses of the initial policy (PAR); "
+                          "none or null: the raw scores")
 
     @model_validator(mode="before")
     @classmethod
@@ -97,6 +124,18 @@ class JudgeConfigBase(BaseModel):
                                   or not 0 < value < float("inf")):
             raise ValueError(f"must be a finite number of seconds > 0, or null for no limit; got {value!r}")
         return value
+
+    @field_validator("shaping", mode="before")
+    @classmethod
+    def _shaping_by_name(cls, value):
+        if value is None or value == "none":
+            return None
+        if isinstance(value, str) and value not in SHAPING_TYPES:
+            raise ValueError(f"must be none, {', '.join(SHAPING_TYPES)} or a section with a type; got {value!r}")
+        if not cls.gives_scores:
+            raise ValueError(f"the {cls.model_fields['type'].default} judge gives pairwise logits, and shaping (PAR) "
+                             f"shapes scalar scores: use a scalar judge (function, reward_model, selfie) or shaping none")
+        return {"type": value} if isinstance(value, str) else value
 
     def identity(self) -> dict:
         """Config entries that complete the judge's identity beyond its fields (none by default)."""
@@ -147,6 +186,7 @@ class PairRMJudgeConfig(ModelJudgeConfig):
     """`type: pairrm`: a pairwise ranker, a logit for every ordered pair of responses."""
 
     tiny_kinds: ClassVar[tuple[str, ...]] = ("pairrm",)
+    gives_scores: ClassVar[bool] = False
 
     type: Literal["pairrm"] = "pairrm"
     path: str = Field(description="PairRM checkpoint folder, or tiny:pairrm")
