@@ -38,7 +38,7 @@ class Driver:
         from selfplay.actors import Actors
         from selfplay.cluster import check_cluster_fit, gpu_needs, record_local_processes, start_ray, stop_leftovers
         from selfplay.models import resolve_model
-        from selfplay.preflight import check_recipe, load_tokenizer
+        from selfplay.preflight import check_lora_targets, check_recipe, load_tokenizer
         from selfplay.track.tracker import Tracker
 
         recipe = self.recipe
@@ -48,6 +48,7 @@ class Driver:
         pool = check_recipe(recipe)
         initial_policy = str(resolve_model(recipe.policy.path, recipe.policy.seed))  # a tiny: one is built
         tokenizer = load_tokenizer("policy.path", initial_policy)
+        check_lora_targets(initial_policy, recipe.train.lora)
         with runs.RunLock(self.run_dir):
             console.log_to_run_dir(self.run_dir)  # before Ray starts: its lines and the actors' go there
             if pool.duplicates:

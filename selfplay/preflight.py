@@ -40,8 +40,9 @@ def check_recipe(recipe):
     from selfplay.prompts import load_prompt_pool
 
     policy = check_causal_lm("policy.path", recipe.policy.path, serve=True, chat=True)
-    if policy is not None:
+    if policy is not None:  # a tiny: policy is checked by the driver once it is built
         check_context(policy, recipe.generate.max_model_len)
+        check_lora_targets(policy, recipe.train.lora)
     for field, judge in (("annotate", recipe.annotate), ("evaluate.judge", recipe.evaluate.judge)):
         if judge is not None:
             check_judge(field, judge)
@@ -79,6 +80,21 @@ def check_causal_lm(field: str, spec: str, serve: bool = False, chat: bool = Fal
         raise PreflightError(f"{field}: the tokenizer in {folder} has no chat template (chat_template.jinja, or "
                              f"chat_template in tokenizer_config.json); prompts are rendered as a user turn with it")
     return folder
+
+
+def check_lora_targets(folder: Path, lora) -> None:
+    """An adapter on lm_head of a policy whose lm_head is its input embedding (tie_word_embeddings):
+    merging it at save would change the embedding too, so the saved policy would not be the one
+    trained (a measured 1.0 nat of log-prob on a tiny Qwen2)."""
+    if lora is None or "lm_head" not in lora.target_modules:
+        return
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(folder)  # the class default where config.json names none
+    if getattr(config.get_text_config(), "tie_word_embeddings", False) or getattr(config, "tie_word_embeddings", False):
+        raise PreflightError(f"train.lora.target_modules: lm_head is tied to the input embedding in {folder} "
+                             f"(tie_word_embeddings); an adapter on it cannot be merged into the policy it trained: "
+                             f"leave lm_head out")
 
 
 def check_context(folder: Path, max_model_len: int) -> None:

@@ -120,3 +120,23 @@ def test_driver_checks_before_the_run_directory_exists(tmp_path):
     with pytest.raises(PreflightError, match="policy.path"):
         Driver(recipe, run_dir).run()
     assert not run_dir.exists() and not ray.is_initialized()
+
+
+def test_a_lora_adapter_on_a_tied_lm_head_is_refused_before_the_run(tiny_policy, tmp_path):
+    """The merged checkpoint of an adapter on a tied lm_head is not the policy trained (its
+    embedding moves too; tests/train/test_lora_parity.py): refused in pre-flight, for a folder
+    and for a tiny policy (checked by the driver once built), before a run directory or Ray."""
+    import ray
+
+    from selfplay.driver import Driver
+
+    lora = ["train.lora.target_modules=[q_proj, lm_head]"]
+    tied = policy_copy(tiny_policy, tmp_path, tie_word_embeddings=True)
+    with pytest.raises(PreflightError, match="train.lora.target_modules: lm_head is tied"):
+        check(f"policy.path={tied}", *lora)
+    check(f"policy.path={tiny_policy}", *lora)  # the tiny Llama's lm_head is its own weight
+    check(f"policy.path={tied}", "train.lora.target_modules=[q_proj]")
+    run_dir = tmp_path / "runs" / "x"
+    with pytest.raises(PreflightError, match="lm_head is tied"):
+        Driver(load_recipe(QUICKSTART, ["policy.path=tiny:qwen2", *lora]), run_dir).run()
+    assert not run_dir.exists() and not ray.is_initialized()
