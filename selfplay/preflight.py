@@ -97,12 +97,13 @@ def check_lora_targets(folder: Path, lora) -> None:
                              f"leave lm_head out")
 
 
-def check_context(folder: Path, max_model_len: int) -> None:
+def check_context(folder: Path, max_model_len: int, field: str = "generate.max_model_len",
+                  model: str = "policy") -> None:
     """vLLM refuses a max_model_len beyond the model's positions (unless its config scales RoPE)."""
     config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
     positions = config.get("max_position_embeddings")
     if isinstance(positions, int) and not config.get("rope_scaling") and max_model_len > positions:
-        raise PreflightError(f"generate.max_model_len ({max_model_len}) is larger than the policy's context "
+        raise PreflightError(f"{field} ({max_model_len}) is larger than the {model}'s context "
                              f"(max_position_embeddings {positions} in {folder}/config.json)")
 
 

@@ -498,6 +498,9 @@ def parse_recipe(data: dict, base_dir: Path | None = None, check_paths: bool = T
     recipe.prompts.path = _existing_path("prompts.path", recipe.prompts.path, base_dir)
     if recipe.seed_training is not None:
         recipe.seed_training.path = _existing_path("seed_training.path", recipe.seed_training.path, base_dir)
+    for field, judge in (("annotate", recipe.annotate), ("evaluate.judge", recipe.evaluate.judge)):
+        if getattr(judge, "template", None):  # an LLM judge's custom rubric
+            judge.template = _existing_path(f"{field}.template", judge.template, base_dir)
     return recipe
 
 

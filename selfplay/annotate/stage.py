@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 
 from selfplay.annotate import shaping as shapings
 from selfplay.artifacts import group_by_prompt
+from selfplay.failures import DeadEnd
 from selfplay.judging import win_matrix as wm
 from selfplay.judging.base import Judgment
 from selfplay.judging.calls import judge_config, judge_groups, signal_report, stage_temperature
@@ -49,13 +50,35 @@ def judgments_table(groups, judgments: list[Judgment], rule: str, temperature,
                      "win_matrix": matrix.ravel().tolist()})
         if shaped is not None:
             rows[-1].update(raw_scores=shaped.raw[index].tolist(), reference_scores=shaped.reference[index].tolist())
+        if any(j.answers for j in judgments):  # an LLM judge: what it said, per response
+            rows[-1].update(ratings=judgment.ratings, rationales=judgment.rationales)
     fraction, warnings = signal_report(judgments, matrices, "annotate")
-    metrics = {"prompts": len(rows), "temperature": resolved, "no_signal_fraction": fraction}
+    metrics = {"prompts": len(rows), "temperature": resolved, "no_signal_fraction": fraction, **answer_counts(judgments)}
     if shaped is not None:
         metrics.update(shaped.metrics(judgments))
     if resolved is not None:
         metrics["score_spread"] = wm.score_spread([j.scores for j in judgments if j.pairwise_logits is None])
     return pa.Table.from_pylist(rows), metrics, warnings
+
+
+def answer_counts(judgments: list[Judgment]) -> dict:
+    """An LLM judge's answers, retried and missing ones (and their share) over a stage; {} for other judges."""
+    answers = sum(j.answers for j in judgments)
+    if not answers:
+        return {}
+    missing = sum(j.missing for j in judgments)
+    return {"judge_answers": answers, "judge_retried": sum(j.retried for j in judgments), "judge_missing": missing,
+            "judge_missing_fraction": missing / answers}
+
+
+def check_missing(metrics: dict, config, what: str) -> None:
+    """DeadEnd when more of a stage's judge answers stayed unusable than the judge allows."""
+    limit = getattr(config, "max_missing_fraction", None)
+    if limit is not None and metrics.get("judge_missing_fraction", 0.0) > limit:
+        raise DeadEnd(f"{what}: {metrics['judge_missing']} of {metrics['judge_answers']} judge answers "
+                      f"({metrics['judge_missing_fraction']:.1%}) stayed unusable after {config.retries} retries, more "
+                      f"than {what}.max_missing_fraction={limit:g}: raise {what}.max_tokens or max_model_len, or "
+                      f"check the judge model")
 
 
 @dataclass
@@ -136,6 +159,7 @@ class Annotate:
                 judgments, [[len(r["token_ids"]) for r in rows] for _, _, rows in grouped], reference,
                 [[len(r["token_ids"]) for r in rows] for _, _, rows in references], config.shaping)
         table, metrics, warnings = judgments_table(groups, judgments, config.win_matrix, config.temperature, shaped)
+        check_missing(metrics, config, "annotate")
         pq.write_table(table, tmp / JUDGMENTS_PARQUET)
         for warning in warnings:
             log.warning("iter %d %s", self.iteration, warning)

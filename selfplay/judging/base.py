@@ -33,6 +33,13 @@ class ScoreError(ValueError):
 class Judgment:
     scores: np.ndarray | None = None            # shape (K,)
     pairwise_logits: np.ndarray | None = None   # shape (K, K)
+    # an LLM judge's reading (llm_judge.py): per response its aspect ratings (NaN: missing) and
+    # rationales, and how many answers it asked for, retried, and still found unusable
+    ratings: list | None = None
+    rationales: list | None = None
+    answers: int = 0
+    retried: int = 0
+    missing: int = 0
 
     def filled_scores(self, temperature: float = 1.0) -> np.ndarray:
         return wm.fill_empty_scores(self.scores, temperature)

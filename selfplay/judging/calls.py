@@ -48,6 +48,7 @@ class RemoteJudge:
 
     def __init__(self, cls, args: dict, num_gpus: float = 0.0, timeout: float | None = None, replicas: int = 1):
         self.takes_token_ids = getattr(cls, "takes_token_ids", False)
+        self.prompts_per_call = getattr(cls, "prompts_per_call", RemoteJudge.prompts_per_call)
         self.timeout = timeout
         self.num_gpus = num_gpus
         self.started = False
@@ -129,11 +130,22 @@ def _with_empty_responses(judgment: Judgment | None, nonempty: list[int], k: int
         empty = [i for i in range(k) if i not in nonempty]
         logits[np.ix_(nonempty, empty)] = wm.EMPTY_RESPONSE_GAP
         logits[np.ix_(empty, nonempty)] = -wm.EMPTY_RESPONSE_GAP
-        return Judgment(pairwise_logits=logits)
+        placed = Judgment(pairwise_logits=logits)
+        placed.answers, placed.retried, placed.missing = judgment.answers, judgment.retried, judgment.missing
+        return placed
     known = np.zeros(len(nonempty)) if judgment is None else np.asarray(judgment.scores, dtype=np.float64)
     scores = np.full(k, np.nan)
     scores[nonempty] = known
-    return Judgment(scores=scores)
+    placed = Judgment(scores=scores)
+    if judgment is not None:  # an LLM judge's reading, with nothing for the empty responses
+        placed.answers, placed.retried, placed.missing = judgment.answers, judgment.retried, judgment.missing
+        for field in ("ratings", "rationales"):
+            if getattr(judgment, field) is not None:
+                values = [None] * k
+                for index, value in zip(nonempty, getattr(judgment, field)):
+                    values[index] = value
+                setattr(placed, field, values)
+    return placed
 
 
 def _check_judgment(judgment: Judgment, k: int) -> None:
@@ -267,7 +279,10 @@ def judge_groups(judge, groups: list[tuple[int, str, list[str]]], chunk: int | N
     of replicas, so the judgments are too. An error from a call names its prompt_id.
     """
     pass_ids = token_ids is not None and getattr(judge, "takes_token_ids", False)
-    calls = _calls(groups, chunk or getattr(judge, "prompts_per_call", 1), token_ids if pass_ids else None)
+    per_call = chunk or getattr(judge, "prompts_per_call", 1)
+    if per_call is None:  # the judge batches a whole stage itself (an LLM judge): one call per replica
+        per_call = max(1, -(-len(groups) // getattr(judge, "replicas", 1)))
+    calls = _calls(groups, per_call, token_ids if pass_ids else None)
     answers = _remote_answers(judge, calls) if hasattr(judge, "submit") else _local_answers(judge, calls)
     judgments = []
     with tqdm(total=len(groups), desc=desc, unit="prompt", leave=False) as bar:

@@ -86,7 +86,7 @@ def judge_prompt(tokenizer, question: str, prefix: str) -> str:
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) + prefix
 
 
-ANSWER = re.compile(r"^\s*([1-5AB])\s*(?:\nRationale:\s?(.*))?", re.DOTALL)
+ANSWER = re.compile(r"^\s*([1-5AB])[ \t]*(?:\nRationale:[ \t]?(.*))?", re.DOTALL)
 
 
 def parse_answer(text: str, verdicts: tuple[str, ...]) -> tuple[str | None, str]:

@@ -231,6 +231,110 @@ class SelfieJudgeConfig(ModelJudgeConfig):
             check_causal_lm(f"{field}.reference", self.reference)
 
 
+TINY_CHAT_KINDS = ("llama", "mistral", "llama3", "gemma2", "qwen2")  # the tiny policies (selfplay make-tiny)
+
+
+class LLMJudgeConfig(JudgeConfigBase):
+    """`type: llm_judge`: a chat model served by vLLM answers rubric questions (UltraFeedback's
+    aspects, a custom template, or A-vs-B), read with constrained decoding (llm_judge.py)."""
+
+    runs_in_actor: ClassVar[bool] = True
+    tiny_kinds: ClassVar[tuple[str, ...]] = ("judge",)
+
+    type: Literal["llm_judge"] = "llm_judge"
+    path: str = Field(description="the judge model: a chat model folder vLLM can serve, tiny:judge, or policy (the "
+                                  "current policy judges its own samples, as self-rewarding models do)")
+    rubric: Literal["ultrafeedback", "custom", "pairwise"] = Field(
+        "ultrafeedback", description="ultrafeedback: each aspect rated 1-5 with a rationale; custom: the template "
+                                     "file, rated 1-5; pairwise: A vs B in both orders, a K x K win matrix")
+    aspects: list[Literal["instruction_following", "honesty", "truthfulness", "helpfulness"]] = Field(
+        default_factory=lambda: ["instruction_following", "honesty", "truthfulness", "helpfulness"], min_length=1,
+        description="the UltraFeedback aspects asked (one question each per response)")
+    aspect_weights: dict[str, float] | None = Field(
+        None, description="weight of each aspect in a response's score; null: the plain mean")
+    template: str | None = Field(None, description="rubric: custom: a text file with {prompt} and {response}, "
+                                                   "asking for \"Rating: N\" (1-5) and \"Rationale: ...\"")
+    score: Literal["expected", "argmax"] = Field(
+        "expected", description="expected: the rating weighted by the rating token's probabilities; argmax: the "
+                                "sampled rating")
+    sampling_temperature: float = Field(0.0, ge=0.0, description="the judge's sampling temperature (UltraFeedback: "
+                                                                 "0); retries sample at 1")
+    max_tokens: int = Field(64, ge=1, description="tokens of one answer (verdict and rationale)")
+    retries: int = Field(2, ge=0, description="new tries, with other seeds, of an answer that is unusable")
+    max_missing_fraction: float = Field(0.05, ge=0.0, le=1.0, description="the most answers of a stage that may "
+                                        "stay unusable after the retries; beyond it the stage fails")
+    max_model_len: int | None = Field(None, gt=0, description="the judge engine's context (question and answer); "
+                                                             "null: the model's own")
+    kv_cache_gib: float = Field(0.25, gt=0.0, description="CPU KV cache of the judge engine")
+    dtype: str = Field("auto", description="the judge model's dtype in vLLM (auto: its config's)")
+    num_gpus: float = Field(0.0, ge=0.0, description="GPUs of each judge actor (0: CPU)")
+    replicas: int = Field(1, ge=1, description="judge engine actors; a stage's questions are split over them")
+    tensor_parallel_size: int = Field(1, ge=1)
+    gpu_memory_utilization: float = Field(0.3, gt=0.0, le=1.0)
+    engine_args: dict[str, object] = Field(default_factory=dict, description="further vllm.EngineArgs fields")
+
+    @property
+    def judges_with_policy(self) -> bool:  # `path: policy`: rebuilt when the policy changes
+        return self.path == "policy"
+
+    @model_validator(mode="after")
+    def _check_rubric(self):
+        if self.rubric == "custom" and not self.template:
+            raise ValueError("template: rubric custom needs a template file with {prompt} and {response}")
+        if self.rubric != "custom" and self.template:
+            raise ValueError(f"template: only rubric custom reads a template (rubric is {self.rubric!r})")
+        if self.aspect_weights is not None:
+            unknown = sorted(set(self.aspect_weights) - set(self.aspects))
+            if unknown or set(self.aspects) - set(self.aspect_weights):
+                raise ValueError(f"aspect_weights: give a weight for each of aspects ({', '.join(self.aspects)})"
+                                 + (f"; not asked: {', '.join(unknown)}" if unknown else ""))
+            if any(w < 0 for w in self.aspect_weights.values()) or not any(self.aspect_weights.values()):
+                raise ValueError("aspect_weights: weights must be >= 0 and not all 0")
+        if self.shaping is not None and self.rubric == "pairwise":
+            raise ValueError("shaping: rubric pairwise gives pairwise logits, and shaping (PAR) shapes scalar scores; "
+                             "use rubric ultrafeedback or custom, or shaping none")
+        if self.max_model_len is not None and self.max_tokens >= self.max_model_len:
+            raise ValueError(f"max_tokens ({self.max_tokens}) must be smaller than max_model_len ({self.max_model_len})")
+        return self
+
+    def template_text(self) -> str | None:
+        if self.template is None:
+            return None
+        from pathlib import Path
+
+        try:
+            text = Path(self.template).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as error:
+            raise ValueError(f"template: cannot read {self.template} ({type(error).__name__})") from None
+        missing = [key for key in ("{prompt}", "{response}") if key not in text]
+        if missing:
+            raise ValueError(f"template: {self.template} has no {' or '.join(missing)} placeholder")
+        return text
+
+    def identity(self) -> dict:
+        """The custom template's text digest: an edited template re-judges."""
+        from selfplay import runs
+
+        return {} if self.template is None else {"template_sha256": runs.digest_of(self.template_text())}
+
+    def preflight(self, field: str) -> None:
+        try:
+            self.template_text()
+        except ValueError as error:
+            from selfplay.preflight import PreflightError
+
+            raise PreflightError(f"{field}.{error}") from None
+        from selfplay.models import is_tiny
+        from selfplay.preflight import check_causal_lm, check_context, model_folder
+
+        if is_tiny(self.path):  # tiny:judge, or a tiny policy (a judge with no preference, for plumbing)
+            model_folder(f"{field}.path", self.path, ["judge", *TINY_CHAT_KINDS])
+        elif self.path != "policy":
+            folder = check_causal_lm(f"{field}.path", self.path, serve=True, chat=True)
+            if self.max_model_len is not None:
+                check_context(folder, self.max_model_len, f"{field}.max_model_len", f"{field}.path")
+
+
 # -- factories: (config, policy_path, seed, default_reference) -> a judge ---------------------
 def _function_judge(config: FunctionJudgeConfig, policy_path, seed, default_reference):
     from selfplay.judging.function import FunctionJudge
@@ -271,6 +375,15 @@ def _selfie_judge(config: SelfieJudgeConfig, policy_path, seed, default_referenc
                                        batch_tokens=config.batch_tokens), config)
 
 
+def _llm_judge(config: LLMJudgeConfig, policy_path, seed, default_reference):
+    from selfplay.judging.llm_judge import LLMJudge
+    from selfplay.models import resolve_model
+
+    path = policy_path if config.path == "policy" else resolve_model(config.path, seed)
+    return _in_actor(LLMJudge, dict(path=str(path), settings=config.model_dump(mode="json"),
+                                    template=config.template_text(), seed=seed), config)
+
+
 class JudgeKind(NamedTuple):
     config: type[JudgeConfigBase]
     factory: Callable
@@ -281,6 +394,7 @@ JUDGES: dict[str, JudgeKind] = {
     "pairrm": JudgeKind(PairRMJudgeConfig, _pairrm_judge),
     "reward_model": JudgeKind(RewardModelJudgeConfig, _reward_model_judge),
     "selfie": JudgeKind(SelfieJudgeConfig, _selfie_judge),
+    "llm_judge": JudgeKind(LLMJudgeConfig, _llm_judge),
 }
 
 
