@@ -12,6 +12,7 @@ BASELINE = "baseline"              # iteration 0: the initial policy's eval samp
 REFERENCE_SOUP = "reference-soup"  # iteration 0: SALSA's weight-averaged reference
 SEED_PAIRS = "seed-pairs"          # iteration 0: the labelled seed pairs, tokenized
 SEED = "seed"                      # iteration 0: the policy trained on the seed pairs
+MAGPIE = "magpie"                  # the iteration's training prompts, written by a model (prompts.source magpie)
 GENERATE = "generate"
 ANNOTATE = "annotate"
 PAIRS = "pairs"
@@ -20,6 +21,7 @@ EVAL_GEN = "eval-gen"              # the trained policy's eval samples
 EVALUATE = "evaluate"
 
 # -- artifacts: a stage's committed outputs --------------------------------------------------
+PROMPTS_PARQUET = "prompts.parquet"  # Magpie's kept instructions: the iteration's training prompts
 SAMPLES_PARQUET = "samples.parquet"
 JUDGMENTS_PARQUET = "judgments.parquet"
 PAIRS_PARQUET = "pairs.parquet"

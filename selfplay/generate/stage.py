@@ -1,5 +1,8 @@
 """The generate stage: K samples per prompt from the current policy into samples.parquet.
 
+With `prompts.source: magpie` the training prompts are the iteration's prompts.parquet (written
+by the magpie stage, selfplay/magpie/stage.py, read through `ctx.latest`), prompt ids its rows.
+
 One row per (prompt, sample): prompt_id, prompt text, chat-templated prompt token ids (as the
 engine saw them), sample_idx, response text, token ids, per-token log-probs (None unless
 `generate.store_logprobs`), finish reason, and the request seed (a prompt's K samples come from
@@ -24,7 +27,7 @@ import pyarrow.parquet as pq
 from selfplay import runs
 from selfplay.artifacts import chat_prompt_ids
 from selfplay.pipeline import StageResult
-from selfplay.stage_names import BASELINE, EVAL_GEN, GENERATE, SAMPLES_PARQUET
+from selfplay.stage_names import BASELINE, EVAL_GEN, GENERATE, PROMPTS_PARQUET, SAMPLES_PARQUET
 
 log = logging.getLogger("selfplay")
 
@@ -112,13 +115,15 @@ class Sample:
     n: int
     sampling: dict  # temperature, top_p, max_tokens
     record_prompt: Callable[[dict], str] | None = None  # fn(record) -> prompt; None: the prompt file's texts
+    written: bool = False  # the prompts are the iteration's prompts.parquet (Magpie's), not the file's
     produces = (SAMPLES_PARQUET,)
 
     @classmethod
     def generate(cls, recipe, iteration):
         g = recipe.generate
         return cls(GENERATE, iteration, "train", "entering", g.samples_per_prompt,
-                   {"temperature": g.temperature, "top_p": g.top_p, "max_tokens": g.max_tokens})
+                   {"temperature": g.temperature, "top_p": g.top_p, "max_tokens": g.max_tokens},
+                   written=recipe.prompts.source == "magpie")
 
     @classmethod
     def baseline(cls, recipe):
@@ -129,15 +134,22 @@ class Sample:
         return cls(EVAL_GEN, iteration, "eval", "trained", recipe.evaluate.samples_per_prompt, eval_sampling(recipe))
 
     def prompt_ids(self, ctx) -> list[int]:
+        if self.written:
+            return list(range(len(self.prompts(ctx))))
         return ctx.eval_ids if self.purpose == "eval" else ctx.slices[self.iteration - 1]
 
     def prompts(self, ctx) -> list[str]:
+        if self.written:
+            return ctx.latest(self, PROMPTS_PARQUET).table().column("prompt").to_pylist()
         if self.record_prompt is None:
             return ctx.prompts
         return [self.record_prompt(record) for record in ctx.records]
 
     def inputs(self, ctx) -> dict:
-        return {"policy": ctx.policy(self.policy_source, self.iteration).digest}
+        inputs = {"policy": ctx.policy(self.policy_source, self.iteration).digest}
+        if self.written:
+            inputs["prompts"] = ctx.latest(self, PROMPTS_PARQUET).digest
+        return inputs
 
     def config(self, ctx) -> dict:
         """What decides the samples besides the policy. `prompts_digest`: the texts of the prompts
