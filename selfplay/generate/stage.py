@@ -17,7 +17,6 @@ pairs or win rate). The stage reports the prompts it truncated or skipped.
 
 import logging
 import time
-import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -27,6 +26,7 @@ import pyarrow.parquet as pq
 from selfplay import runs
 from selfplay.artifacts import chat_prompt_ids
 from selfplay.pipeline import StageResult
+from selfplay.sampling import ENGINE_KEYS, request_seed
 from selfplay.stage_names import BASELINE, EVAL_GEN, GENERATE, PROMPTS_PARQUET, SAMPLES_PARQUET
 
 log = logging.getLogger("selfplay")
@@ -36,10 +36,6 @@ SAMPLES_SCHEMA = pa.schema([("prompt_id", pa.int64()), ("prompt", pa.string()),
                             ("text", pa.string()), ("token_ids", pa.list_(pa.int64())),
                             ("logprobs", pa.list_(pa.float64())), ("finish_reason", pa.string()),
                             ("seed", pa.int64())])
-
-
-def request_seed(run_seed: int, iteration: int, prompt_id: int, purpose: str) -> int:
-    return zlib.crc32(f"{run_seed}/{iteration}/{prompt_id}/{purpose}".encode()) & 0x7FFFFFFF
 
 
 def prompt_budget(max_model_len: int, max_tokens: int) -> int:
@@ -95,10 +91,6 @@ def generate_samples(pool, tokenizer, prompt_ids: list[int], prompts: list[str],
                          "logprobs": sample["logprobs"], "finish_reason": sample["finish_reason"], "seed": seed})
     return pa.Table.from_pylist(rows, schema=SAMPLES_SCHEMA), report
 
-
-
-# The engine settings that change what is sampled (a changed timeout or thread count does not).
-ENGINE_KEYS = {"replicas", "tensor_parallel_size", "max_model_len", "long_prompts", "store_logprobs", "engine_args"}
 
 
 @dataclass

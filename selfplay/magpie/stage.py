@@ -32,6 +32,7 @@ from selfplay.failures import DeadEnd
 from selfplay.magpie.filters import RULES, filter_instructions
 from selfplay.magpie.template import pre_query_template, stop_at
 from selfplay.pipeline import StageResult
+from selfplay.sampling import ENGINE_KEYS, request_seed
 from selfplay.stage_names import MAGPIE, PROMPTS_PARQUET
 
 log = logging.getLogger("selfplay")
@@ -64,8 +65,6 @@ class MagpiePrompts:
                 "earlier_prompts": runs.digest_of([artifact.digest for artifact in self.earlier(ctx)])}
 
     def config(self, ctx) -> dict:
-        from selfplay.generate.stage import ENGINE_KEYS
-
         recipe = ctx.recipe
         return {"magpie": recipe.prompts.magpie.model_dump(), "per_iteration": recipe.prompts.per_iteration,
                 "eval_digest": runs.digest_of(self.eval_prompts(ctx)), "seed": recipe.seed, **SAMPLING,
@@ -76,8 +75,6 @@ class MagpiePrompts:
         return [ctx.prompts[i] for i in ctx.eval_ids]
 
     def run(self, ctx, tmp) -> StageResult:
-        from selfplay.generate.stage import request_seed
-
         recipe, magpie = ctx.recipe, ctx.recipe.prompts.magpie
         writer = self.writer(ctx)
         named = magpie.model is not None

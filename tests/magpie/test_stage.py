@@ -11,9 +11,10 @@ from selfplay import pipeline
 from selfplay.artifacts import Artifact
 from selfplay.context import RunContext
 from selfplay.failures import DeadEnd
-from selfplay.generate.stage import Sample, request_seed
+from selfplay.generate.stage import Sample
 from selfplay.magpie.stage import MagpiePrompts
 from selfplay.recipe import load_recipe
+from selfplay.sampling import request_seed
 from selfplay.stage_names import MAGPIE, PROMPTS_PARQUET
 
 from conftest import REPO
