@@ -5,7 +5,9 @@ One module-scoped pair of runs with the same seed: an unbroken one, and one SIGK
 driver's whole session, fault_runs.kill_when) while iteration 2's magpie stage runs, then
 resumed. Their prompts.parquet are the same in every iteration (determinism under a seed, and
 survival of kill and resume), no kept prompt equals an eval prompt, and generate sampled exactly
-the kept prompts."""
+the kept prompts. A third, one-iteration run has another model write the prompts
+(`prompts.magpie.model: tiny:qwen2`, another architecture than the policy's), in an engine pool
+of its own."""
 
 import json
 
@@ -80,3 +82,15 @@ def test_generate_samples_the_kept_prompts_and_evaluation_the_held_out_ones(runs
     pool = load_prompt_pool(load_recipe(REPO / RECIPE, SMALL))
     evaluated = pq.read_table(unbroken / "iter-002/eval-gen/samples.parquet").column("prompt").to_pylist()
     assert set(evaluated) == {pool.prompts[i] for i in pool.eval_ids}
+
+
+def test_a_named_model_of_another_architecture_writes_the_prompts(tmp_path, tiny_policy):
+    run_dir = tmp_path / "named"
+    result = cli("run", RECIPE, "--run-dir", str(run_dir), *SMALL, "iterations=1", "evaluate.every=1",
+                 "prompts.magpie.model=tiny:qwen2")
+    assert result.returncode == 0, result.stderr[-3000:]
+    written = manifest(run_dir, 1, "magpie")
+    assert written["inputs"]["writer"] != manifest(run_dir, 1, "generate")["inputs"]["policy"]
+    assert written["metrics"]["kept"] == len(prompts_of(run_dir, 1)) > 0
+    samples = pq.read_table(run_dir / "iter-001/generate/samples.parquet").column("prompt").to_pylist()
+    assert set(samples) == {row["prompt"] for row in prompts_of(run_dir, 1)}
