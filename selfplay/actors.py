@@ -35,6 +35,13 @@ class Actors:
             self.pool.loaded = policy_path
         return self.pool
 
+    def drop_engines(self) -> None:
+        """Shut the engine pool down, whatever the recipe keeps: the next `engines` call builds a
+        fresh one (a model of another architecture cannot be loaded in place; Magpie's writer)."""
+        if self.pool is not None:
+            self.pool.shutdown()
+            self.pool = None
+
     def release_engines(self) -> None:
         """Before training: engines leave unless the recipe keeps them (generate.keep_engine)."""
         if self.pool is not None and not self.recipe.generate.keep_engine:

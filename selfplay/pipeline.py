@@ -5,7 +5,8 @@ view, the CLI's summary and W&B read:
 - iteration 0: the initial policy's eval samples (`baseline`), its reference responses to every
   training prompt when the judge's scores are shaped (`reference-samples`, PAR), SALSA's soup
   reference, and the seed stage (plain preference training on labelled pairs: DRIFT, Selfie);
-- iteration t >= 1: generate -> annotate -> pairs -> train -> eval-gen -> evaluate; a pair rule
+- iteration t >= 1: generate -> annotate -> pairs -> train -> eval-gen -> evaluate, after the
+  magpie stage that writes the iteration's prompts when `prompts.source: magpie`; a pair rule
   with its own `front` (DRIFT's hindsight generation and pairs, selfplay/methods/drift.py)
   replaces generate/annotate/pairs; evaluation runs every `evaluate.every` iterations and at the
   last one. A pair rule with its own `train` stages (Curry-DPO's tiers, train.curriculum tiers,
@@ -83,6 +84,10 @@ def stages(recipe, iteration: int, forked: bool = False) -> list[Stage]:
         listed = rule.front(recipe, iteration)
     else:
         listed = [Sample.generate(recipe, iteration), Annotate(iteration), Pairs(iteration)]
+        if recipe.prompts.source == "magpie":  # the iteration's prompts, written by a model first
+            from selfplay.magpie.stage import MagpiePrompts
+
+            listed.insert(0, MagpiePrompts(iteration))
     listed += rule.train(recipe, iteration) if rule.train else [Train(iteration, recipe.train)]
     if evaluates(recipe, iteration):
         listed += [Sample.evaluation(recipe, iteration), Evaluate(iteration)]

@@ -46,6 +46,8 @@ def check_recipe(recipe):
     for field, judge in (("annotate", recipe.annotate), ("evaluate.judge", recipe.evaluate.judge)):
         if judge is not None:
             check_judge(field, judge)
+    if recipe.prompts.source == "magpie" and recipe.prompts.magpie.model is not None:
+        check_causal_lm("prompts.magpie.model", recipe.prompts.magpie.model, serve=True, chat=True)
     for index, path in enumerate(recipe.train.soup):
         check_causal_lm(f"train.soup[{index}]", path)
     pool = load_prompt_pool(recipe)

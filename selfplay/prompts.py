@@ -4,6 +4,9 @@ per-iteration slices (SPPO trains on new prompts each iteration).
 Sources: JSONL (one object per line), Parquet, or a local HF `datasets` folder
 (`save_to_disk`). Every prompt gets a stable `prompt_id` (its row index in the source).
 
+With `prompts.source: magpie` the file gives only the eval slice; each iteration's training
+prompts are written by a model (selfplay/magpie/stage.py) and read from its artifact.
+
 Duplicates: prompts with the same text up to Unicode normalization, case and whitespace are
 one prompt. Only the first row of each is ever selected (later copies keep their row index
 but are never drawn), so the eval slice shares no prompt text with any training slice. A file
@@ -224,6 +227,8 @@ def load_prompt_pool(recipe) -> PromptPool:
     else:
         prompts = load_prompts(recipe.prompts.path, recipe.prompts.field)
     ids = distinct_ids(prompts)
-    eval_ids, slices = split_prompts(ids, recipe.iterations, recipe.prompts.per_iteration, recipe.prompts.eval_size,
+    # Magpie writes the training prompts (selfplay/magpie): the file gives the held-out eval set only
+    iterations = 0 if recipe.prompts.source == "magpie" else recipe.iterations
+    eval_ids, slices = split_prompts(ids, iterations, recipe.prompts.per_iteration, recipe.prompts.eval_size,
                                      recipe.prompts.shuffle_seed, recipe.prompts.reuse, len(prompts) - len(ids))
     return PromptPool(prompts, records, eval_ids, slices, len(prompts) - len(ids))

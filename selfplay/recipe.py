@@ -79,13 +79,42 @@ class PolicyConfig(Strict):
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
 
 
+class MagpieConfig(Strict):
+    """prompts.magpie: training prompts written by a model from its pre-query template (docs/magpie.md)."""
+    model: str | None = Field(None, description="a chat model folder (or tiny:<kind>) that writes the instructions; "
+                              "null: the policy entering the iteration")
+    candidates: int = Field(128, ge=1, description="instructions sampled per iteration; the first "
+                            "prompts.per_iteration that pass the filters are the iteration's prompts")
+    max_tokens: int = Field(128, gt=0, description="tokens per sampled instruction")
+    min_chars: int = Field(10, ge=1, description="shorter instructions (stripped) are dropped")
+    max_chars: int = Field(2000, ge=1, description="longer instructions are dropped")
+    repeat_ngram: int = Field(3, ge=1, description="n of the repeated word n-gram filter")
+    max_ngram_repeats: int = Field(2, ge=1, description="an instruction in which a word n-gram occurs more often "
+                                   "is dropped")
+    near_duplicate: float = Field(0.7, gt=0.0, le=1.0, description="Jaccard similarity of character 5-grams at or "
+                                  "above which an instruction is a near duplicate of one kept before (this or an "
+                                  "earlier iteration) and dropped")
+
+    @model_validator(mode="after")
+    def _check_lengths(self):
+        if self.min_chars > self.max_chars:
+            raise ValueError(f"prompts.magpie.min_chars ({self.min_chars}) must not exceed prompts.magpie.max_chars "
+                             f"({self.max_chars})")
+        return self
+
+
 class PromptsConfig(Strict):
-    path: str = Field(description="JSONL, Parquet, or a local HF datasets folder")
+    path: str = Field(description="JSONL, Parquet, or a local HF datasets folder; with source magpie only its "
+                      "eval_size held-out prompts are read")
     field: str = Field("prompt", description="column holding the user prompt text")
-    per_iteration: int = Field(64, gt=0, description="prompts per iteration (disjoint slices)")
+    source: Literal["file", "magpie"] = Field("file", description="where training prompts come from: disjoint "
+                                              "slices of the file, or written each iteration by a model (Magpie)")
+    per_iteration: int = Field(64, gt=0, description="prompts per iteration (disjoint slices; with source magpie "
+                               "the most kept)")
     eval_size: int = Field(32, gt=0, description="held-out prompts for evaluation")
     shuffle_seed: Seed = 0
     reuse: bool = Field(False, description="wrap around when the pool runs out instead of failing")
+    magpie: MagpieConfig = MagpieConfig()
 
 
 # vLLM samples greedily below this temperature (SamplingParams' _SAMPLING_EPS), and greedy
@@ -344,6 +373,9 @@ class Recipe(Strict):
                                if not missing_responses(self.train.loss, other.responses))
             raise ValueError(f"train.loss {self.train.loss!r} trains on a {', '.join(lacking)} response per pair, which "
                              f"pairs.type {kind!r} does not provide; use pairs.type {', '.join(providers)}")
+        if self.prompts.source == "magpie" and (rule.front is not None or rule.records is not None):
+            raise ValueError(f"prompts.source magpie: pairs.type {kind!r} makes its pairs from the records in "
+                             f"prompts.path, not from written prompts; use prompts.source file")
         if rule.front is None and self.generate.samples_per_prompt < rule.min_samples:
             raise ValueError(f"generate.samples_per_prompt must be at least {rule.min_samples} for pairs.type {kind!r}, "
                              f"got {self.generate.samples_per_prompt}")
@@ -361,9 +393,17 @@ class Recipe(Strict):
         if self.evaluate.judge is not None and self.evaluate.judge.shaping is not None:
             raise ValueError("evaluate.judge.shaping: the evaluation compares the judge's raw verdicts; shaping "
                              "(PAR) applies to annotate only, set evaluate.judge.shaping=none")
+        if self.annotate.shaping is not None and self.prompts.source == "magpie":
+            raise ValueError("annotate.shaping: PAR samples its reference responses once, in iteration 0, for the "
+                             "prompt file's training prompts, and prompts.source magpie writes new prompts every "
+                             "iteration; use one of the two")
         if self.annotate.shaping is not None and PAIR_RULES[self.pairs.type].front is not None:
             raise ValueError(f"annotate.shaping: pairs.type {self.pairs.type!r} builds its pairs without the annotate "
                              f"stage, so nothing would be shaped; set annotate.shaping=none")
+        if self.prompts.magpie.max_tokens >= max_model_len:
+            raise ValueError(f"prompts.magpie.max_tokens ({self.prompts.magpie.max_tokens}) must be smaller than "
+                             f"generate.max_model_len ({max_model_len}): the pre-query template and the instruction "
+                             f"share the engine's context")
         if self.seed_training is not None:
             try:
                 self.seed_train_config()

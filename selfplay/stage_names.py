@@ -13,6 +13,7 @@ REFERENCE_SOUP = "reference-soup"  # iteration 0: SALSA's weight-averaged refere
 REFERENCE_SAMPLES = "reference-samples"  # iteration 0: the initial policy's responses that PAR shapes against
 SEED_PAIRS = "seed-pairs"          # iteration 0: the labelled seed pairs, tokenized
 SEED = "seed"                      # iteration 0: the policy trained on the seed pairs
+MAGPIE = "magpie"                  # the iteration's training prompts, written by a model (prompts.source magpie)
 GENERATE = "generate"
 ANNOTATE = "annotate"
 PAIRS = "pairs"
@@ -21,6 +22,7 @@ EVAL_GEN = "eval-gen"              # the trained policy's eval samples
 EVALUATE = "evaluate"
 
 # -- artifacts: a stage's committed outputs --------------------------------------------------
+PROMPTS_PARQUET = "prompts.parquet"  # Magpie's kept instructions: the iteration's training prompts
 SAMPLES_PARQUET = "samples.parquet"
 JUDGMENTS_PARQUET = "judgments.parquet"
 PAIRS_PARQUET = "pairs.parquet"

@@ -7,7 +7,8 @@ before Ray starts. Cases: issue 13 findings 3 (non-finite settings), 7 (bad poli
 8 (evaluate.max_tokens, tiny kinds), 9 (damaged prompt files), 10 (validate of a huge reuse
 run in bounded time), 11 (duplicates), issue 9 item 5 (validate on a missing policy), and
 issue 19 findings 9 (recipe YAML: not UTF-8, duplicate keys, deep nesting), 10 (greedy
-decoding with several samples per prompt) and 11 (a run directory that is not a run, or inside one).
+decoding with several samples per prompt) and 11 (a run directory that is not a run, or inside one),
+and issue 18's Magpie fields (prompts.source, prompts.magpie).
 """
 
 import json
@@ -129,6 +130,30 @@ CASES = [
      "other-tool: not a selfplay run (no run.json) and not empty"),
     ("run-dir-inside-a-run", "run", QUICKSTART, ["--run-dir={root}/inputs/outer-run/iter-001/nested"],
      "inside the run directory"),
+    # issue 18 part 2: Magpie's recipe fields (prompts.source, prompts.magpie)
+    ("prompts-source-bogus", "validate", QUICKSTART, ["prompts.source=bogus"], "prompts.source"),
+    ("magpie-candidates-zero", "validate", QUICKSTART, ["prompts.source=magpie", "prompts.magpie.candidates=0"],
+     "prompts.magpie.candidates"),
+    ("magpie-max-tokens-zero", "validate", QUICKSTART, ["prompts.magpie.max_tokens=0"], "prompts.magpie.max_tokens"),
+    ("magpie-max-tokens-over-context", "validate", QUICKSTART, ["prompts.magpie.max_tokens=4096"],
+     "prompts.magpie.max_tokens (4096) must be smaller than generate.max_model_len"),
+    ("magpie-min-chars-zero", "validate", QUICKSTART, ["prompts.magpie.min_chars=0"], "prompts.magpie.min_chars"),
+    ("magpie-min-over-max", "validate", QUICKSTART, ["prompts.magpie.min_chars=50", "prompts.magpie.max_chars=10"],
+     "prompts.magpie.min_chars (50) must not exceed prompts.magpie.max_chars (10)"),
+    ("magpie-ngram-zero", "validate", QUICKSTART, ["prompts.magpie.repeat_ngram=0"], "prompts.magpie.repeat_ngram"),
+    ("magpie-repeats-zero", "validate", QUICKSTART, ["prompts.magpie.max_ngram_repeats=0"],
+     "prompts.magpie.max_ngram_repeats"),
+    ("magpie-near-duplicate-2", "validate", QUICKSTART, ["prompts.magpie.near_duplicate=2"],
+     "prompts.magpie.near_duplicate"),
+    ("magpie-near-duplicate-nan", "validate", QUICKSTART, ["prompts.magpie.near_duplicate=.nan"],
+     "prompts.magpie.near_duplicate"),
+    ("magpie-unknown-key", "validate", QUICKSTART, ["prompts.magpie.filters=1"], "prompts.magpie.filters"),
+    ("magpie-with-drift", "validate", REPO / "recipes" / "drift-cpu.yaml", ["prompts.source=magpie"],
+     "prompts.source magpie: pairs.type 'drift'"),
+    ("magpie-model-missing", "run", QUICKSTART, ["prompts.source=magpie", "prompts.magpie.model={root}/no/such/model"],
+     "prompts.magpie.model"),
+    ("magpie-model-judge", "validate", QUICKSTART, ["prompts.source=magpie", "prompts.magpie.model=tiny:pairrm"],
+     "prompts.magpie.model: tiny model 'tiny:pairrm' does not fit here"),
 ]
 
 

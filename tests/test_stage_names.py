@@ -14,7 +14,7 @@ from conftest import REPO
 DECLARED = {value for key, value in vars(stage_names).items() if key.isupper()}
 STAGES = {stage_names.BASELINE, stage_names.REFERENCE_SOUP, stage_names.SEED_PAIRS, stage_names.SEED,
           stage_names.GENERATE, stage_names.ANNOTATE, stage_names.PAIRS, stage_names.TRAIN, stage_names.EVAL_GEN,
-          stage_names.EVALUATE}
+          stage_names.EVALUATE, stage_names.MAGPIE}
 READERS = ["lineage.py", "report/read.py", "track/wandb_artifacts.py", "driver.py", "cli.py", "context.py"]
 
 
@@ -44,7 +44,8 @@ def test_every_stage_of_the_pipeline_is_declared():
     artifacts (a stage module that spelled its own would fail here)."""
     recipes = [load_recipe(REPO / "recipes" / "quickstart-cpu.yaml", ["train.reference=soup",
                                                                       "train.soup=[tiny:llama, tiny:llama]"]),
-               load_recipe(REPO / "recipes" / "drift-cpu.yaml")]
+               load_recipe(REPO / "recipes" / "drift-cpu.yaml"),
+               load_recipe(REPO / "recipes" / "quickstart-cpu.yaml", ["prompts.source=magpie"])]
     seen = set()
     for recipe in recipes:
         for iteration in range(recipe.iterations + 1):

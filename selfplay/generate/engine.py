@@ -167,18 +167,22 @@ class VLLMEngine:
         return time.perf_counter() - start
 
     def generate(self, prompt_token_ids: list[list[int]], seeds: list[int], n: int, temperature: float,
-                 top_p: float, max_tokens: int, logprobs: bool = False) -> list[list[dict]]:
+                 top_p: float, max_tokens: int, logprobs: bool = False, stop_token_ids: list[int] | None = None,
+                 stop: list[str] | None = None) -> list[list[dict]]:
         """For each prompt, n samples (one request with n=K shares the prompt prefix).
 
         Each prompt's request has its own seed, so its samples do not depend on which replica
         or batch it landed in. Sampled-token log-probs (about 30% of the time on a tiny model)
         are computed only when `logprobs` is true; otherwise each sample's "logprobs" is None.
+        `stop_token_ids` and `stop` end a sample at those tokens or strings besides eos (Magpie's
+        instructions end at the end of the user turn).
         """
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
         params = [SamplingParams(n=n, temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed,
-                                 logprobs=0 if logprobs else None) for seed in seeds]
+                                 logprobs=0 if logprobs else None, stop_token_ids=stop_token_ids, stop=stop)
+                  for seed in seeds]
         outputs = self.llm.generate([TokensPrompt(prompt_token_ids=ids) for ids in prompt_token_ids],
                                     sampling_params=params, use_tqdm=False)
         results = []

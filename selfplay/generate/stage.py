@@ -1,5 +1,8 @@
 """The generate stage: K samples per prompt from the current policy into samples.parquet.
 
+With `prompts.source: magpie` the training prompts are the iteration's prompts.parquet (written
+by the magpie stage, selfplay/magpie/stage.py, read through `ctx.latest`), prompt ids its rows.
+
 One row per (prompt, sample): prompt_id, prompt text, chat-templated prompt token ids (as the
 engine saw them), sample_idx, response text, token ids, per-token log-probs (None unless
 `generate.store_logprobs`), finish reason, and the request seed (a prompt's K samples come from
@@ -14,7 +17,6 @@ pairs or win rate). The stage reports the prompts it truncated or skipped.
 
 import logging
 import time
-import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -24,7 +26,8 @@ import pyarrow.parquet as pq
 from selfplay import runs
 from selfplay.artifacts import chat_prompt_ids
 from selfplay.pipeline import StageResult
-from selfplay.stage_names import BASELINE, EVAL_GEN, GENERATE, REFERENCE_SAMPLES, SAMPLES_PARQUET
+from selfplay.sampling import ENGINE_KEYS, request_seed
+from selfplay.stage_names import BASELINE, EVAL_GEN, GENERATE, PROMPTS_PARQUET, REFERENCE_SAMPLES, SAMPLES_PARQUET
 
 log = logging.getLogger("selfplay")
 
@@ -33,10 +36,6 @@ SAMPLES_SCHEMA = pa.schema([("prompt_id", pa.int64()), ("prompt", pa.string()),
                             ("text", pa.string()), ("token_ids", pa.list_(pa.int64())),
                             ("logprobs", pa.list_(pa.float64())), ("finish_reason", pa.string()),
                             ("seed", pa.int64())])
-
-
-def request_seed(run_seed: int, iteration: int, prompt_id: int, purpose: str) -> int:
-    return zlib.crc32(f"{run_seed}/{iteration}/{prompt_id}/{purpose}".encode()) & 0x7FFFFFFF
 
 
 def prompt_budget(max_model_len: int, max_tokens: int) -> int:
@@ -94,10 +93,6 @@ def generate_samples(pool, tokenizer, prompt_ids: list[int], prompts: list[str],
 
 
 
-# The engine settings that change what is sampled (a changed timeout or thread count does not).
-ENGINE_KEYS = {"replicas", "tensor_parallel_size", "max_model_len", "long_prompts", "store_logprobs", "engine_args"}
-
-
 @dataclass
 class Sample:
     """Sample n responses per prompt with a policy into samples.parquet: the training samples
@@ -114,13 +109,15 @@ class Sample:
     n: int
     sampling: dict  # temperature, top_p, max_tokens
     record_prompt: Callable[[dict], str] | None = None  # fn(record) -> prompt; None: the prompt file's texts
+    written: bool = False  # the prompts are the iteration's prompts.parquet (Magpie's), not the file's
     produces = (SAMPLES_PARQUET,)
 
     @classmethod
     def generate(cls, recipe, iteration):
         g = recipe.generate
         return cls(GENERATE, iteration, "train", "entering", g.samples_per_prompt,
-                   {"temperature": g.temperature, "top_p": g.top_p, "max_tokens": g.max_tokens})
+                   {"temperature": g.temperature, "top_p": g.top_p, "max_tokens": g.max_tokens},
+                   written=recipe.prompts.source == "magpie")
 
     @classmethod
     def baseline(cls, recipe):
@@ -137,17 +134,24 @@ class Sample:
         return cls(EVAL_GEN, iteration, "eval", "trained", recipe.evaluate.samples_per_prompt, eval_sampling(recipe))
 
     def prompt_ids(self, ctx) -> list[int]:
+        if self.written:
+            return list(range(len(self.prompts(ctx))))
         if self.purpose == "reference":  # every prompt the run trains on, once (a reused prompt too)
             return sorted({prompt_id for ids in ctx.slices for prompt_id in ids})
         return ctx.eval_ids if self.purpose == "eval" else ctx.slices[self.iteration - 1]
 
     def prompts(self, ctx) -> list[str]:
+        if self.written:
+            return ctx.latest(self, PROMPTS_PARQUET).table().column("prompt").to_pylist()
         if self.record_prompt is None:
             return ctx.prompts
         return [self.record_prompt(record) for record in ctx.records]
 
     def inputs(self, ctx) -> dict:
-        return {"policy": ctx.policy(self.policy_source, self.iteration).digest}
+        inputs = {"policy": ctx.policy(self.policy_source, self.iteration).digest}
+        if self.written:
+            inputs["prompts"] = ctx.latest(self, PROMPTS_PARQUET).digest
+        return inputs
 
     def config(self, ctx) -> dict:
         """What decides the samples besides the policy. `prompts_digest`: the texts of the prompts
