@@ -523,6 +523,9 @@ def _format_error(error: ValidationError) -> str:
         where, message = f"{where}.type", f"must be one of {', '.join(JUDGES)}, got {tag!r}"
     elif first["type"] == "union_tag_not_found":
         message = f"must be a section with a type ({', '.join(JUDGES)}), got {given!r}"
+    if judge is not None and ":" in message and message.split(":", 1)[0] in JUDGES[judge].config.model_fields:
+        field, rest = message.split(":", 1)  # a judge's cross-field rule names its field: annotate.template: ...
+        where, message = f"{where}.{field}", rest.strip()
     return message if where == "recipe" or message.startswith(where) else f"{where}: {message}"
 
 

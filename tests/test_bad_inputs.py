@@ -28,6 +28,7 @@ from conftest import REPO
 QUICKSTART = REPO / "recipes" / "quickstart-cpu.yaml"
 DPO = REPO / "recipes" / "iterative-dpo-cpu.yaml"
 SELFIE = REPO / "recipes" / "selfie-cpu.yaml"
+LLM = ["annotate.type=llm_judge", "annotate.function=null", "annotate.path=tiny:llama"]
 
 
 def make_inputs(root: Path) -> None:
@@ -39,6 +40,7 @@ def make_inputs(root: Path) -> None:
     (inputs / "not-a-dataset" / "notes.txt").write_text("hello")
     (inputs / "corrupt.parquet").write_bytes(b"PAR1" + os.urandom(64))
     pq.write_table(pa.table({"prompt": list(range(40))}), inputs / "numbers.parquet")
+    (inputs / "no-placeholders.txt").write_text("Rate this response from 1 to 5.\n")
     (inputs / "no-config-model").mkdir()
     (inputs / "no-config-model" / "model.safetensors").write_bytes(b"")
     # 40 rows, only 12 distinct texts (case and whitespace differ): too few for 3 x 32 + 16
@@ -68,6 +70,22 @@ CASES = [
     ("label-smoothing-nan", "validate", DPO, ["train.loss_options.label_smoothing=.nan"],
      "train.loss_options.label_smoothing"),
     ("annotate-temperature-inf", "validate", QUICKSTART, ["annotate.temperature=.inf"], "annotate.temperature"),
+    # issue 18: the LLM judge
+    ("llm-judge-custom-without-template", "validate", QUICKSTART, [*LLM, "annotate.rubric=custom"], "annotate.template"),
+    ("llm-judge-template-not-found", "validate", QUICKSTART,
+     [*LLM, "annotate.rubric=custom", "annotate.template={root}/no/rubric.txt"], "annotate.template: file or folder not found"),
+    ("llm-judge-template-without-placeholders", "run", QUICKSTART,
+     [*LLM, "annotate.rubric=custom", "annotate.template={root}/inputs/no-placeholders.txt"],
+     "annotate.template: "),
+    ("llm-judge-unknown-aspect", "validate", QUICKSTART, [*LLM, "annotate.aspects=[style]"], "annotate.aspects"),
+    ("llm-judge-missing-fraction", "validate", QUICKSTART, [*LLM, "annotate.max_missing_fraction=1.5"],
+     "annotate.max_missing_fraction"),
+    ("llm-judge-score", "validate", QUICKSTART, [*LLM, "annotate.score=mean"], "annotate.score"),
+    ("llm-judge-rubric", "validate", QUICKSTART, [*LLM, "annotate.rubric=likert"], "annotate.rubric"),
+    ("llm-judge-model-missing", "run", QUICKSTART,
+     ["annotate.type=llm_judge", "annotate.function=null", "annotate.path={root}/no/judge"], "annotate.path"),
+    ("llm-judge-a-scoring-model", "run", QUICKSTART,
+     ["annotate.type=llm_judge", "annotate.function=null", "annotate.path=tiny:reward"], "annotate.path"),
     # issue 18: PAR shaping
     ("shaping-unknown", "validate", QUICKSTART, ["annotate.shaping=parr"], "annotate.shaping"),
     ("shaping-k-zero", "run", QUICKSTART, ["annotate.shaping.type=par", "annotate.shaping.k=0"], "annotate.shaping.k"),

@@ -46,7 +46,7 @@ def test_quickstart_recipe_loads_with_overrides():
     ("annotate.temperature=.inf", "annotate.temperature", "finite"),
     # the judge union (issue 11 item 3): a field of another judge, an unknown type, a missing field
     ("annotate.type=pairrm annotate.path=tiny:pairrm", "annotate.function", "not a field of the pairrm judge"),
-    ("annotate.type=magic", "annotate.type", "must be one of function, pairrm, reward_model, selfie, got 'magic'"),
+    ("annotate.type=magic", "annotate.type", "must be one of function, pairrm, reward_model, selfie, llm_judge, got 'magic'"),
     ("annotate.type=reward_model annotate.function=null", "annotate.path", "required field is missing"),
     ("annotate.num_gpus=1", "annotate.num_gpus", "not a field of the function judge"),
     ("evaluate.judge.type=selfie evaluate.judge.path=tiny:reward", "evaluate.judge.path", "not a field of the selfie judge"),

@@ -68,7 +68,7 @@ def answer_counts(judgments: list[Judgment]) -> dict:
         return {}
     missing = sum(j.missing for j in judgments)
     return {"judge_answers": answers, "judge_retried": sum(j.retried for j in judgments), "judge_missing": missing,
-            "judge_missing_fraction": missing / answers}
+            "judge_too_long": sum(j.too_long for j in judgments), "judge_missing_fraction": missing / answers}
 
 
 def check_missing(metrics: dict, config, what: str) -> None:
@@ -76,9 +76,9 @@ def check_missing(metrics: dict, config, what: str) -> None:
     limit = getattr(config, "max_missing_fraction", None)
     if limit is not None and metrics.get("judge_missing_fraction", 0.0) > limit:
         raise DeadEnd(f"{what}: {metrics['judge_missing']} of {metrics['judge_answers']} judge answers "
-                      f"({metrics['judge_missing_fraction']:.1%}) stayed unusable after {config.retries} retries, more "
-                      f"than {what}.max_missing_fraction={limit:g}: raise {what}.max_tokens or max_model_len, or "
-                      f"check the judge model")
+                      f"({metrics['judge_missing_fraction']:.1%}) stayed unusable after {config.retries} retries "
+                      f"({metrics['judge_too_long']} longer than the judge's context), more than "
+                      f"{what}.max_missing_fraction={limit:g}: raise {what}.max_model_len, or check the judge model")
 
 
 @dataclass

@@ -40,6 +40,7 @@ class Judgment:
     answers: int = 0
     retried: int = 0
     missing: int = 0
+    too_long: int = 0  # of the missing: questions longer than the judge's context
 
     def filled_scores(self, temperature: float = 1.0) -> np.ndarray:
         return wm.fill_empty_scores(self.scores, temperature)

@@ -132,6 +132,7 @@ def _with_empty_responses(judgment: Judgment | None, nonempty: list[int], k: int
         logits[np.ix_(empty, nonempty)] = -wm.EMPTY_RESPONSE_GAP
         placed = Judgment(pairwise_logits=logits)
         placed.answers, placed.retried, placed.missing = judgment.answers, judgment.retried, judgment.missing
+        placed.too_long = judgment.too_long
         return placed
     known = np.zeros(len(nonempty)) if judgment is None else np.asarray(judgment.scores, dtype=np.float64)
     scores = np.full(k, np.nan)
@@ -139,6 +140,7 @@ def _with_empty_responses(judgment: Judgment | None, nonempty: list[int], k: int
     placed = Judgment(scores=scores)
     if judgment is not None:  # an LLM judge's reading, with nothing for the empty responses
         placed.answers, placed.retried, placed.missing = judgment.answers, judgment.retried, judgment.missing
+        placed.too_long = judgment.too_long
         for field in ("ratings", "rationales"):
             if getattr(judgment, field) is not None:
                 values = [None] * k

@@ -47,6 +47,7 @@ class Answer:
     probabilities: dict | None = None
     rationale: str = ""
     attempts: int = 0
+    too_long: bool = False  # the question does not fit the judge's context: missing, not retried
 
 
 def verdict_token_ids(tokenizer, verdicts: tuple[str, ...]) -> dict[str, int]:
@@ -177,6 +178,7 @@ class LLMJudge(Judge):
                 judgment = scalar_judgment(answered, k, aspects, settings["aspect_weights"], settings["score"])
             judgment.answers = len(answered)
             judgment.missing = sum(a.verdict is None for a in answered.values())
+            judgment.too_long = sum(a.too_long for a in answered.values())
             judgment.retried = sum(a.attempts > 1 for a in answered.values())
             judgments.append(judgment)
         return judgments
@@ -189,7 +191,7 @@ class LLMJudge(Judge):
             if not pending:
                 break
             self._generate([questions[i] for i in pending], [answers[i] for i in pending], attempt)
-            pending = [i for i in pending if answers[i].verdict is None]
+            pending = [i for i in pending if answers[i].verdict is None and not answers[i].too_long]
         return answers
 
     def _generate(self, questions: list[Question], answers: list[Answer], attempt: int) -> None:
@@ -205,6 +207,7 @@ class LLMJudge(Judge):
             ids = self.tokenizer(rubric.judge_prompt(self.tokenizer, question.text, prefix),
                                  add_special_tokens=False).input_ids
             if len(ids) > budget:  # does not fit the judge's context: missing (counted), never cut silently
+                answer.too_long = True
                 continue
             verdict_ids = self.verdict_ids[prefix]
             seed = zlib.crc32(f"{self.seed}/{attempt}/{question.text}".encode()) & 0x7FFFFFFF

@@ -23,10 +23,12 @@ GOOD = {
     "pairrm": {"type": "pairrm", "path": "tiny:pairrm"},
     "reward_model": {"type": "reward_model", "path": "tiny:reward"},
     "selfie": {"type": "selfie"},
+    "llm_judge": {"type": "llm_judge", "path": "tiny:llama"},
 }
 # A field each judge does not have, but another judge does.
 FOREIGN = {"function": ("path", "tiny:pairrm"), "pairrm": ("function", SCORE),
-           "reward_model": ("backend", "llm-blender"), "selfie": ("path", "tiny:reward")}
+           "reward_model": ("backend", "llm-blender"), "selfie": ("path", "tiny:reward"),
+           "llm_judge": ("function", SCORE)}
 
 
 def recipe_with(prompts_file, **sections):
@@ -86,8 +88,8 @@ def test_a_misspelt_field_is_one_line_without_the_null_advice(prompts_file, name
 
 
 @pytest.mark.parametrize("section, expected", [
-    ({"type": "magic"}, "annotate.type: must be one of function, pairrm, reward_model, selfie, got 'magic'"),
-    ("pairrm", "annotate: must be a section with a type (function, pairrm, reward_model, selfie), got 'pairrm'"),
+    ({"type": "magic"}, "annotate.type: must be one of function, pairrm, reward_model, selfie, llm_judge, got 'magic'"),
+    ("pairrm", "annotate: must be a section with a type (function, pairrm, reward_model, selfie, llm_judge), got 'pairrm'"),
     ({"type": "pairrm"}, "annotate.path: required field is missing (the pairrm judge needs it)"),
     ({"type": "reward_model", "path": "x", "batch_tokens": 0}, "annotate.batch_tokens: Input should be greater than 0"),
     ({"type": "function"}, "annotate.function: required field is missing (the function judge needs it)"),
@@ -116,14 +118,19 @@ def test_an_unset_or_default_field_of_another_judge_is_dropped(prompts_file):
 
 def test_judges_declare_what_they_need():
     from selfplay.judging.function import FunctionJudge
+    from selfplay.judging.llm_judge import LLMJudge
     from selfplay.judging.pairrm import PairRMJudge
     from selfplay.judging.reward_model import RewardModelJudge
     from selfplay.judging.selfie import SelfieJudge
 
-    classes = {"function": FunctionJudge, "pairrm": PairRMJudge, "reward_model": RewardModelJudge, "selfie": SelfieJudge}
+    classes = {"function": FunctionJudge, "pairrm": PairRMJudge, "reward_model": RewardModelJudge, "selfie": SelfieJudge,
+               "llm_judge": LLMJudge}
     assert set(classes) == set(JUDGES)
     assert {name for name, judge in classes.items() if judge.takes_token_ids} == {"selfie"}  # judge_groups reads it
-    assert {name for name, kind in JUDGES.items() if kind.config.judges_with_policy} == {"selfie"}
+    configs = {name: TypeAdapter(JudgeConfig).validate_python(section) for name, section in GOOD.items()}
+    assert {name for name, config in configs.items() if config.judges_with_policy} == {"selfie"}
+    # an LLM judge scores with the policy when its model is the policy (self-rewarding)
+    assert TypeAdapter(JudgeConfig).validate_python({"type": "llm_judge", "path": "policy"}).judges_with_policy
     assert FunctionJudgeConfig(function=SCORE).num_gpus == 0.0  # runs beside the driver
     assert SelfieJudgeConfig(num_gpus=1).num_gpus == 1.0
 
