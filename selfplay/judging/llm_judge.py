@@ -174,7 +174,7 @@ class LLMJudge(Judge):
             if settings["rubric"] == "pairwise":
                 judgment = pairwise_judgment(answered, k, settings["score"])
             else:
-                aspects = settings["aspects"] if settings["rubric"] == "ultrafeedback" else ["rating"]
+                aspects = ["rating"] if settings["rubric"] == "custom" else settings["aspects"]
                 judgment = scalar_judgment(answered, k, aspects, settings["aspect_weights"], settings["score"])
             judgment.answers = len(answered)
             judgment.missing = sum(a.verdict is None for a in answered.values())

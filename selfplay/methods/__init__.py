@@ -7,7 +7,7 @@ and `PAIR_RULES` (pairs.type) merge them; a name declared twice fails at import.
 is one module and one line here.
 """
 
-from selfplay.methods import asft, curriculum, dpo, drift, selfie, sppo, tpo
+from selfplay.methods import asft, curriculum, dpo, drift, selfie, sppo, tpo, ultrafeedback
 from selfplay.methods.base import Method
 
 METHODS: tuple[Method, ...] = (
@@ -18,6 +18,7 @@ METHODS: tuple[Method, ...] = (
     selfie.METHOD,
     tpo.METHOD,
     asft.METHOD,
+    ultrafeedback.METHOD,
 )
 
 

@@ -113,3 +113,21 @@ def test_sppo_ranks_by_scores_when_the_judge_gives_them():
     assert (by_score["chosen"], by_score["rejected"]) == (0, 1)
     assert by_score["chosen_win_rate"] == pytest.approx(0.5) and by_score["rejected_win_rate"] == pytest.approx(1.4 / 3)
     assert sppo_pairs(win_matrix, np.array([1.0, 1.0, 1.0])) == []   # all scores tie
+
+
+def test_ultrafeedback_binarized_is_the_best_against_a_random_other_never_a_tie():
+    from selfplay.methods.ultrafeedback import binarized_pairs
+
+    scores = np.array([2.0, 4.5, 3.0, 4.5, 1.0])
+    matrix = bradley_terry(scores)
+    rejected = set()
+    for shift in np.linspace(0, 1, 40):  # other scores, other draws; the same scores, the same draw
+        moved = scores + shift
+        pairs = binarized_pairs(bradley_terry(moved), moved)
+        assert pairs[0]["chosen"] == 1 and pairs[0]["rejected"] in (0, 2, 4)  # 3 ties the best: never drawn
+        assert pairs == binarized_pairs(bradley_terry(moved), moved)
+        rejected.add(pairs[0]["rejected"])
+    assert rejected == {0, 2, 4}  # every lower response gets drawn
+    pair = binarized_pairs(matrix, scores)[0]
+    assert pair["chosen_score"] == 4.5 and pair["rejected_score"] == scores[pair["rejected"]]
+    assert binarized_pairs(bradley_terry(np.ones(3)), np.ones(3)) == []  # all tie: no pair
