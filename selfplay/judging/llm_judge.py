@@ -157,6 +157,7 @@ class LLMJudge(Judge):
         self.engine = VLLMEngine(path, engine, dtype=settings["dtype"], seed=seed, device=device)
         self.context = self.engine.llm.llm_engine.model_config.max_model_len
         self.tokenizer = self.engine.llm.get_tokenizer()
+        self.wrap = rubric.chat_wrap(self.tokenizer)
         self.verdict_ids = {prefix: verdict_token_ids(self.tokenizer, verdicts)
                             for prefix, verdicts in ((rubric.RATING_PREFIX, rubric.RATINGS),
                                                      (rubric.PAIRWISE_PREFIX, rubric.SIDES))}
@@ -194,28 +195,39 @@ class LLMJudge(Judge):
             pending = [i for i in pending if answers[i].verdict is None and not answers[i].too_long]
         return answers
 
-    def _generate(self, questions: list[Question], answers: list[Answer], attempt: int) -> None:
+    def sampling_params(self, prefix: str, verdicts: tuple[str, ...], temperature: float, seed: int | None):
+        """The answer constrained to its pattern, with the verdict tokens' log-probs."""
         from vllm import SamplingParams
-        from vllm.inputs import TokensPrompt
         from vllm.sampling_params import StructuredOutputsParams
 
+        return SamplingParams(temperature=temperature, max_tokens=self.settings["max_tokens"], seed=seed,
+                              logprob_token_ids=list(self.verdict_ids[prefix].values()),
+                              structured_outputs=StructuredOutputsParams(regex=rubric.answer_pattern(verdicts)))
+
+    def _generate(self, questions: list[Question], answers: list[Answer], attempt: int) -> None:
+        from vllm.inputs import TokensPrompt
+
         settings, budget = self.settings, self.context - self.settings["max_tokens"]
-        requests, asked = [], []
-        for question, answer in zip(questions, answers):
+        requests, asked, shared = [], [], {}
+        before, after = self.wrap
+        prefixes = [rubric.PAIRWISE_PREFIX if q.verdicts == rubric.SIDES else rubric.RATING_PREFIX for q in questions]
+        token_ids = self.tokenizer([before + q.text + after + prefix for q, prefix in zip(questions, prefixes)],
+                                   add_special_tokens=False).input_ids  # one batched call: thousands per stage
+        for question, answer, prefix, ids in zip(questions, answers, prefixes, token_ids):
             answer.attempts += 1
-            prefix = rubric.PAIRWISE_PREFIX if question.verdicts == rubric.SIDES else rubric.RATING_PREFIX
-            ids = self.tokenizer(rubric.judge_prompt(self.tokenizer, question.text, prefix),
-                                 add_special_tokens=False).input_ids
             if len(ids) > budget:  # does not fit the judge's context: missing (counted), never cut silently
                 answer.too_long = True
                 continue
             verdict_ids = self.verdict_ids[prefix]
-            seed = zlib.crc32(f"{self.seed}/{attempt}/{question.text}".encode()) & 0x7FFFFFFF
-            params = SamplingParams(temperature=settings["sampling_temperature"] if attempt == 0 else 1.0,
-                                    max_tokens=settings["max_tokens"], seed=seed,
-                                    logprob_token_ids=list(verdict_ids.values()),
-                                    structured_outputs=StructuredOutputsParams(
-                                        regex=rubric.answer_pattern(question.verdicts)))
+            temperature = settings["sampling_temperature"] if attempt == 0 else 1.0
+            if temperature == 0:  # greedy: no seed, so one SamplingParams serves every question of a kind
+                key = (prefix, attempt)
+                if key not in shared:
+                    shared[key] = self.sampling_params(prefix, question.verdicts, 0.0, None)
+                params = shared[key]
+            else:  # a seed of its own per question and try: the same answers however the stage is batched
+                seed = zlib.crc32(f"{self.seed}/{attempt}/{question.text}".encode()) & 0x7FFFFFFF
+                params = self.sampling_params(prefix, question.verdicts, temperature, seed)
             requests.append((TokensPrompt(prompt_token_ids=ids), params))
             asked.append((answer, question, verdict_ids))
         if not requests:

@@ -86,6 +86,20 @@ def judge_prompt(tokenizer, question: str, prefix: str) -> str:
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) + prefix
 
 
+SENTINEL = "\u2063SELFPLAY-QUESTION\u2063"  # a text no question contains
+
+
+def chat_wrap(tokenizer) -> tuple[str, str]:
+    """(before, after): the chat template's text around a user turn, so that
+    before + question + after == judge_prompt(tokenizer, question, "") for every question the
+    template inserts verbatim (rendered once per judge, not per question: thousands per stage)."""
+    rendered = judge_prompt(tokenizer, SENTINEL, "")
+    if rendered.count(SENTINEL) != 1:
+        raise ValueError("the judge's chat template does not insert the user's text once, verbatim")
+    before, after = rendered.split(SENTINEL)
+    return before, after
+
+
 ANSWER = re.compile(r"^\s*([1-5AB])[ \t]*(?:\nRationale:[ \t]?(.*))?", re.DOTALL)
 
 

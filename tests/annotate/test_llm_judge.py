@@ -126,3 +126,15 @@ def test_unusable_answers_are_asked_again_then_counted_missing():
 def test_bad_settings(section, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
         LLMJudgeConfig(path="tiny:llama", **section)
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma2", "qwen2"])
+def test_the_chat_wrap_renders_as_the_template_does(family):
+    from transformers import AutoTokenizer
+
+    from selfplay.models import resolve_model
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model(f"tiny:{family}", seed=0))
+    before, after = rubric.chat_wrap(tokenizer)
+    question = rubric.rating_question("helpfulness", "Name a colour.\nOne word.", "  Blue, {maybe}.")
+    assert before + question + after + rubric.RATING_PREFIX == rubric.judge_prompt(tokenizer, question, rubric.RATING_PREFIX)
