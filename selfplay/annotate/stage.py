@@ -23,7 +23,7 @@ from selfplay.artifacts import group_by_prompt
 from selfplay.failures import DeadEnd
 from selfplay.judging import win_matrix as wm
 from selfplay.judging.base import Judgment
-from selfplay.judging.calls import judge_config, judge_groups, signal_report, stage_temperature
+from selfplay.judging.calls import answer_counts, judge_config, judge_groups, signal_report, stage_temperature
 from selfplay.pipeline import StageResult
 from selfplay.stage_names import ANNOTATE, JUDGMENTS_PARQUET, REFERENCE_SAMPLES, SAMPLES_PARQUET
 
@@ -59,16 +59,6 @@ def judgments_table(groups, judgments: list[Judgment], rule: str, temperature,
     if resolved is not None:
         metrics["score_spread"] = wm.score_spread([j.scores for j in judgments if j.pairwise_logits is None])
     return pa.Table.from_pylist(rows), metrics, warnings
-
-
-def answer_counts(judgments: list[Judgment]) -> dict:
-    """An LLM judge's answers, retried and missing ones (and their share) over a stage; {} for other judges."""
-    answers = sum(j.answers for j in judgments)
-    if not answers:
-        return {}
-    missing = sum(j.missing for j in judgments)
-    return {"judge_answers": answers, "judge_retried": sum(j.retried for j in judgments), "judge_missing": missing,
-            "judge_too_long": sum(j.too_long for j in judgments), "judge_missing_fraction": missing / answers}
 
 
 def check_missing(metrics: dict, config, what: str) -> None:

@@ -27,7 +27,7 @@ import pyarrow as pa
 
 from selfplay.artifacts import group_by_prompt
 from selfplay.evaluate.bootstrap import bootstrap_interval
-from selfplay.judging.calls import judge_groups, signal_report, stage_temperature
+from selfplay.judging.calls import answer_counts, judge_groups, signal_report, stage_temperature
 
 
 @dataclass
@@ -67,6 +67,8 @@ def judge_against(judge, policy_samples: pa.Table, other_samples: pa.Table, rule
         per_prompt.append({"prompt_id": prompt_id, "win_rate": float(wins.mean()),
                            "mean_preference": float(matrix[:m, m:].mean()),
                            "policy_responses": responses[:m], f"{opponent}_responses": responses[m:]})
+        if any(j.rationales is not None for j in judgments):  # an LLM judge: on the policy's first sample
+            per_prompt[-1]["rationale"] = (judgment.rationales or [None])[0]
         for i in range(m):
             for j in range(wins.shape[1]):
                 comparisons.append({"prompt_id": prompt_id, "policy_sample": i, "other_sample": j,
@@ -78,5 +80,6 @@ def judge_against(judge, policy_samples: pa.Table, other_samples: pa.Table, rule
     metrics = {f"win_rate_{name}": float(np.mean(win_rates)),
                f"win_rate_{name}_ci_low": low, f"win_rate_{name}_ci_high": high,
                f"mean_preference_{name}": float(np.mean([p["mean_preference"] for p in per_prompt])),
-               f"judge_temperature_{name}": resolved, f"no_signal_fraction_{name}": no_signal}
+               f"judge_temperature_{name}": resolved, f"no_signal_fraction_{name}": no_signal,
+               **{f"{key}_{name}": value for key, value in answer_counts(judgments).items()}}
     return HeadToHead(metrics, pa.Table.from_pylist(per_prompt), pa.Table.from_pylist(comparisons), warnings)

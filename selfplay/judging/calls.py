@@ -299,6 +299,16 @@ def judge_groups(judge, groups: list[tuple[int, str, list[str]]], chunk: int | N
     return judgments
 
 
+def answer_counts(judgments: list[Judgment]) -> dict:
+    """An LLM judge's answers, retried and missing ones (and their share) over a stage; {} for other judges."""
+    answers = sum(j.answers for j in judgments)
+    if not answers:
+        return {}
+    missing = sum(j.missing for j in judgments)
+    return {"judge_answers": answers, "judge_retried": sum(j.retried for j in judgments), "judge_missing": missing,
+            "judge_too_long": sum(j.too_long for j in judgments), "judge_missing_fraction": missing / answers}
+
+
 def stage_temperature(setting, judgments: list[Judgment]) -> float | None:
     """The stage's Bradley-Terry temperature (None when no judgment has scalar scores)."""
     score_groups = [j.scores for j in judgments if j.pairwise_logits is None]
