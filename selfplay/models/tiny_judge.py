@@ -178,9 +178,9 @@ def rating_probabilities(model, tokenizer, questions: list[str]):
     return torch.stack(out)
 
 
-def build_tiny_judge(out_dir: str | Path, seed: int = 0, train_size: int = 6000, steps: int = 600,
-                     batch_size: int = 32, lr: float = 3e-3, hidden_size: int = 128, num_layers: int = 2,
-                     num_heads: int = 4, dense: float = 1.0, log=None) -> Path:
+def build_tiny_judge(out_dir: str | Path, seed: int = 0, train_size: int = 6000, steps: int = 1500,
+                     batch_size: int = 32, lr: float = 3e-3, hidden_size: int = 64, num_layers: int = 2,
+                     num_heads: int = 2, dense: float = 1.0, log=None) -> Path:
     """Train the judge (see the module docstring) and write an HF folder to out_dir."""
     import torch
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
