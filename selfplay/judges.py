@@ -36,3 +36,22 @@ def distinct_letters(prompt: str, response: str) -> float:
     """The number of different letters a-z in the response: the methods table's judge
     (scripts/bench_methods.py), a preference no test or recipe is tuned to."""
     return float(len({c for c in response.lower() if "a" <= c <= "z"}))
+
+
+# The tiny LLM judge's rule (selfplay/models/tiny_judge.py): rating 1 below an e-fraction of
+# 0.06, then one more at each threshold. The tiny policy's responses run 0.05-0.15 (10th-90th
+# percentile), so its samples spread over the five ratings.
+TINY_JUDGE_THRESHOLDS = (0.06, 0.08, 0.10, 0.12)
+
+
+def tiny_judge_rating(prompt: str, response: str) -> int:
+    """The rating 1-5 that `tiny:judge` is trained to give: the response's letter-'e' fraction
+    in buckets at TINY_JUDGE_THRESHOLDS."""
+    fraction = letter_e_fraction(prompt, response)
+    return 1 + sum(fraction >= threshold for threshold in TINY_JUDGE_THRESHOLDS)
+
+
+def tiny_judge_rule(prompt: str, response: str) -> float:
+    """tiny_judge_rating as a score: the ground truth of a run judged by `tiny:judge`
+    (evaluate.judge.function), the rating that judge is trained to give."""
+    return float(tiny_judge_rating(prompt, response))

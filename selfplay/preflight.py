@@ -25,8 +25,9 @@ from selfplay.recipe import RecipeError
 
 # `org/name` as the Hugging Face hub spells a model id
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
-# tiny: kinds that are judges, never a policy (each judge config declares its own)
-JUDGE_TINY_KINDS = frozenset(kind for judge in JUDGES.values() for kind in judge.config.tiny_kinds)
+# tiny: kinds that are judges, never a policy (each judge config declares its own; tiny:judge is
+# the LLM judge's model, trained to rate, not to write responses)
+JUDGE_TINY_KINDS = frozenset(kind for judge in JUDGES.values() for kind in judge.config.tiny_kinds) | {"judge"}
 # vLLM registry tables whose architectures generate text
 VLLM_GENERATIVE_TABLES = ("_TEXT_GENERATION_MODELS", "_MULTIMODAL_MODELS", "_TRANSFORMERS_SUPPORTED_MODELS")
 

@@ -1,8 +1,9 @@
 """Model references in recipes: a local HF folder, or `tiny:<kind>` built here on first use.
 
 `tiny:llama` (the quickstart policy), tiny policies of the paper families (`tiny:mistral`,
-`tiny:llama3`, `tiny:gemma2`, `tiny:qwen2`, see tiny_families.py) and the judges' tiny models,
-all registered in TINY_BUILDERS.
+`tiny:llama3`, `tiny:gemma2`, `tiny:qwen2`, see tiny_families.py) and the judges' tiny models
+(`tiny:pairrm`, `tiny:reward`, and `tiny:judge`, an LLM judge trained here to rate by a known
+rule: tiny_judge.py), all registered in TINY_BUILDERS.
 Built models are cached under $SELFPLAY_CACHE (default ~/.cache/selfplay)/models, keyed by
 kind, builder version and seed, written to a temporary folder and renamed into place.
 """
@@ -30,6 +31,11 @@ def _build_reward(out_dir, seed):
     return build_tiny_reward(out_dir, seed=seed)
 
 
+def _build_judge(out_dir, seed):
+    from selfplay.models.tiny_judge import build_tiny_judge
+    return build_tiny_judge(out_dir, seed=seed)
+
+
 def _family_builder(family):
     def build(out_dir, seed):
         from selfplay.models.tiny_families import build_tiny_family
@@ -37,7 +43,7 @@ def _family_builder(family):
     return build
 
 
-TINY_BUILDERS = {"llama": _build_llama, "pairrm": _build_pairrm, "reward": _build_reward,
+TINY_BUILDERS = {"llama": _build_llama, "pairrm": _build_pairrm, "reward": _build_reward, "judge": _build_judge,
                  **{family: _family_builder(family) for family in ("mistral", "llama3", "gemma2", "qwen2")}}
 
 
