@@ -8,6 +8,7 @@ Built models are cached under $SELFPLAY_CACHE (default ~/.cache/selfplay)/models
 kind, builder version and seed, written to a temporary folder and renamed into place.
 """
 
+import fcntl
 import os
 import shutil
 import tempfile
@@ -71,15 +72,21 @@ def resolve_model(spec: str, seed: int = 0) -> Path:
     if target.exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tiny-{kind}-", dir=target.parent))
-    try:
-        TINY_BUILDERS[kind](tmp, seed)
-        runs.allow_umask(tmp)  # mkdtemp's folder is 0700, safetensors' files 0600
+    # one builder at a time per model: a second process waits and finds it built (tiny:judge
+    # trains for minutes; two test workers asking at once would train it twice on shared cores)
+    with open(target.parent / f".{target.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if target.exists():
+            return target
+        tmp = Path(tempfile.mkdtemp(prefix=f".tiny-{kind}-", dir=target.parent))
         try:
-            tmp.rename(target)
-        except OSError:  # another process built it first
-            if not target.exists():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+            TINY_BUILDERS[kind](tmp, seed)
+            runs.allow_umask(tmp)  # mkdtemp's folder is 0700, safetensors' files 0600
+            try:
+                tmp.rename(target)
+            except OSError:  # another process built it first
+                if not target.exists():
+                    raise
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     return target
