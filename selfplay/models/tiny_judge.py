@@ -12,10 +12,15 @@ download) in about two minutes on two CPU cores:
     prompt as vLLM generates it (the rating is the first generated token, one digit);
   - responses are written as the tiny policy writes them: 10-40 random tokens of the tiny
     tokenizer, decoded, each an 'e'-holding token with a probability drawn per response, so the
-    e-fraction runs 0.0-0.25 and every rating is drawn equally often;
-  - training: plain torch on CPU, fixed seeds, AdamW, loss on the answer tokens only. The
-    question's text up to the instruction is the same for every example of an aspect, so each
-    step runs it once and the batch continues from its key/value cache (a third of the tokens).
+    e-fraction runs 0.0-0.22 (0.03-0.14 from the 10th to the 90th percentile) and every rating is
+    drawn equally often;
+  - training: plain torch on CPU, fixed seeds, AdamW, 1500 steps of 32; a 2-layer Llama, hidden
+    64, 2 heads (head size 32, the least vLLM's CPU attention takes). The loss is on the answer
+    tokens, plus, at each response token, the rating of the response so far: a dense signal for
+    the same rule, without which the rule is not learnt in the time (49% exact on held-out
+    responses instead of 71%, hidden 128, 600 steps). The question's text up to the instruction is
+    the same for every example of an aspect, so each step runs it once and the batch continues
+    from its key/value cache.
 Checked in tests/models/test_tiny_judge.py on held-out responses (another seed), through
 transformers and through vLLM with the judge's constrained decoding.
 The model uses the tiny policy's tokenizer and chat template, so vLLM serves it like the policy.
