@@ -146,6 +146,14 @@ def test_vllm_constrained_answers_follow_the_rule(judge_folder, monkeypatch):
     assert spearman(expected, fractions) > 0.9
 
 
+def test_the_judge_is_no_policy():
+    from selfplay.preflight import PreflightError, check_causal_lm
+
+    with pytest.raises(PreflightError, match="tiny model 'tiny:judge' does not fit here; allowed: tiny:llama"):
+        check_causal_lm("policy.path", "tiny:judge", serve=True, chat=True)
+
+
+@pytest.mark.slow  # the first build of tiny:judge takes 2-3 minutes
 def test_make_tiny_judge_prints_its_folder(judge_folder):
     result = subprocess.run([sys.executable, "-m", "selfplay.cli", "make-tiny", "judge"], capture_output=True,
                             text=True, timeout=300, cwd=REPO)
