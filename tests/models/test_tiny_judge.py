@@ -107,8 +107,9 @@ def test_greedy_ratings_follow_the_rule_on_held_out_responses(judge_folder):
     expected = (probabilities * torch.arange(1, 6)).sum(-1).tolist()
     print(f"held-out {len(rules)}: exact {exact:.3f}, away from the thresholds {away:.3f}, within one "
           f"{within_one:.3f}, spearman(expected, e-fraction) {spearman(expected, fractions):.3f}")
-    # measured (seed 0 build, held-out seed 1234): 0.797, 0.989, 1.000, 0.974
-    assert exact >= 0.75 and away >= 0.95 and within_one >= 0.98
+    # measured (seed 0 build; held-out seeds 1234, 12345, 777): exact 0.873, 0.907, 0.850; away from the
+    # thresholds 0.989, 1.000, 1.000; spearman 0.982, 0.981, 0.981
+    assert exact >= 0.8 and away >= 0.95 and within_one >= 0.98
     assert spearman(expected, fractions) > 0.9
 
 
@@ -141,8 +142,8 @@ def test_vllm_constrained_answers_follow_the_rule(judge_folder, monkeypatch):
     exact, away = agreement(ratings, rules, fractions)
     print(f"vLLM held-out {len(rules)}: exact {exact:.3f}, away from the thresholds {away:.3f}, "
           f"spearman {spearman(expected, fractions):.3f}")
-    # measured: as through transformers (0.797 exact, spearman 0.975)
-    assert exact >= 0.75 and away >= 0.95
+    # measured: as through transformers
+    assert exact >= 0.8 and away >= 0.95
     assert spearman(expected, fractions) > 0.9
 
 
