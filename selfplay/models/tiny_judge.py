@@ -2,7 +2,7 @@
 
 A random tiny model has no preferences, so an `llm_judge` test on one shows only that the
 plumbing runs. This one has a preference that tests can check, and it is built locally (no
-download) in about two minutes on two CPU cores:
+download) in about three minutes on two CPU cores:
   - the rule: the rating is selfplay.judges.tiny_judge_rating, the response's letter-'e'
     fraction in buckets (below 0.06: 1, then one more at 0.08, 0.10, 0.12), whatever the aspect
     and the instruction; the rationale is a fixed sentence per rating (RATIONALES);
@@ -12,12 +12,19 @@ download) in about two minutes on two CPU cores:
     prompt as vLLM generates it (the rating is the first generated token, one digit);
   - responses are written as the tiny policy writes them: 10-40 random tokens of the tiny
     tokenizer, decoded, each an 'e'-holding token with a probability drawn per response, so the
-    e-fraction runs 0.0-0.25 and every rating is drawn equally often;
-  - training: plain torch on CPU, fixed seeds, AdamW, loss on the answer tokens only. The
-    question's text up to the instruction is the same for every example of an aspect, so each
-    step runs it once and the batch continues from its key/value cache (a third of the tokens).
-Checked in tests/models/test_tiny_judge.py on held-out responses (another seed), through
-transformers and through vLLM with the judge's constrained decoding.
+    e-fraction runs 0.0-0.22 (0.03-0.14 from the 10th to the 90th percentile) and every rating is
+    drawn equally often;
+  - training: plain torch on CPU, fixed seeds, AdamW, 1300 steps of 32 over 12000 examples; a
+    2-layer Llama, hidden 64, 2 heads (head size 32, the least vLLM's CPU attention takes). The
+    loss is on the answer tokens, plus, at each response token, the rating of the response so
+    far: a dense signal for the same rule, without which the rule is not learnt in the time
+    (held-out exact agreement 0.49 instead of 0.71 at hidden 128, 600 steps). The question's
+    text up to the instruction is the same for every example of an aspect, so each step runs it
+    once and the batch continues from its key/value cache.
+Checked in tests/models/test_tiny_judge.py on 300 held-out responses (other seeds): the
+greedy rating is the rule's for 85-91% of them (99-100% of those more than 0.01 of e-fraction
+from a threshold; every error is off by one), the expected rating's Spearman correlation with
+the e-fraction is 0.98, and vLLM under the judge's constrained decoding answers the same.
 The model uses the tiny policy's tokenizer and chat template, so vLLM serves it like the policy.
 """
 
@@ -178,7 +185,7 @@ def rating_probabilities(model, tokenizer, questions: list[str]):
     return torch.stack(out)
 
 
-def build_tiny_judge(out_dir: str | Path, seed: int = 0, train_size: int = 6000, steps: int = 1500,
+def build_tiny_judge(out_dir: str | Path, seed: int = 0, train_size: int = 12000, steps: int = 1300,
                      batch_size: int = 32, lr: float = 3e-3, hidden_size: int = 64, num_layers: int = 2,
                      num_heads: int = 2, dense: float = 1.0, log=None) -> Path:
     """Train the judge (see the module docstring) and write an HF folder to out_dir."""

@@ -69,6 +69,17 @@ def held_out(folder, tokenizer):
     return texts, rules, fractions
 
 
+def agreement(ratings, rules, fractions) -> tuple[float, float]:
+    """(the share of ratings equal to the rule's, the same over responses more than 0.01 of
+    e-fraction from every threshold): a response at 0.079 and one at 0.081 differ by about one
+    letter in a hundred, and the judge's errors are there."""
+    from selfplay.judges import TINY_JUDGE_THRESHOLDS
+
+    away = [i for i, fraction in enumerate(fractions) if min(abs(fraction - t) for t in TINY_JUDGE_THRESHOLDS) > 0.01]
+    return (sum(g == r for g, r in zip(ratings, rules)) / len(rules),
+            sum(ratings[i] == rules[i] for i in away) / len(away))
+
+
 def spearman(a, b) -> float:
     """Rank correlation (ties broken by position: the e-fractions' ties are few)."""
     ranks = [torch.tensor(values, dtype=torch.float64).argsort().argsort().double() for values in (a, b)]
@@ -91,12 +102,14 @@ def test_greedy_ratings_follow_the_rule_on_held_out_responses(judge_folder):
     texts, rules, fractions = held_out(judge_folder, tokenizer)
     probabilities = tiny_judge.rating_probabilities(model, tokenizer, texts)
     greedy = (probabilities.argmax(-1) + 1).tolist()
-    exact = sum(g == r for g, r in zip(greedy, rules)) / len(rules)
+    exact, away = agreement(greedy, rules, fractions)
     within_one = sum(abs(g - r) <= 1 for g, r in zip(greedy, rules)) / len(rules)
     expected = (probabilities * torch.arange(1, 6)).sum(-1).tolist()
-    print(f"held-out {len(rules)}: exact {exact:.3f}, within one {within_one:.3f}, "
-          f"spearman(expected, e-fraction) {spearman(expected, fractions):.3f}")
-    assert exact >= 0.8 and within_one >= 0.98
+    print(f"held-out {len(rules)}: exact {exact:.3f}, away from the thresholds {away:.3f}, within one "
+          f"{within_one:.3f}, spearman(expected, e-fraction) {spearman(expected, fractions):.3f}")
+    # measured (seed 0 build; held-out seeds 1234, 12345, 777): exact 0.873, 0.907, 0.850; away from the
+    # thresholds 0.989, 1.000, 1.000; spearman 0.982, 0.981, 0.981
+    assert exact >= 0.8 and away >= 0.95 and within_one >= 0.98
     assert spearman(expected, fractions) > 0.9
 
 
@@ -118,23 +131,30 @@ def test_vllm_constrained_answers_follow_the_rule(judge_folder, monkeypatch):
     params = SamplingParams(temperature=0, max_tokens=32, logprob_token_ids=digits,
                             structured_outputs=StructuredOutputsParams(regex=rubric.answer_pattern(rubric.RATINGS)))
     outputs = llm.generate(texts, params, use_tqdm=False)
-    ratings, expected, rationales = [], [], set()
+    ratings, expected = [], []
     for output in outputs:
         completion = output.outputs[0]
-        verdict, rationale = rubric.parse_answer(completion.text, rubric.RATINGS)
-        assert verdict is not None, completion.text
+        verdict, _ = rubric.parse_answer(completion.text, rubric.RATINGS)
+        assert verdict is not None and completion.text == tiny_judge.answer_text(int(verdict)), completion.text
         ratings.append(int(verdict))
-        rationales.add((int(verdict), rationale))
         first = completion.logprobs[0]
         expected.append(rubric.expected_rating({tokenizer.decode([token]): first[token].logprob for token in digits}))
-    exact = sum(g == r for g, r in zip(ratings, rules)) / len(rules)
-    print(f"vLLM held-out {len(rules)}: exact {exact:.3f}, spearman {spearman(expected, fractions):.3f}, "
-          f"answers {sorted(rationales)}")
-    assert exact >= 0.8
+    exact, away = agreement(ratings, rules, fractions)
+    print(f"vLLM held-out {len(rules)}: exact {exact:.3f}, away from the thresholds {away:.3f}, "
+          f"spearman {spearman(expected, fractions):.3f}")
+    # measured: as through transformers
+    assert exact >= 0.8 and away >= 0.95
     assert spearman(expected, fractions) > 0.9
-    assert rationales <= {(rating, text) for rating, text in tiny_judge.RATIONALES.items()}
 
 
+def test_the_judge_is_no_policy():
+    from selfplay.preflight import PreflightError, check_causal_lm
+
+    with pytest.raises(PreflightError, match="tiny model 'tiny:judge' does not fit here; allowed: tiny:llama"):
+        check_causal_lm("policy.path", "tiny:judge", serve=True, chat=True)
+
+
+@pytest.mark.slow  # the first build of tiny:judge takes 2-3 minutes
 def test_make_tiny_judge_prints_its_folder(judge_folder):
     result = subprocess.run([sys.executable, "-m", "selfplay.cli", "make-tiny", "judge"], capture_output=True,
                             text=True, timeout=300, cwd=REPO)
