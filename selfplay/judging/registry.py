@@ -294,7 +294,8 @@ class LLMJudgeConfig(JudgeConfigBase):
             raise ValueError("shaping: rubric pairwise gives pairwise logits, and shaping (PAR) shapes scalar scores; "
                              "use rubric ultrafeedback or custom, or shaping none")
         if self.max_model_len is not None and self.max_tokens >= self.max_model_len:
-            raise ValueError(f"max_tokens ({self.max_tokens}) must be smaller than max_model_len ({self.max_model_len})")
+            raise ValueError(f"max_model_len: {self.max_model_len} leaves no room for a question before max_tokens "
+                             f"({self.max_tokens}) of answer; raise it or lower max_tokens")
         return self
 
     def template_text(self) -> str | None:

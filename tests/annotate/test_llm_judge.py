@@ -121,7 +121,7 @@ def test_unusable_answers_are_asked_again_then_counted_missing():
     ({"aspect_weights": {"honesty": 1.0}}, "aspect_weights: give a weight for each of aspects"),
     ({"aspects": ["style"]}, "aspects"),
     ({"rubric": "pairwise", "shaping": "par"}, "shaping: rubric pairwise gives pairwise logits"),
-    ({"max_tokens": 64, "max_model_len": 32}, "max_tokens (64) must be smaller than max_model_len (32)"),
+    ({"max_tokens": 64, "max_model_len": 32}, "max_model_len: 32 leaves no room for a question before max_tokens (64)"),
 ])
 def test_bad_settings(section, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
