@@ -101,6 +101,18 @@ def shape_judgments(judgments: list[Judgment], lengths: list[list[int]], referen
                                 [np.asarray(r.scores, float) for r in reference])
 
 
+def judge_inputs(grouped) -> tuple[list[tuple], list[tuple]]:
+    """What judge_groups takes for [(prompt_id, prompt, sample rows)]: the (prompt_id, prompt,
+    texts) groups and, per group, (prompt token ids, each response's token ids)."""
+    groups = [(pid, prompt, [r["text"] for r in rows]) for pid, prompt, rows in grouped]
+    token_ids = [(rows[0]["prompt_token_ids"], [r["token_ids"] for r in rows]) for _, _, rows in grouped]
+    return groups, token_ids
+
+
+def response_lengths(grouped) -> list[list[int]]:
+    return [[len(r["token_ids"]) for r in rows] for _, _, rows in grouped]
+
+
 def reference_groups(ctx, grouped) -> list[tuple]:
     """The reference responses (iter-000/reference-samples) of each prompt of `grouped`, grouped
     like it: [(prompt_id, prompt, rows)]."""
@@ -134,20 +146,17 @@ class Annotate:
     def run(self, ctx, tmp) -> StageResult:
         config = ctx.recipe.annotate
         grouped = group_by_prompt(ctx.latest(self, SAMPLES_PARQUET).table())
-        groups = [(pid, prompt, [r["text"] for r in rows]) for pid, prompt, rows in grouped]
-        token_ids = [(rows[0]["prompt_token_ids"], [r["token_ids"] for r in rows]) for _, _, rows in grouped]
+        groups, token_ids = judge_inputs(grouped)
         judge = ctx.actors.judge("annotate", config, str(ctx.policy("entering", self.iteration).path))
         judgments = judge_groups(judge, groups, desc=f"iter {self.iteration} annotate", token_ids=token_ids)
         shaped = None
         if config.shaping is not None:
             references = reference_groups(ctx, grouped)
-            reference = judge_groups(judge, [(pid, prompt, [r["text"] for r in rows]) for pid, prompt, rows in references],
-                                     desc=f"iter {self.iteration} annotate references",
-                                     token_ids=[(rows[0]["prompt_token_ids"], [r["token_ids"] for r in rows])
-                                                for _, _, rows in references])
-            judgments, shaped = shape_judgments(
-                judgments, [[len(r["token_ids"]) for r in rows] for _, _, rows in grouped], reference,
-                [[len(r["token_ids"]) for r in rows] for _, _, rows in references], config.shaping)
+            reference_texts, reference_ids = judge_inputs(references)
+            reference = judge_groups(judge, reference_texts, desc=f"iter {self.iteration} annotate references",
+                                     token_ids=reference_ids)
+            judgments, shaped = shape_judgments(judgments, response_lengths(grouped), reference,
+                                                response_lengths(references), config.shaping)
         table, metrics, warnings = judgments_table(groups, judgments, config.win_matrix, config.temperature, shaped)
         check_missing(metrics, config, "annotate")
         pq.write_table(table, tmp / JUDGMENTS_PARQUET)

@@ -123,7 +123,8 @@ def _judge_error(error: Exception, prompt_ids: list) -> Exception:
 
 def _with_empty_responses(judgment: Judgment | None, nonempty: list[int], k: int) -> Judgment:
     """Put the judged responses back among the empty ones: NaN scores (filled relative to the
-    stage's temperature, win_matrix.fill_empty_scores) or a logit gap of EMPTY_RESPONSE_GAP."""
+    stage's temperature, win_matrix.fill_empty_scores) or a logit gap of EMPTY_RESPONSE_GAP.
+    An LLM judge's counts stay; its per-response ratings and rationales get None for the empty ones."""
     if judgment is not None and judgment.pairwise_logits is not None:
         logits = np.zeros((k, k))
         logits[np.ix_(nonempty, nonempty)] = judgment.pairwise_logits
@@ -131,16 +132,14 @@ def _with_empty_responses(judgment: Judgment | None, nonempty: list[int], k: int
         logits[np.ix_(nonempty, empty)] = wm.EMPTY_RESPONSE_GAP
         logits[np.ix_(empty, nonempty)] = -wm.EMPTY_RESPONSE_GAP
         placed = Judgment(pairwise_logits=logits)
-        placed.answers, placed.retried, placed.missing = judgment.answers, judgment.retried, judgment.missing
-        placed.too_long = judgment.too_long
-        return placed
-    known = np.zeros(len(nonempty)) if judgment is None else np.asarray(judgment.scores, dtype=np.float64)
-    scores = np.full(k, np.nan)
-    scores[nonempty] = known
-    placed = Judgment(scores=scores)
-    if judgment is not None:  # an LLM judge's reading, with nothing for the empty responses
-        placed.answers, placed.retried, placed.missing = judgment.answers, judgment.retried, judgment.missing
-        placed.too_long = judgment.too_long
+    else:
+        known = np.zeros(len(nonempty)) if judgment is None else np.asarray(judgment.scores, dtype=np.float64)
+        scores = np.full(k, np.nan)
+        scores[nonempty] = known
+        placed = Judgment(scores=scores)
+    if judgment is not None:
+        placed.answers, placed.retried = judgment.answers, judgment.retried
+        placed.missing, placed.too_long = judgment.missing, judgment.too_long
         for field in ("ratings", "rationales"):
             if getattr(judgment, field) is not None:
                 values = [None] * k
