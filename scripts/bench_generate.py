@@ -137,8 +137,8 @@ def main() -> int:
     import torch
     from transformers import AutoTokenizer
 
-    from selfplay.artifacts import chat_prompt_ids
     from selfplay.cluster import start_ray
+    from selfplay.conversation import prompt_token_ids
     from selfplay.generate.engine import available_cores, detect_device
     from selfplay.generate.pool import EnginePool
     from selfplay.generate.stage import request_seed
@@ -167,7 +167,7 @@ def main() -> int:
     def run_raw_in_child(*request):
         raw.send(request)
         return raw.recv()
-    prompt_ids = [chat_prompt_ids(tokenizer, p) for p in prompts]
+    prompt_ids = [prompt_token_ids(tokenizer, p) for p in prompts]
     seeds = [request_seed(0, 1, i, "train") for i in range(len(prompts))]
 
     work = Path(tempfile.mkdtemp(prefix="bench-generate-"))

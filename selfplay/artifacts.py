@@ -6,8 +6,8 @@ it reads anyway and compares them with the recorded sha256: a damaged input fail
 that reads it, with the file named, instead of training on garbage (`selfplay verify` checks
 everything at once, and a rerun redoes the producer).
 
-The helpers below are the shapes of those artifacts (samples grouped by prompt, chat-templated
-prompt ids, a judgment row's win matrix). They live here, not in the stage that writes the
+The helpers below are the shapes of those artifacts (samples grouped by prompt, a response's
+token ids, a judgment row's win matrix). They live here, not in the stage that writes the
 artifact, so no stage package imports another.
 """
 
@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from selfplay.conversation import Prompt
 
 
 class ArtifactDamaged(RuntimeError):
@@ -45,20 +47,15 @@ def iteration_folder(run_dir: Path, iteration: int) -> Path:
     return Path(run_dir) / f"iter-{iteration:03d}"
 
 
-def group_by_prompt(table: pa.Table) -> list[tuple[int, str, list[dict]]]:
-    """(prompt_id, prompt, samples sorted by sample_idx) in first-seen prompt order. A prompt
-    the long-prompt rule skipped has no samples, so it has no group."""
+def group_by_prompt(table: pa.Table) -> list[tuple[int, Prompt, list[dict]]]:
+    """(prompt_id, prompt, samples sorted by sample_idx) in first-seen prompt order; the prompt
+    is the conversation when the samples hold one (`messages`), else the text. A prompt the
+    long-prompt rule skipped has no samples, so it has no group."""
     groups: dict[int, list[dict]] = {}
     for row in table.to_pylist():
         groups.setdefault(row["prompt_id"], []).append(row)
-    return [(pid, rows[0]["prompt"], sorted(rows, key=lambda r: r["sample_idx"])) for pid, rows in groups.items()]
-
-
-def chat_prompt_ids(tokenizer, prompt: str) -> list[int]:
-    """A user prompt as the policy sees it: its chat template with the assistant header."""
-    text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
-                                         tokenize=False)
-    return tokenizer(text, add_special_tokens=False).input_ids
+    return [(pid, rows[0].get("messages") or rows[0]["prompt"], sorted(rows, key=lambda r: r["sample_idx"]))
+            for pid, rows in groups.items()]
 
 
 def response_token_ids(tokenizer, text: str) -> list[int]:

@@ -2,27 +2,33 @@
 per-iteration slices (SPPO trains on new prompts each iteration).
 
 Sources: JSONL (one object per line), Parquet, or a local HF `datasets` folder
-(`save_to_disk`). Every prompt gets a stable `prompt_id` (its row index in the source).
+(`save_to_disk`). Every prompt gets a stable `prompt_id` (its row index in the source). A prompt
+is a string (`prompts.field`) or a conversation (`prompts.messages_field`: a list of {role,
+content} messages ending with a user turn; selfplay/conversation.py), with `prompts.system`
+added or put in place of its own.
 
 With `prompts.source: magpie` the file gives only the eval slice; each iteration's training
 prompts are written by a model (selfplay/magpie/stage.py) and read from its artifact.
 
 Duplicates: prompts with the same text up to Unicode normalization, case and whitespace are
-one prompt. Only the first row of each is ever selected (later copies keep their row index
-but are never drawn), so the eval slice shares no prompt text with any training slice. A file
-without duplicates splits exactly as before duplicates were looked for.
+one prompt (conversations: every turn's text, and its role). Only the first row of each is ever
+selected (later copies keep their row index but are never drawn), so the eval slice shares no
+prompt with any training slice. A file without duplicates splits exactly as before duplicates
+were looked for.
 
 A file that cannot be read (not UTF-8, not Parquet, not a datasets folder, a non-string
-prompt) is a PromptError naming the file and the line or row: the CLI's one-line exit 2.
+prompt, a conversation with a bad role, order or empty turn) is a PromptError naming the file and
+the line or row: the CLI's one-line exit 2.
 """
 
 import json
-import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from selfplay.conversation import Prompt, conversation_problem, duplicate_key, with_system
 
 
 class PromptError(ValueError):
@@ -34,7 +40,13 @@ def _unreadable(source: Path, what: str, error: Exception) -> PromptError:
     return PromptError(f"{source}: {what} ({type(error).__name__}: {detail[:200]})")
 
 
-def _dataset_column(source: Path, field: str) -> list:
+def _missing_column(source: Path, setting: str, field: str, columns: list[str]) -> PromptError:
+    hint = ("; set prompts.messages_field=messages to read its conversations"
+            if setting == "prompts.field" and "messages" in columns else "")
+    return PromptError(f"{setting}: column {field!r} not in {source} (columns: {', '.join(columns)}){hint}")
+
+
+def _dataset_column(source: Path, field: str, setting: str) -> list:
     import datasets
 
     try:
@@ -44,8 +56,7 @@ def _dataset_column(source: Path, field: str) -> list:
                 raise PromptError(f"{source}: the DatasetDict has no splits")
             rows = rows[next(iter(rows))]
         if field not in rows.column_names:
-            raise PromptError(f"prompts.field: column {field!r} not in {source} "
-                              f"(columns: {', '.join(rows.column_names)})")
+            raise _missing_column(source, setting, field, rows.column_names)
         return list(rows[field])
     except PromptError:
         raise
@@ -54,14 +65,14 @@ def _dataset_column(source: Path, field: str) -> list:
                           error) from None
 
 
-def _parquet_column(source: Path, field: str) -> list:
+def _parquet_column(source: Path, field: str, setting: str) -> list:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     try:
         columns = pq.read_schema(source).names
         if field not in columns:
-            raise PromptError(f"prompts.field: column {field!r} not in {source} (columns: {', '.join(columns)})")
+            raise _missing_column(source, setting, field, columns)
         return pq.read_table(source, columns=[field]).column(field).to_pylist()
     except PromptError:
         raise
@@ -69,22 +80,43 @@ def _parquet_column(source: Path, field: str) -> list:
         raise _unreadable(source, "not a readable Parquet file", error) from None
 
 
-def load_prompts(path: str, field: str = "prompt") -> list[str]:
+def load_prompts(path: str, field: str = "prompt", messages_field: str | None = None) -> list[Prompt]:
+    """The prompts of a file in row order: strings from column `field`, or, with
+    `messages_field`, conversations (checked: roles, order, no empty turn, a user turn last)."""
     source = Path(path)
+    column, setting = (field, "prompts.field") if messages_field is None else (messages_field, "prompts.messages_field")
     if source.is_dir():
-        prompts = _dataset_column(source, field)
+        values = _dataset_column(source, column, setting)
     elif source.suffix == ".parquet":
-        prompts = _parquet_column(source, field)
+        values = _parquet_column(source, column, setting)
     elif source.suffix in (".jsonl", ".json"):
-        prompts = [row[field] for row in read_jsonl_records(source, (field,), "a prompt (set prompts.field)")]
+        if messages_field is None:
+            values = [row[field] for row in read_jsonl_records(source, (field,), "a prompt (set prompts.field)")]
+        else:
+            return [read_conversation(row.get(column), f"{source}:{number}", column)
+                    for number, row in jsonl_rows(source)]
     else:
         raise PromptError(f"prompts.path: {source} must be .jsonl, .parquet or a datasets folder")
-    for index, prompt in enumerate(prompts):
+    if messages_field is not None:
+        return [read_conversation(value, str(source), column, index) for index, value in enumerate(values)]
+    for index, prompt in enumerate(values):
         if not isinstance(prompt, str) or not prompt.strip():
             got = "an empty string" if isinstance(prompt, str) else f"{type(prompt).__name__} {str(prompt)[:40]!r}"
             raise PromptError(f"{source}: row {index} of column {field!r}: a prompt must be a non-empty string, "
                               f"got {got}")
-    return prompts
+    return values
+
+
+def read_conversation(value, where: str, column: str, row: int | None = None) -> list[dict]:
+    """A source's conversation, role and content kept; else a PromptError naming the file's line
+    (`where` "file:line") or its `row`, and the problem."""
+    if value is None and row is None:
+        raise PromptError(f"{where}: no {column!r} (set prompts.messages_field to the column of the conversations)")
+    problem = conversation_problem(value)
+    if problem:
+        place = f"{where}: column {column!r}" if row is None else f"{where}: row {row} of column {column!r}"
+        raise PromptError(f"{place}: {problem}")
+    return [{"role": m["role"], "content": m["content"]} for m in value]
 
 
 def read_text(path: Path) -> str:
@@ -102,8 +134,8 @@ def read_text(path: Path) -> str:
                           f"save the file as UTF-8") from None
 
 
-def read_jsonl_records(path: str | Path, fields: tuple[str, ...], what: str) -> list[dict]:
-    """JSONL rows, each required to hold non-empty strings in `fields`; errors name file:line."""
+def jsonl_rows(path: str | Path) -> list[tuple[int, dict]]:
+    """(line number, object) of each non-blank line; a line that is not a JSON object is named."""
     rows = []
     # split on "\n" only: str.splitlines would also cut at U+2028 and friends, which JSON strings may hold
     for number, line in enumerate(read_text(Path(path)).split("\n"), 1):
@@ -113,27 +145,35 @@ def read_jsonl_records(path: str | Path, fields: tuple[str, ...], what: str) -> 
             row = json.loads(line)
         except json.JSONDecodeError as error:
             raise PromptError(f"{path}:{number}: not valid JSON ({error.msg})") from None
-        missing = [f for f in fields if not isinstance(row, dict) or not isinstance(row.get(f), str)
-                   or not row[f].strip()]
-        if missing:
-            raise PromptError(f"{path}:{number}: {what} needs non-empty string fields {', '.join(fields)}; "
-                              f"missing or empty: {', '.join(missing)}")
-        rows.append(row)
+        if not isinstance(row, dict):
+            raise PromptError(f"{path}:{number}: a record is a JSON object, got {type(row).__name__}")
+        rows.append((number, row))
     if not rows:
         raise PromptError(f"{path}: no records")
     return rows
 
 
-def normalized(text: str) -> str:
-    """The text duplicates are found by: Unicode NFC, case-folded, whitespace runs collapsed, ends stripped."""
-    return " ".join(unicodedata.normalize("NFC", text).casefold().split())
+def missing_strings(row: dict, fields) -> list[str]:
+    return [f for f in fields if not isinstance(row.get(f), str) or not row[f].strip()]
 
 
-def distinct_ids(prompts: list[str]) -> list[int]:
-    """Row indices of each prompt's first occurrence by normalized text, in row order."""
+def read_jsonl_records(path: str | Path, fields: tuple[str, ...], what: str) -> list[dict]:
+    """JSONL rows, each required to hold non-empty strings in `fields`; errors name file:line."""
+    rows = []
+    for number, row in jsonl_rows(path):
+        missing = missing_strings(row, fields)
+        if missing:
+            raise PromptError(f"{path}:{number}: {what} needs non-empty string fields {', '.join(fields)}; "
+                              f"missing or empty: {', '.join(missing)}")
+        rows.append(row)
+    return rows
+
+
+def distinct_ids(prompts: list[Prompt]) -> list[int]:
+    """Row indices of each prompt's first occurrence by normalized turns, in row order."""
     seen, ids = set(), []
-    for index, text in enumerate(prompts):
-        key = normalized(text)
+    for index, prompt in enumerate(prompts):
+        key = duplicate_key(prompt)
         if key not in seen:
             seen.add(key)
             ids.append(index)
@@ -210,7 +250,7 @@ class PromptPool:
     """A recipe's prompts (row order of the source), the records they came from when the pair rule
     reads records (DRIFT's DSAT records, PairRule.records; else None),
     eval ids, per-iteration training slices and the number of duplicate rows never selected."""
-    prompts: list[str]
+    prompts: list[Prompt]
     records: list[dict] | None
     eval_ids: list[int]
     slices: TrainSlices
@@ -220,12 +260,14 @@ class PromptPool:
 def load_prompt_pool(recipe) -> PromptPool:
     from selfplay.methods import PAIR_RULES
 
+    settings = recipe.prompts
     records, read_records = None, PAIR_RULES[recipe.pairs.type].records
     if read_records is not None:
-        records = read_records(recipe.prompts.path)
+        records = read_records(settings.path)
         prompts = [r["prompt"] for r in records]
     else:
-        prompts = load_prompts(recipe.prompts.path, recipe.prompts.field)
+        prompts = load_prompts(settings.path, settings.field, settings.messages_field)
+    prompts = [with_system(prompt, settings.system, settings.system_mode) for prompt in prompts]
     ids = distinct_ids(prompts)
     # Magpie writes the training prompts (selfplay/magpie): the file gives the held-out eval set only
     iterations = 0 if recipe.prompts.source == "magpie" else recipe.iterations

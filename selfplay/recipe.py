@@ -107,6 +107,14 @@ class PromptsConfig(Strict):
     path: str = Field(description="JSONL, Parquet, or a local HF datasets folder; with source magpie only its "
                       "eval_size held-out prompts are read")
     field: str = Field("prompt", description="column holding the user prompt text")
+    messages_field: str | None = Field(None, description="column holding conversations instead: lists of "
+                                       "{role, content} (system first, user/assistant alternating, a user turn "
+                                       "last); prompts.field is then not read")
+    system: str | None = Field(None, min_length=1, description="a system prompt for every prompt (docs/"
+                               "conversations.md: merged into the first user turn where the template has no "
+                               "system role)")
+    system_mode: Literal["add", "replace"] = Field("add", description="add: only to prompts without a system "
+                                                   "message; replace: in place of theirs too")
     source: Literal["file", "magpie"] = Field("file", description="where training prompts come from: disjoint "
                                               "slices of the file, or written each iteration by a model (Magpie)")
     per_iteration: int = Field(64, gt=0, description="prompts per iteration (disjoint slices; with source magpie "
@@ -115,6 +123,14 @@ class PromptsConfig(Strict):
     shuffle_seed: Seed = 0
     reuse: bool = Field(False, description="wrap around when the pool runs out instead of failing")
     magpie: MagpieConfig = MagpieConfig()
+
+    @model_validator(mode="after")
+    def _check_system(self):
+        if self.system is not None and not self.system.strip():
+            raise ValueError("prompts.system: an empty system prompt; leave it out instead")
+        if self.system_mode == "replace" and self.system is None:
+            raise ValueError("prompts.system_mode: replace needs prompts.system (the system prompt to put in place)")
+        return self
 
 
 # vLLM samples greedily below this temperature (SamplingParams' _SAMPLING_EPS), and greedy

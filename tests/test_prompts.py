@@ -4,7 +4,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from selfplay.prompts import PromptError, distinct_ids, load_prompt_pool, load_prompts, normalized, split_prompts
+from selfplay.conversation import normalized
+from selfplay.prompts import PromptError, distinct_ids, load_prompt_pool, load_prompts, split_prompts
 
 from conftest import REPO
 

@@ -3,16 +3,18 @@
 With `prompts.source: magpie` the training prompts are the iteration's prompts.parquet (written
 by the magpie stage, selfplay/magpie/stage.py, read through `ctx.latest`), prompt ids its rows.
 
-One row per (prompt, sample): prompt_id, prompt text, chat-templated prompt token ids (as the
-engine saw them), sample_idx, response text, token ids, per-token log-probs (None unless
-`generate.store_logprobs`), finish reason, and the request seed (a prompt's K samples come from
-one n=K request seeded by (run seed, iteration, prompt)).
+One row per (prompt, sample): prompt_id, prompt text (a conversation's last user turn), the
+conversation (`messages`; None for a string prompt), chat-templated prompt token ids (as the
+engine saw them, selfplay/conversation.py), sample_idx, response text, token ids, per-token
+log-probs (None unless `generate.store_logprobs`), finish reason, and the request seed (a
+prompt's K samples come from one n=K request seeded by (run seed, iteration, prompt)).
 
 Long prompts: a chat-templated prompt longer than `max_model_len - max_tokens` cannot be
-sampled in full. `fit_prompt` applies the recipe's rule (`generate.long_prompts`): `truncate`
-(the default) keeps its last tokens, the end of the user's text and the assistant header the
-model answers after; `skip` leaves the prompt out (it then has no samples, so no judgments,
-pairs or win rate). The stage reports the prompts it truncated or skipped.
+sampled in full. A conversation first loses its oldest exchanges (the system prompt stays);
+then `generate.long_prompts` applies to what is left: `truncate` (the default) keeps its last
+tokens, the end of the user's text and the assistant header the model answers after; `skip`
+leaves the prompt out (it then has no samples, so no judgments, pairs or win rate). The stage
+reports the prompts it shortened, truncated or skipped.
 """
 
 import logging
@@ -24,14 +26,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from selfplay import runs
-from selfplay.artifacts import chat_prompt_ids
+from selfplay.conversation import Prompt, fit_prompt_ids, last_user_turn, with_system
 from selfplay.pipeline import StageResult
 from selfplay.sampling import ENGINE_KEYS, request_seed
 from selfplay.stage_names import BASELINE, EVAL_GEN, GENERATE, PROMPTS_PARQUET, REFERENCE_SAMPLES, SAMPLES_PARQUET
 
 log = logging.getLogger("selfplay")
 
-SAMPLES_SCHEMA = pa.schema([("prompt_id", pa.int64()), ("prompt", pa.string()),
+MESSAGES_TYPE = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
+SAMPLES_SCHEMA = pa.schema([("prompt_id", pa.int64()), ("prompt", pa.string()), ("messages", MESSAGES_TYPE),
                             ("prompt_token_ids", pa.list_(pa.int64())), ("sample_idx", pa.int64()),
                             ("text", pa.string()), ("token_ids", pa.list_(pa.int64())),
                             ("logprobs", pa.list_(pa.float64())), ("finish_reason", pa.string()),
@@ -47,33 +50,25 @@ def prompt_budget(max_model_len: int, max_tokens: int) -> int:
     return budget
 
 
-def fit_prompt(ids: list[int], budget: int, rule: str) -> list[int] | None:
-    """The prompt ids the engine gets: unchanged if they fit `budget`, else the last `budget`
-    ids (rule "truncate") or None (rule "skip")."""
-    if len(ids) <= budget:
-        return ids
-    if rule == "truncate":
-        return ids[len(ids) - budget:]
-    if rule == "skip":
-        return None
-    raise ValueError(f"generate.long_prompts must be 'truncate' or 'skip', got {rule!r}")
-
-
-def generate_samples(pool, tokenizer, prompt_ids: list[int], prompts: list[str], *, n: int, temperature: float,
+def generate_samples(pool, tokenizer, prompt_ids: list[int], prompts: list[Prompt], *, n: int, temperature: float,
                      top_p: float, max_tokens: int, run_seed: int, iteration: int, purpose: str,
                      max_model_len: int, long_prompts: str = "truncate") -> tuple[pa.Table, dict]:
-    """(samples table, report). The report names the prompts the long-prompt rule touched:
-    {"rule", "budget", "truncated": [prompt ids], "skipped": [prompt ids]}."""
+    """(samples table, report). The report names the prompts the long-prompt rules touched:
+    {"rule", "budget", "shortened": [prompt ids that lost history], "turns_dropped": messages
+    dropped in all, "truncated": [prompt ids], "skipped": [prompt ids]}."""
     budget = prompt_budget(max_model_len, max_tokens)
-    report = {"rule": long_prompts, "budget": budget, "truncated": [], "skipped": []}
+    report = {"rule": long_prompts, "budget": budget, "shortened": [], "turns_dropped": 0, "truncated": [],
+              "skipped": []}
     kept, token_ids = [], []
     for prompt_id in prompt_ids:
-        full = chat_prompt_ids(tokenizer, prompts[prompt_id])
-        fitted = fit_prompt(full, budget, long_prompts)
+        fitted, dropped, cut = fit_prompt_ids(tokenizer, prompts[prompt_id], budget, long_prompts)
+        if dropped:
+            report["shortened"].append(prompt_id)
+            report["turns_dropped"] += dropped
         if fitted is None:
             report["skipped"].append(prompt_id)
             continue
-        if len(fitted) < len(full):
+        if cut:
             report["truncated"].append(prompt_id)
         kept.append(prompt_id)
         token_ids.append(fitted)
@@ -86,7 +81,9 @@ def generate_samples(pool, tokenizer, prompt_ids: list[int], prompts: list[str],
     rows = []
     for prompt_id, ids, seed, samples in zip(kept, token_ids, seeds, results):
         for sample_idx, sample in enumerate(samples):
-            rows.append({"prompt_id": prompt_id, "prompt": prompts[prompt_id], "prompt_token_ids": ids,
+            prompt = prompts[prompt_id]
+            rows.append({"prompt_id": prompt_id, "prompt": last_user_turn(prompt),
+                         "messages": None if isinstance(prompt, str) else prompt, "prompt_token_ids": ids,
                          "sample_idx": sample_idx, "text": sample["text"], "token_ids": sample["token_ids"],
                          "logprobs": sample["logprobs"], "finish_reason": sample["finish_reason"], "seed": seed})
     return pa.Table.from_pylist(rows, schema=SAMPLES_SCHEMA), report
@@ -140,9 +137,11 @@ class Sample:
             return sorted({prompt_id for ids in ctx.slices for prompt_id in ids})
         return ctx.eval_ids if self.purpose == "eval" else ctx.slices[self.iteration - 1]
 
-    def prompts(self, ctx) -> list[str]:
-        if self.written:
-            return ctx.latest(self, PROMPTS_PARQUET).table().column("prompt").to_pylist()
+    def prompts(self, ctx) -> list[Prompt]:
+        if self.written:  # Magpie's instructions, under the recipe's system prompt like the file's
+            system = ctx.recipe.prompts
+            return [with_system(text, system.system, system.system_mode)
+                    for text in ctx.latest(self, PROMPTS_PARQUET).table().column("prompt").to_pylist()]
         if self.record_prompt is None:
             return ctx.prompts
         return [self.record_prompt(record) for record in ctx.records]
@@ -196,6 +195,11 @@ class Sample:
             pool, ctx.tokenizer, prompt_ids, self.prompts(ctx), n=self.n, run_seed=recipe.seed,
             iteration=self.iteration, purpose=self.purpose, max_model_len=recipe.generate.max_model_len,
             long_prompts=recipe.generate.long_prompts, **self.sampling)
+        if long_prompts["shortened"]:
+            log.warning("iter %d %-9s %d of %d conversations lost their %d oldest messages in all to fit "
+                        "generate.max_model_len - max_tokens (%d tokens), prompt ids %s", self.iteration, self.name,
+                        len(long_prompts["shortened"]), len(prompt_ids), long_prompts["turns_dropped"],
+                        long_prompts["budget"], long_prompts["shortened"][:10])
         for what in ("truncated", "skipped"):
             if long_prompts[what]:
                 log.warning("iter %d %-9s %d of %d prompts %s: longer than generate.max_model_len - max_tokens "
@@ -206,6 +210,7 @@ class Sample:
         tokens = sum(len(t) for t in table.column("token_ids").to_pylist())
         seconds = time.time() - started
         metrics = {"samples": table.num_rows, "prompts": len(prompt_ids), "tokens": tokens,
+                   "prompts_shortened": len(long_prompts["shortened"]), "turns_dropped": long_prompts["turns_dropped"],
                    "prompts_truncated": len(long_prompts["truncated"]),
                    "prompts_skipped": len(long_prompts["skipped"]), "engine_load_seconds": load_seconds,
                    "tokens_per_second": tokens / max(seconds - load_seconds, 1e-9)}

@@ -60,7 +60,8 @@ class Judgment:
 class Judge:
     """Subclasses implement `judge(prompts, responses)`.
 
-    prompts: list of N prompt strings (the user turn, without chat template);
+    prompts: list of N prompts, each a string (the user turn, without chat template) or a
+        conversation (a list of {role, content}, ending with the user turn; selfplay/conversation.py);
     responses: list of N lists of K response strings.
     Returns a list of N Judgments.
     """
@@ -69,7 +70,7 @@ class Judge:
     # judge_groups passes them (Selfie scores the very sequences the train stage trains on)
     takes_token_ids = False
 
-    def judge(self, prompts: list[str], responses: list[list[str]]) -> list[Judgment]:
+    def judge(self, prompts: list, responses: list[list[str]]) -> list[Judgment]:
         raise NotImplementedError
 
     def shutdown(self) -> None:

@@ -1,5 +1,8 @@
 """`annotate.type: function`: a user's Python scoring function `fn(prompt, response) -> number`.
 
+`prompt` is the prompt as the recipe gives it: a string, or for conversations the list of
+{role, content} messages (the last one the user turn the response answers).
+
 The contract: fn returns a real number (int, float, or a numpy integer/floating scalar); a
 bool, NaN, inf or anything else is refused with one line naming the prompt and response.
 Only the order and spread of the scores matter (annotate.temperature: auto).

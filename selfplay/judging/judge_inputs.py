@@ -8,6 +8,8 @@ count either wastes padding on short rows or runs out of memory on long ones.
 
 from pathlib import Path
 
+from selfplay.conversation import conversation_problem
+
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                 "pytorch_model.bin.index.json")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "spm.model")
@@ -41,7 +43,7 @@ def require_chat_template(tokenizer, path: Path, role: str) -> None:
                          f"chat_template.jinja); the judge formats [user, assistant] turns with it")
 
 
-def check_inputs(prompts: list[str], responses: list[list[str]]) -> None:
+def check_inputs(prompts: list, responses: list[list[str]]) -> None:
     """Raise ValueError naming the first bad field: a count mismatch, K < 2, or an empty response.
 
     Empty responses ("") are rejected rather than scored: no judge can say anything about them,
@@ -50,8 +52,9 @@ def check_inputs(prompts: list[str], responses: list[list[str]]) -> None:
     if len(prompts) != len(responses):
         raise ValueError(f"judge: {len(prompts)} prompts but {len(responses)} response lists")
     for row, (prompt, candidates) in enumerate(zip(prompts, responses)):
-        if not isinstance(prompt, str):
-            raise ValueError(f"judge: prompts[{row}] is {type(prompt).__name__}, not str")
+        if not isinstance(prompt, str) and conversation_problem(prompt):
+            raise ValueError(f"judge: prompts[{row}] is neither a string nor a conversation "
+                             f"({conversation_problem(prompt)})")
         if len(candidates) < 2:
             raise ValueError(f"judge: responses[{row}] has {len(candidates)} responses; judging needs K >= 2")
         for k, response in enumerate(candidates):

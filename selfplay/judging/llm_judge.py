@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from selfplay.conversation import Prompt, as_text
 from selfplay.judging import llm_rubric as rubric
 from selfplay.judging.base import Judge, Judgment
 
@@ -67,10 +68,10 @@ def verdict_token_ids(tokenizer, verdicts: tuple[str, ...]) -> dict[str, int]:
     return ids
 
 
-def questions_for(settings: dict, prompts: list[str], responses: list[list[str]],
+def questions_for(settings: dict, prompts: list[Prompt], responses: list[list[str]],
                   template: str | None) -> list[Question]:
     rubric_mode, listed = settings["rubric"], []
-    for group, (prompt, answers) in enumerate(zip(prompts, responses)):
+    for group, (prompt, answers) in enumerate(zip(map(as_text, prompts), responses)):
         if rubric_mode == "pairwise":
             for i in range(len(answers)):
                 for j in range(len(answers)):
@@ -162,7 +163,7 @@ class LLMJudge(Judge):
                             for prefix, verdicts in ((rubric.RATING_PREFIX, rubric.RATINGS),
                                                      (rubric.PAIRWISE_PREFIX, rubric.SIDES))}
 
-    def judge(self, prompts: list[str], responses: list[list[str]]) -> list[Judgment]:
+    def judge(self, prompts: list[Prompt], responses: list[list[str]]) -> list[Judgment]:
         settings = self.settings
         questions = questions_for(settings, prompts, responses, self.template)
         answers = self.ask(questions)

@@ -48,6 +48,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from selfplay.conversation import Prompt, as_text
 from selfplay.judging.base import Judge, Judgment
 from selfplay.judging.judge_inputs import WEIGHT_FILES, check_inputs, token_budget_batches, torch_dtype
 
@@ -227,8 +228,9 @@ class PairRMJudge(Judge):
         self.blender.loadranker(str(self.path), device=self.device, model_name=str(self.backbone))
         match_sentencepiece(self.blender.ranker_tokenizer, self.backbone)  # its collator holds this object
 
-    def judge(self, prompts: list[str], responses: list[list[str]]) -> list[Judgment]:
+    def judge(self, prompts: list[Prompt], responses: list[list[str]]) -> list[Judgment]:
         check_inputs(prompts, responses)
+        prompts = [as_text(prompt) for prompt in prompts]  # a conversation: its turns as text, the last user turn last
         if self.backend == "native":
             logits = self._pairwise_native(prompts, responses)
         else:

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from selfplay.conversation import Prompt, chat_text, messages_of
 from selfplay.judging.base import Judge, Judgment
 from selfplay.judging.judge_inputs import (
     check_inputs,
@@ -53,11 +54,11 @@ class RewardModelJudge(Judge):
         self.max_length = getattr(self.model.config, "max_position_embeddings", None) or self.tokenizer.model_max_length
         self.model.to(device).eval()
 
-    def _conversation(self, prompt: str, response: str) -> str:
-        turns = [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]
-        return self.tokenizer.apply_chat_template(turns, tokenize=False)
+    def _conversation(self, prompt: Prompt, response: str) -> str:
+        """The whole chat, the response as its last assistant turn, in the reward model's template."""
+        return chat_text(self.tokenizer, messages_of(prompt) + [{"role": "assistant", "content": response}], False)
 
-    def judge(self, prompts: list[str], responses: list[list[str]]) -> list[Judgment]:
+    def judge(self, prompts: list[Prompt], responses: list[list[str]]) -> list[Judgment]:
         check_inputs(prompts, responses)
         rows = [(p, k) for p, group in enumerate(responses) for k in range(len(group))]
         texts = [self._conversation(prompts[p], responses[p][k]) for p, k in rows]

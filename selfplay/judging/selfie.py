@@ -4,10 +4,10 @@ score(y) = logp_policy(y | x) - logp_reference(y | x), both SUMMED over the resp
 (docs/algorithms.md), with a FIXED reference (the SFT model in SPA). In a run the judge scores the
 token ids the sampler produced (`token_ids=`), the very sequences the train stage then trains
 on, so the judgment is the implicit reward of the sample itself. Given text alone, it rebuilds
-them: the user turn rendered with the policy tokenizer's chat template plus the generation
-prompt, then the response's tokens and the end-of-sequence token, as TRL's DPO tokenization
-(and a generation that stopped by itself) has it; a tokenizer can split text differently than
-the sampler did, which is why runs pass the ids. Both models must share that tokenizer.
+them: the prompt (its whole conversation) rendered with the policy tokenizer's chat template
+plus the generation prompt (selfplay/conversation.py), then the response's tokens and the
+end-of-sequence token, as TRL's DPO tokenization (and a generation that stopped by itself) has
+it; a tokenizer can split text differently than the sampler did, which is why runs pass the ids. Both models must share that tokenizer.
 
 A prompt that alone fills the context (the smaller max_position_embeddings of the two models)
 is rejected; a response that does not fit after its prompt is cut at the end (the TRL
@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from selfplay.conversation import Prompt, prompt_token_ids
 from selfplay.judging.base import Judge, Judgment
 from selfplay.judging.judge_inputs import (
     check_inputs,
@@ -57,16 +58,11 @@ class SelfieJudge(Judge):
                                        for path in (self.policy_path, self.reference_path))
         self.max_length = min(model.config.max_position_embeddings for model in (self.policy, self.reference))
 
-    def _prompt_ids(self, prompt: str) -> list[int]:
-        text = self.tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
-                                                  add_generation_prompt=True)
-        return self.tokenizer(text, add_special_tokens=False).input_ids
-
     def _sequences(self, prompts, responses, token_ids):
         """Prompt ids per prompt and response ids per (prompt, k) row, from the sampler or from text."""
         rows = [(p, k) for p, group in enumerate(responses) for k in range(len(group))]
         if token_ids is None:
-            prompt_ids = [self._prompt_ids(prompt) for prompt in prompts]
+            prompt_ids = [prompt_token_ids(self.tokenizer, prompt) for prompt in prompts]
             texts = [responses[p][k] for p, k in rows]
             response_ids = [ids + self.eos for ids in self.tokenizer(texts, add_special_tokens=False).input_ids]
         else:
@@ -81,7 +77,7 @@ class SelfieJudge(Judge):
                                  f"no room for a response in the models' context of {self.max_length}")
         return rows, prompt_ids, response_ids
 
-    def judge(self, prompts: list[str], responses: list[list[str]],
+    def judge(self, prompts: list[Prompt], responses: list[list[str]],
               token_ids: list[tuple[list[int], list[list[int]]]] | None = None) -> list[Judgment]:
         """token_ids: per prompt, (its prompt ids, the ids of each response) as sampled."""
         check_inputs(prompts, responses)

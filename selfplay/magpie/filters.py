@@ -19,7 +19,7 @@ iteration costs O(candidates x (kept + earlier)) set intersections: fine for tho
 
 from collections import Counter
 
-from selfplay.prompts import normalized
+from selfplay.conversation import normalized
 
 RULES = ("empty", "too_short", "too_long", "ends_with_colon", "repeated_ngram", "eval_prompt",
          "near_duplicate_earlier", "near_duplicate")

@@ -6,8 +6,11 @@ assistant turn the user disliked, and the user's complaint: {"prompt": ..., "dsa
 policy writes ONE fresh answer per record from a hindsight prompt that shows it the request, its
 bad answer and the complaint (`drift.hindsight_template`); the pair trains on the original
 request: chosen = the fresh answer, rejected = the real DSAT turn. No judge or filter (as the
-released code), so these two stages replace generate/annotate/pairs. Only single-turn requests
-are supported so far. Loss `drift`: DPO plus an NLL term on the chosen response (RPO).
+released code), so these two stages replace generate/annotate/pairs. A record may give the
+conversation that led to the DSAT turn (`messages`, ending with the request; WildFeedback's
+histories) in place of `prompt`: the pair then trains on the whole conversation, and the
+hindsight template's {prompt} shows it as text. Loss `drift`: DPO plus an NLL term on the chosen
+response (RPO).
 """
 
 from dataclasses import dataclass
@@ -17,11 +20,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from selfplay.artifacts import chat_prompt_ids, response_token_ids
+from selfplay.artifacts import response_token_ids
+from selfplay.conversation import as_text, last_user_turn, prompt_token_ids
 from selfplay.methods.base import Method, PairRule
 from selfplay.methods.dpo import dpo_loss
 from selfplay.pipeline import StageResult
-from selfplay.prompts import read_jsonl_records
+from selfplay.prompts import PromptError, jsonl_rows, missing_strings, read_conversation
 from selfplay.stage_names import GENERATE, PAIRS, PAIRS_PARQUET, SAMPLES_PARQUET
 from selfplay.train.losses import LossSpec, chosen_mean_logps
 
@@ -51,14 +55,27 @@ def chosen_mean_nll(policy_logps, response_masks) -> torch.Tensor:
 # -- the prompt pool and the two stages that make DRIFT's pairs -------------------------------
 
 def load_dsat_records(path: str) -> list[dict]:
+    """The records of a DRIFT JSONL: prompt (a string, or the `messages` conversation), dsat_response, feedback."""
     from selfplay.recipe import RECORD_FIELDS  # the recipe section's (selfplay.recipe validates through here)
 
-    return [{f: row[f] for f in RECORD_FIELDS} for row in read_jsonl_records(path, RECORD_FIELDS, "a DRIFT record")]
+    records = []
+    for number, row in jsonl_rows(path):
+        conversation = "messages" in row
+        fields = [f for f in RECORD_FIELDS if not (conversation and f == "prompt")]
+        missing = missing_strings(row, fields)
+        if missing:
+            raise PromptError(f"{path}:{number}: a DRIFT record needs non-empty string fields {', '.join(fields)}"
+                              f"{'' if conversation else ' (or messages in place of prompt)'}; missing or empty: "
+                              f"{', '.join(missing)}")
+        prompt = read_conversation(row["messages"], f"{path}:{number}", "messages") if conversation else row["prompt"]
+        records.append({"prompt": prompt, "dsat_response": row["dsat_response"], "feedback": row["feedback"]})
+    return records
 
 
 def hindsight_prompt(record: dict, template: str) -> str:
-    """The prompt that shows the policy a record's request, its bad answer and the complaint."""
-    return template.format(**record)
+    """The prompt that shows the policy a record's request (its whole conversation), its bad
+    answer and the complaint."""
+    return template.format(**{**record, "prompt": as_text(record["prompt"])})
 
 
 def drift_pairs(records: list[dict], samples: list[dict], prompt_token_ids: dict[int, list[int]],
@@ -66,13 +83,13 @@ def drift_pairs(records: list[dict], samples: list[dict], prompt_token_ids: dict
     """One pair per sampled record: (original request, fresh answer, real DSAT turn).
 
     samples: rows of samples.parquet (one per record, prompt_id = record index);
-    prompt_token_ids: chat-templated ids of each record's ORIGINAL request;
+    prompt_token_ids: chat-templated ids of each record's ORIGINAL request (its conversation);
     text_token_ids: fn(text) -> response token ids (with the end-of-turn token).
     """
     pairs = []
     for sample in samples:
         record = records[sample["prompt_id"]]
-        pairs.append({"prompt_id": sample["prompt_id"], "prompt": record["prompt"],
+        pairs.append({"prompt_id": sample["prompt_id"], "prompt": last_user_turn(record["prompt"]),
                       "prompt_token_ids": prompt_token_ids[sample["prompt_id"]],
                       "chosen": sample["text"], "rejected": record["dsat_response"],
                       "chosen_token_ids": sample["token_ids"],
@@ -96,8 +113,8 @@ class DriftPairs:
 
     def run(self, ctx, tmp) -> StageResult:
         samples = ctx.latest(self, SAMPLES_PARQUET).table().to_pylist()
-        prompt_ids = {s["prompt_id"]: chat_prompt_ids(ctx.tokenizer, ctx.records[s["prompt_id"]]["prompt"])
-                      for s in samples}
+        # the pool's prompts: the records' requests under the recipe's prompts.system
+        prompt_ids = {s["prompt_id"]: prompt_token_ids(ctx.tokenizer, ctx.prompts[s["prompt_id"]]) for s in samples}
         rows = drift_pairs(ctx.records, samples, prompt_ids, partial(response_token_ids, ctx.tokenizer))
         pq.write_table(pa.Table.from_pylist(rows), tmp / PAIRS_PARQUET)
         return StageResult([PAIRS_PARQUET], {"pairs": len(rows)})

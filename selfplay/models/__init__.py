@@ -50,7 +50,8 @@ TINY_BUILDERS = {"llama": _build_llama, "pairrm": _build_pairrm, "reward": _buil
 
 # Bumped when a builder's output changes, so a cache built by older code is not reused.
 BUILD_VERSIONS = {"pairrm": 2,  # 2: backbone tokenizer as DeBERTa-v3 ships it (spm.model, no tokenizer.json)
-                  "judge": 2}  # 2: 12000 examples, 1300 steps (1: 6000, 1500)
+                  "judge": 2,  # 2: 12000 examples, 1300 steps (1: 6000, 1500)
+                  "gemma2": 2}  # 2: Gemma-2's chat template (no system role)
 
 
 def cache_dir() -> Path:

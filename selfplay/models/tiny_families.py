@@ -8,7 +8,9 @@ vLLM CPU attention backend accepts), so a run exercises the paths a real model t
            and the generation config, as Llama-3-Instruct ships.
 - gemma2:  tied embeddings, final and attention logit soft-capping, a sliding window (8 tokens,
            shorter than a prompt, so it matters) on alternate layers, query_pre_attn_scalar
-           different from the head size, embeddings scaled by sqrt(hidden).
+           different from the head size, embeddings scaled by sqrt(hidden); Gemma-2's chat
+           template rules (a bos in the template, no system role: it raises on one, turns
+           must alternate, contents trimmed) on the tiny tokenizer's turn tokens.
 - qwen2:   attention q/k/v bias (drawn at random: zeros would hide a loader that drops them),
            tied embeddings.
 
@@ -21,6 +23,13 @@ from pathlib import Path
 
 END_OF_TEXT = "<|end_of_text|>"
 INITIALIZER_RANGE = 0.1
+# Gemma-2-it's template, its turn markers swapped for the tiny tokenizer's special tokens
+GEMMA2_CHAT_TEMPLATE = (
+    "{{ bos_token }}{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not supported') }}"
+    "{% endif %}{% for message in messages %}{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+    "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}"
+    "<|{{ message['role'] }}|>\n{{ message['content'] | trim }}<|end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>\n{% endif %}")
 DIMS = dict(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
             num_key_value_heads=2, max_position_embeddings=1024, initializer_range=INITIALIZER_RANGE)
 
@@ -55,6 +64,7 @@ def _gemma2(tokenizer):
                           sliding_window=8, final_logit_softcapping=5.0, attn_logit_softcapping=5.0,
                           tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id,
                           eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    tokenizer.chat_template = GEMMA2_CHAT_TEMPLATE
     return Gemma2ForCausalLM, config, [tokenizer.eos_token_id]
 
 

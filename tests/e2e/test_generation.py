@@ -32,7 +32,7 @@ def test_in_place_reload_matches_a_fresh_engine(local_ray, tiny_policy, tmp_path
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from selfplay.artifacts import chat_prompt_ids
+    from selfplay.conversation import prompt_token_ids
     from selfplay.generate.engine import VLLMEngine
     from selfplay.recipe import GenerateConfig
 
@@ -42,7 +42,7 @@ def test_in_place_reload_matches_a_fresh_engine(local_ray, tiny_policy, tmp_path
         model.lm_head.weight.mul_(25.0)          # a sharper, different policy
     model.save_pretrained(changed)
     AutoTokenizer.from_pretrained(tiny_policy).save_pretrained(changed)
-    ids = [chat_prompt_ids(AutoTokenizer.from_pretrained(tiny_policy), "Hello there.")]
+    ids = [prompt_token_ids(AutoTokenizer.from_pretrained(tiny_policy), "Hello there.")]
     engine_cls = ray.remote(num_cpus=1)(VLLMEngine)
     sampling = dict(n=2, temperature=1.0, top_p=1.0, max_tokens=8, logprobs=True)
     reused = engine_cls.remote(str(tiny_policy), GenerateConfig())

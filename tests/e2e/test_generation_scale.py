@@ -54,14 +54,14 @@ def tokenizer(tiny_policy):
 
 
 def long_ids(samples, tokenizer) -> set[int]:
-    from selfplay.artifacts import chat_prompt_ids
+    from selfplay.conversation import prompt_token_ids
 
     prompts = {s["prompt_id"]: s["prompt"] for s in samples}
-    return {pid for pid, text in prompts.items() if len(chat_prompt_ids(tokenizer, text)) > MAX_MODEL_LEN - MAX_TOKENS}
+    return {pid for pid, text in prompts.items() if len(prompt_token_ids(tokenizer, text)) > MAX_MODEL_LEN - MAX_TOKENS}
 
 
 def test_every_prompt_is_sampled_and_long_ones_are_truncated_and_counted(scale_run, tokenizer):
-    from selfplay.artifacts import chat_prompt_ids
+    from selfplay.conversation import prompt_token_ids
 
     run_dir, result, manifest, samples = scale_run
     by_prompt = {}
@@ -74,7 +74,7 @@ def test_every_prompt_is_sampled_and_long_ones_are_truncated_and_counted(scale_r
     assert manifest["metrics"]["prompts_skipped"] == 0
     assert sorted(manifest["long_prompts"]["truncated"]) == sorted(truncated)
     for pid in truncated:                                        # the last tokens, as the engine saw them
-        full = chat_prompt_ids(tokenizer, by_prompt[pid][0]["prompt"])
+        full = prompt_token_ids(tokenizer, by_prompt[pid][0]["prompt"])
         assert by_prompt[pid][0]["prompt_token_ids"] == full[-(MAX_MODEL_LEN - MAX_TOKENS):]
     assert "prompts truncated" in result.stderr + result.stdout  # said in the log, not only the manifest
     evaluated = json.loads((run_dir / "iter-001/evaluate/metrics.json").read_text())

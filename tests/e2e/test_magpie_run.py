@@ -14,7 +14,8 @@ import json
 import pyarrow.parquet as pq
 import pytest
 
-from selfplay.prompts import load_prompt_pool, normalized
+from selfplay.conversation import normalized
+from selfplay.prompts import load_prompt_pool
 from selfplay.recipe import load_recipe
 
 from conftest import REPO

@@ -9,7 +9,7 @@ import torch
 from safetensors import safe_open
 from transformers import AutoConfig, AutoTokenizer, GenerationConfig
 
-from selfplay.artifacts import chat_prompt_ids
+from selfplay.conversation import prompt_token_ids
 from selfplay.models import TINY_BUILDERS, resolve_model
 
 from conftest import REPO
@@ -32,8 +32,9 @@ def test_every_family_pairs_its_config_with_the_chat_tokenizer(family):
     assert head_size in VLLM_CPU_HEAD_SIZES
     assert config.num_key_value_heads < config.num_attention_heads               # GQA in every family
     assert config.vocab_size == len(tokenizer)
+    bos = "<s>" if family == "gemma2" else ""   # Gemma-2's template writes the bos itself
     assert tokenizer.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False,
-                                         add_generation_prompt=True) == "<|user|>\nhi<|end|>\n<|assistant|>\n"
+                                         add_generation_prompt=True) == bos + "<|user|>\nhi<|end|>\n<|assistant|>\n"
     assert (folder / "generation_config.json").is_file() and json.loads((folder / "selfplay_tiny.json").read_text())[
         "kind"] == family
 
@@ -59,7 +60,7 @@ def test_gemma2_is_tied_and_capped_with_a_window_shorter_than_a_prompt():
     assert config.tie_word_embeddings and "lm_head.weight" not in weights(folder)
     assert config.final_logit_softcapping and config.attn_logit_softcapping
     assert config.query_pre_attn_scalar != config.head_dim
-    prompt = chat_prompt_ids(AutoTokenizer.from_pretrained(folder), "Say something about topic 1.")
+    prompt = prompt_token_ids(AutoTokenizer.from_pretrained(folder), "Say something about topic 1.")
     assert config.sliding_window < len(prompt) and "sliding_attention" in config.layer_types
 
 
