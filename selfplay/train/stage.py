@@ -7,6 +7,7 @@ from memory.
 """
 
 import json
+import logging
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,8 +29,23 @@ from selfplay.stage_names import (
     TRAIN_PAIRS_PARQUET,
 )
 
+log = logging.getLogger("selfplay")
+
 # Which policy a reference rule (train.reference) names, as RunContext.policy sources.
 REFERENCE_SOURCES = {"previous": "entering", "initial": "initial", "soup": "soup"}
+
+
+def cut_counts(pairs: pa.Table, max_length: int, max_prompt_length: int) -> dict:
+    """How many pairs the trainer cuts (selfplay.models.logps.pad_sequences): prompts over
+    train.max_prompt_length lose their first tokens, so the policy is not trained on all it
+    was sampled from; responses past train.max_length lose their end."""
+    prompts = [len(ids) for ids in pairs.column("prompt_token_ids").to_pylist()]
+    responses = [name.removesuffix("_token_ids") for name in pairs.column_names
+                 if name.endswith("_token_ids") and name != "prompt_token_ids"]
+    longest = [max(len(ids) for ids in row) for row in zip(*(pairs.column(f"{r}_token_ids").to_pylist()
+                                                             for r in responses))]
+    return {"prompts_cut": sum(n > max_prompt_length for n in prompts),
+            "responses_cut": sum(min(p, max_prompt_length) + r > max_length for p, r in zip(prompts, longest))}
 
 
 @dataclass
@@ -110,6 +126,11 @@ class Train:
             pq.write_table(pairs, pairs_path)
             if pairs.num_rows == 0:  # no prompt has this tier's pair (ties): the policy passes through
                 return self.unchanged(ctx, tmp, policy, reference)
+        cuts = cut_counts(pq.read_table(pairs_path), config.max_length, config.max_prompt_length)
+        if cuts["prompts_cut"]:
+            log.warning("%s: %d pairs' prompts are longer than train.max_prompt_length (%d): the policy is trained "
+                        "on their last %d tokens, not on all it was sampled from; raise train.max_prompt_length",
+                        self.name, cuts["prompts_cut"], config.max_prompt_length, config.max_prompt_length)
         checkpoints = self.checkpoints(ctx)
         ctx.actors.release_engines()
         ranks = ctx.actors.training_ranks(config)  # the seed stage's config differs in no resource field
@@ -131,7 +152,7 @@ class Train:
         last = history[-1]
         metrics = {"loss": sum(h["loss"] for h in history) / len(history), "final_loss": last["loss"],
                    "accuracy": last["accuracy"], "steps": len(history), "pairs": result["num_pairs"],
-                   "reference_seconds": result["reference_seconds"]}
+                   "reference_seconds": result["reference_seconds"], **cuts}
         if "loss_over_eta_sq" in last:
             metrics["loss_over_eta_sq"] = sum(h["loss_over_eta_sq"] for h in history) / len(history)
         extra = {**self.described(reference),
