@@ -8,7 +8,8 @@ before Ray starts. Cases: issue 13 findings 3 (non-finite settings), 7 (bad poli
 run in bounded time), 11 (duplicates), issue 9 item 5 (validate on a missing policy), and
 issue 19 findings 9 (recipe YAML: not UTF-8, duplicate keys, deep nesting), 10 (greedy
 decoding with several samples per prompt) and 11 (a run directory that is not a run, or inside one),
-and issue 18's Magpie fields (prompts.source, prompts.magpie).
+issue 18's Magpie fields (prompts.source, prompts.magpie) and issue 22's conversations (rows with a
+bad role, order or empty turn, named by line or row; prompts.system).
 """
 
 import json
@@ -28,6 +29,7 @@ from conftest import REPO
 QUICKSTART = REPO / "recipes" / "quickstart-cpu.yaml"
 DPO = REPO / "recipes" / "iterative-dpo-cpu.yaml"
 SELFIE = REPO / "recipes" / "selfie-cpu.yaml"
+CHAT = REPO / "recipes" / "chat-cpu.yaml"
 LLM = ["annotate.type=llm_judge", "annotate.function=null", "annotate.path=tiny:llama"]
 
 
@@ -55,6 +57,18 @@ def make_inputs(root: Path) -> None:
     (inputs / "other-tool" / "metrics.jsonl").write_text('{"loss": 1.0}\n')
     (inputs / "outer-run" / "iter-001").mkdir(parents=True)
     (inputs / "outer-run" / "run.json").write_text("{}")
+    # issue 22: conversations with a bad row (line 3 / row 2), each problem its own file
+    good = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Name a colour."}]
+    bad = {"ends-with-assistant": [*good, {"role": "assistant", "content": "Blue."}],
+           "bad-role": [{"role": "human", "content": "hi"}],
+           "empty-turn": [{"role": "user", "content": "  "}],
+           "two-users": [{"role": "user", "content": "a"}, {"role": "user", "content": "b"}],
+           "late-system": [{"role": "user", "content": "a"}, {"role": "system", "content": "s"},
+                           {"role": "user", "content": "b"}]}
+    for name, conversation in bad.items():
+        (inputs / f"{name}.jsonl").write_text("".join(json.dumps({"messages": m}) + "\n" for m in
+                                                      (good, good, conversation, *[good] * 40)))
+    pq.write_table(pa.table({"messages": [good, good, bad["two-users"]]}), inputs / "two-users.parquet")
 
 
 CASES = [
@@ -180,6 +194,27 @@ CASES = [
      "prompts.magpie.model"),
     ("magpie-model-judge", "validate", QUICKSTART, ["prompts.source=magpie", "prompts.magpie.model=tiny:pairrm"],
      "prompts.magpie.model: tiny model 'tiny:pairrm' does not fit here"),
+    # issue 22: conversations, each bad row named by its line (JSONL) or row (Parquet)
+    ("chat-ends-with-assistant", "run", CHAT, ["prompts.path={root}/inputs/ends-with-assistant.jsonl"],
+     "ends-with-assistant.jsonl:3: column 'messages': the last message is assistant"),
+    ("chat-bad-role", "validate", CHAT, ["prompts.path={root}/inputs/bad-role.jsonl"],
+     "bad-role.jsonl:3: column 'messages': message 0 has role 'human'; allowed: system, user, assistant"),
+    ("chat-empty-turn", "validate", CHAT, ["prompts.path={root}/inputs/empty-turn.jsonl"],
+     "empty-turn.jsonl:3: column 'messages': message 0 (user) has empty content"),
+    ("chat-two-users", "validate", CHAT, ["prompts.path={root}/inputs/two-users.jsonl"],
+     "two-users.jsonl:3: column 'messages': message 1 is user but assistant was expected"),
+    ("chat-late-system", "validate", CHAT, ["prompts.path={root}/inputs/late-system.jsonl"],
+     "message 1 is a system message; only the first message may be one"),
+    ("chat-parquet-row", "run", CHAT, ["prompts.path={root}/inputs/two-users.parquet"],
+     "two-users.parquet: row 2 of column 'messages': message 1 is user"),
+    ("chat-no-messages-column", "validate", CHAT, ["prompts.path={root}/inputs/numbers.parquet"],
+     "prompts.messages_field: column 'messages' not in"),
+    ("chat-field-on-conversations", "validate", QUICKSTART, ["prompts.path={root}/inputs/two-users.parquet"],
+     "set prompts.messages_field=messages"),
+    ("chat-empty-system", "validate", CHAT, ["prompts.system=' '"], "prompts.system"),
+    ("chat-replace-without-system", "validate", QUICKSTART, ["prompts.system_mode=replace"],
+     "prompts.system_mode: replace needs prompts.system"),
+    ("chat-system-mode-bogus", "validate", CHAT, ["prompts.system_mode=prepend"], "prompts.system_mode"),
 ]
 
 
