@@ -141,3 +141,35 @@ def test_a_missing_column_suggests_messages_field(tmp_path):
     (tmp_path / "mixed.jsonl").write_text(json.dumps({"messages": CHAT}) + "\n" + json.dumps({"prompt": "x"}) + "\n")
     with pytest.raises(PromptError, match="mixed.jsonl:2: no 'messages'"):
         load_prompts(str(tmp_path / "mixed.jsonl"), messages_field="messages")
+
+
+def test_an_edited_turn_or_system_prompt_changes_what_generation_is_done_for(tmp_path):
+    """The generate stage's config digest covers whole conversations (resume redoes the stage)."""
+    from types import SimpleNamespace
+
+    from selfplay import runs
+    from selfplay.generate.stage import Sample
+    from selfplay.prompts import load_prompt_pool
+    from selfplay.recipe import load_recipe
+
+    from conftest import REPO
+
+    rows = [[turn("system", "S"), turn("user", f"q{i}"), turn("assistant", "a"), turn("user", f"more {i}")]
+            for i in range(6)]
+    (tmp_path / "chats.jsonl").write_text("".join(json.dumps({"messages": r}) + "\n" for r in rows))
+
+    def digest(rows_changed=None, *overrides):
+        if rows_changed is not None:
+            (tmp_path / "chats.jsonl").write_text("".join(json.dumps({"messages": r}) + "\n" for r in rows_changed))
+        recipe = load_recipe(REPO / "recipes" / "chat-cpu.yaml", [f"prompts.path={tmp_path / 'chats.jsonl'}",
+                             "prompts.eval_size=2", "prompts.per_iteration=2", "iterations=2", *overrides])
+        pool = load_prompt_pool(recipe)
+        ctx = SimpleNamespace(recipe=recipe, prompts=pool.prompts, slices=pool.slices, eval_ids=pool.eval_ids,
+                              run_dir=tmp_path / "run")
+        return runs.digest_of(Sample.generate(recipe, 1).config(ctx))
+
+    before = digest()
+    assert digest(None) == before
+    assert digest(None, "prompts.system=Other.", "prompts.system_mode=replace") != before
+    edited = [[*r[:2], turn("assistant", "an edited answer"), r[3]] for r in rows]   # an earlier turn only
+    assert digest(edited) != before

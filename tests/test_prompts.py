@@ -98,6 +98,18 @@ def test_drift_records_and_seed_pairs_are_checked(tmp_path):
     record = load_dsat_records(str(tmp_path / "d.jsonl"))[0]
     text = hindsight_prompt(record, HINDSIGHT_TEMPLATE)
     assert text.startswith("Name a colour.") and "Blue." in text and "Say more." in text
+    # a record may give the conversation that led to the DSAT turn in place of its prompt
+    chat = [{"role": "user", "content": "I write a story."}, {"role": "assistant", "content": "How can I help?"},
+            {"role": "user", "content": "Name a colour."}]
+    conversation = {"messages": chat, "dsat_response": "Blue.", "feedback": "Say more."}
+    (tmp_path / "c.jsonl").write_text(json.dumps(conversation) + "\n")
+    [record] = load_dsat_records(str(tmp_path / "c.jsonl"))
+    assert record["prompt"] == chat
+    assert hindsight_prompt(record, HINDSIGHT_TEMPLATE).startswith(
+        "USER: I write a story.\nAssistant: How can I help?\nUSER: Name a colour.")
+    (tmp_path / "c.jsonl").write_text(json.dumps({**conversation, "messages": chat[:2]}) + "\n")
+    with pytest.raises(PromptError, match="c.jsonl:1: column 'messages': the last message is assistant"):
+        load_dsat_records(str(tmp_path / "c.jsonl"))
     (tmp_path / "empty.jsonl").write_text("\n")
     with pytest.raises(PromptError, match="no records"):
         read_jsonl_records(tmp_path / "empty.jsonl", ("prompt",), "a seed pair")
@@ -174,3 +186,32 @@ def test_duplicates_are_never_selected_and_eval_shares_no_text_with_training(tmp
     recipe.iterations = 3
     with pytest.raises(PromptError, match=r"only 10 remain after the eval slice \(45 duplicate prompts dropped\)"):
         load_prompt_pool(recipe)
+
+
+def test_drift_conversation_records_train_on_the_whole_conversation_under_the_system_prompt(tmp_path, tiny_policy):
+    from types import SimpleNamespace
+
+    from transformers import AutoTokenizer
+
+    from selfplay.methods.drift import DriftPairs
+    from selfplay.recipe import load_recipe
+
+    chat = [{"role": "user", "content": "I write a story."}, {"role": "assistant", "content": "How can I help?"},
+            {"role": "user", "content": "Name a colour."}]
+    rows = [{"messages": chat, "dsat_response": "Blue.", "feedback": "Say more."}] + [
+        {"prompt": f"Name colour {i}.", "dsat_response": "Red.", "feedback": "Longer."} for i in range(8)]
+    (tmp_path / "dsat.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    recipe = load_recipe(REPO / "recipes" / "drift-cpu.yaml", [f"prompts.path={tmp_path / 'dsat.jsonl'}",
+                         "prompts.eval_size=1", "prompts.per_iteration=2", "iterations=2", "prompts.system=Be kind."])
+    pool = load_prompt_pool(recipe)
+    system = {"role": "system", "content": "Be kind."}
+    assert pool.prompts[0] == [system, *chat] and pool.prompts[1] == [system, {"role": "user", "content": "Name colour 0."}]
+    samples = pa.table({"prompt_id": [0, 1], "text": ["Blue, like the sea.", "Red."], "token_ids": [[5, 6], [7]]})
+    tokenizer = AutoTokenizer.from_pretrained(tiny_policy)
+    ctx = SimpleNamespace(latest=lambda stage, name: SimpleNamespace(table=lambda: samples), tokenizer=tokenizer,
+                          prompts=pool.prompts, records=pool.records)
+    DriftPairs(1).run(ctx, tmp_path)
+    pairs = pq.read_table(tmp_path / "pairs.parquet").to_pylist()
+    assert pairs[0]["prompt"] == "Name a colour." and pairs[0]["rejected"] == "Blue."
+    assert pairs[0]["prompt_token_ids"] == list(tokenizer.apply_chat_template(
+        [system, *chat], add_generation_prompt=True, tokenize=True, return_dict=False))

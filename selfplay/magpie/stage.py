@@ -28,6 +28,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from selfplay import runs
+from selfplay.conversation import last_user_turn
 from selfplay.failures import DeadEnd
 from selfplay.magpie.filters import RULES, filter_instructions
 from selfplay.magpie.template import pre_query_template, stop_at
@@ -72,7 +73,8 @@ class MagpiePrompts:
 
     @staticmethod
     def eval_prompts(ctx) -> list[str]:
-        return [ctx.prompts[i] for i in ctx.eval_ids]
+        """The held-out instructions a written one must not repeat (a conversation's last user turn)."""
+        return [last_user_turn(ctx.prompts[i]) for i in ctx.eval_ids]
 
     def run(self, ctx, tmp) -> StageResult:
         recipe, magpie = ctx.recipe, ctx.recipe.prompts.magpie

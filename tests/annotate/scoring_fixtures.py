@@ -42,3 +42,8 @@ def exits(prompt: str, response: str) -> float:
 def constant(prompt: str, response: str) -> float:
     """A judge with no signal: every comparison is a tie."""
     return 1.0
+
+
+def counts_turns(prompt, response: str) -> float:
+    """The number of messages the function was given: 1 for a string prompt, else the conversation's."""
+    return 1.0 if isinstance(prompt, str) else float(len(prompt))
