@@ -120,6 +120,11 @@ class Tracker:
 
             os.environ.setdefault("WANDB_SILENT", "true")
             os.environ.setdefault("WANDB_MODE", recipe.tracking.mode)
+            # A wandb-core service inherited from the process that started us (a notebook, a test
+            # process) outlives a SIGKILLed driver with its run still open, and refuses the resumed
+            # run's id as "in use": this driver's run lives in a service of its own, which dies with it.
+            if os.environ.pop("WANDB_SERVICE", None):
+                log.debug("W&B: not joining the inherited wandb-core service (WANDB_SERVICE)")
             earlier = find_run_files(run_dir)  # before init adds this session's file
             self.wandb_run = wandb.init(project=recipe.tracking.project, entity=recipe.tracking.entity,
                                         group=recipe.tracking.group or run_info["name"], name=run_info["name"],

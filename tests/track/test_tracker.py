@@ -2,6 +2,7 @@
 it row for row, whatever a crash left behind."""
 
 import json
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -105,3 +106,51 @@ def test_a_journal_line_torn_by_a_crash_is_dropped_and_the_next_append_starts_a_
     assert read_journal(path) == [{"a": 1}]
     append_journal(path, {"a": 3})
     assert read_journal(path) == [{"a": 1}, {"a": 3}]
+
+
+
+def test_a_resumed_driver_opens_its_run_even_when_it_inherits_a_wandb_service_holding_it(tmp_path):
+    """A process that used W&B (a notebook, a test process, `wandb beta core start`) passes its
+    wandb-core service to its children in WANDB_SERVICE. A driver SIGKILLed there leaves its run
+    open in that service, and a resumed driver that joined it was refused ("run ID ... is in use").
+    Each driver opens its run in a service of its own, which dies with it."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    wandb_cli = str(Path(sys.executable).parent / "wandb")
+    env = {k: v for k, v in os.environ.items() if k != "WANDB_SERVICE"}
+    started = subprocess.run([wandb_cli, "beta", "core", "start", "--idle-timeout", "120s"], capture_output=True,
+                             text=True, timeout=120, env=env, check=True)
+    env["WANDB_SERVICE"] = started.stdout.strip().splitlines()[-1]
+
+    def python(code: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-c", code, str(tmp_path), json.dumps(INFO)], capture_output=True,
+                              text=True, timeout=300, cwd=REPO, env=env)
+
+    try:
+        killed = python("""
+import json, os, signal, sys, wandb
+run = wandb.init(project="selfplay-tests", id=json.loads(sys.argv[2])["wandb_run_id"], dir=sys.argv[1],
+                 resume="allow", mode="offline")
+run.log({"x": 1})
+os.kill(os.getpid(), signal.SIGKILL)
+""")
+        assert killed.returncode == -9, killed.stderr[-2000:]
+        resumed = python("""
+import json, sys
+from pathlib import Path
+from types import SimpleNamespace
+from selfplay.track.tracker import Tracker
+recipe = SimpleNamespace(tracking=SimpleNamespace(wandb=True, mode="offline", project="selfplay-tests", group=None,
+                                                  entity=None))
+tracker = Tracker(Path(sys.argv[1]), json.loads(sys.argv[2]), recipe, {})
+tracker.record(1, "generate", {"seconds": 1.0}, started_at=1.0)
+tracker.finish()
+""")
+    finally:
+        subprocess.run([wandb_cli, "beta", "core", "stop"], capture_output=True, timeout=120, env=env)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert lines(tmp_path)[-1]["stage"] == "generate"
