@@ -47,8 +47,17 @@ def config_folder(folder: str | Path) -> Path:
     return Path(folder) if base is None else Path(base["path"])
 
 
-def write_base(out_dir: str | Path, base_path: str, base_digest: str) -> None:
-    (Path(out_dir) / BASE_JSON).write_text(json.dumps({"path": str(base_path), "digest": base_digest}, indent=1))
+def save_adapter(model, tokenizer, out_dir: str | Path, base: tuple[str, str]) -> None:
+    """Write a peft model's adapter (peft's files, as vLLM's LoRA support reads them), the
+    tokenizer, and the base's (path, digest): train.lora's checkpoint."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.peft_config["default"].base_model_name_or_path = base[0]  # peft's own record of the base
+    # Only the adapter: with lm_head among the targets peft would also write the base's full embedding
+    # and head matrices ("save_embedding_layers"), which train.lora never changes.
+    model.save_pretrained(out_dir, safe_serialization=True, save_embedding_layers=False)
+    tokenizer.save_pretrained(out_dir)
+    (out_dir / BASE_JSON).write_text(json.dumps({"path": str(base[0]), "digest": base[1]}, indent=1))
 
 
 def lora_settings(folder: str | Path) -> tuple:

@@ -443,19 +443,14 @@ class TrainerRank:
                 shutil.copy(Path(policy_path) / extra, out_dir / extra)
 
     def _save_adapter(self, model, tokenizer, policy_path, base: tuple[str, str], out_dir: Path) -> None:
-        """train.lora's checkpoint: the adapter (peft's files, as vLLM's LoRA support reads them),
-        the tokenizer, and the base's path and digest."""
+        """train.lora's checkpoint (adapter.save_adapter) and the policy's generation config."""
         import shutil
 
         from selfplay.models import adapter
 
         if self.rank != 0:
             return
-        out_dir.mkdir(parents=True, exist_ok=True)
-        model.peft_config["default"].base_model_name_or_path = base[0]  # peft's own record of the base
-        model.save_pretrained(out_dir, safe_serialization=True)
-        tokenizer.save_pretrained(out_dir)
-        adapter.write_base(out_dir, *base)
+        adapter.save_adapter(model, tokenizer, out_dir, base)
         for extra in ("generation_config.json", "selfplay_tiny.json"):
             if (Path(policy_path) / extra).exists():
                 shutil.copy(Path(policy_path) / extra, out_dir / extra)
