@@ -56,6 +56,12 @@ def save_adapter(model, tokenizer, out_dir: str | Path, base: tuple[str, str]) -
     # Only the adapter: with lm_head among the targets peft would also write the base's full embedding
     # and head matrices ("save_embedding_layers"), which train.lora never changes.
     model.save_pretrained(out_dir, safe_serialization=True, save_embedding_layers=False)
+    # peft writes target_modules from a set, in an order that changes with the process's string
+    # hashing: a redone stage would get another digest for the same adapter
+    config = json.loads((out_dir / ADAPTER_CONFIG).read_text(encoding="utf-8"))
+    if isinstance(config.get("target_modules"), list):
+        config["target_modules"] = sorted(config["target_modules"])
+    (out_dir / ADAPTER_CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True))
     tokenizer.save_pretrained(out_dir)
     (out_dir / BASE_JSON).write_text(json.dumps({"path": str(base[0]), "digest": base[1]}, indent=1))
 
