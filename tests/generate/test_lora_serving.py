@@ -109,3 +109,18 @@ def test_an_adapter_served_by_vllm_scores_as_the_merged_checkpoint(tiny_policy, 
     differences["after the fallback"] = max_difference(vllm_logps(engine, sequences), hf_logps(attention, sequences))
     print(json.dumps(differences))
     assert all(value < TOLERANCE for value in differences.values()), differences
+
+
+def test_the_llm_judge_with_path_policy_serves_the_adapter(tiny_policy, tmp_path):
+    """`annotate: {type: llm_judge, path: policy}` under train.lora gets an adapter folder: its
+    engine is built on the base and serves the adapter, and it answers with the adapter's
+    log-probs (the judge's questions go through the same `generate`)."""
+    from selfplay.judging.llm_judge import LLMJudge
+    from selfplay.judging.registry import LLMJudgeConfig
+
+    folder = trained_adapter(tiny_policy, tmp_path / "adapter", 8, PROJECTIONS + ("lm_head",), seed=4)
+    settings = LLMJudgeConfig(path="policy", max_model_len=128, max_tokens=16, kv_cache_gib=0.25, dtype="float32")
+    judge = LLMJudge(str(folder), settings.model_dump(mode="json"), device="cpu")
+    assert judge.engine.options["model"] == str(tiny_policy) and judge.engine.lora.lora_path == str(folder)
+    sequences = [list(range(5, 20))]
+    assert max_difference(vllm_logps(judge.engine, sequences), hf_logps(folder, sequences)) < TOLERANCE
