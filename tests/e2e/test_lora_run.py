@@ -3,8 +3,8 @@ LoRA adapter (train.lora) raise the win rate against the initial policy under th
 judge's preference (bootstrap 95% lower bound of the final win rate above 0.5). Each saved
 policy is the adapter alone (a small fraction of the base's size) naming the base's digest, the
 engines served it as a LoRARequest without reloading weights, `selfplay export` writes the base
-with the adapter merged, and a damaged iteration-2 adapter is redone by `resume` from iteration
-1's adapter on disk, bit for bit."""
+with the adapter merged, a fork continues the parent's adapter, and a damaged iteration-2
+adapter is redone by `resume` from iteration 1's adapter on disk, bit for bit."""
 
 import json
 import subprocess
@@ -120,6 +120,24 @@ def test_export_refuses_a_bad_iteration_or_a_used_folder(lora_run, tmp_path, ite
     err = result.stderr.strip()
     assert result.returncode == 2 and len(err.splitlines()) == 1 and message in err, err
     assert (out / "keep.txt").exists() if out_has_file else not out.exists()
+
+
+def test_a_fork_continues_the_parents_adapter(lora_run, tmp_path):
+    """`selfplay fork --from-iteration 2` with a new beta: the fork's iteration 2 trains the
+    parent's iteration-1 adapter (read from disk: another run's ranks) on the same base, and its
+    checkpoint is again an adapter that verifies."""
+    from selfplay.models.adapter import base_of
+
+    fork = tmp_path / "forked"
+    result = subprocess.run([sys.executable, "-m", "selfplay.cli", "fork", str(lora_run), "--from-iteration", "2",
+                             "--run-dir", str(fork), "train.beta=0.05", "prompts.eval_size=24",
+                             "evaluate.samples_per_prompt=8"], capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert result.returncode == 0, result.stderr[-3000:]
+    parent = json.loads((lora_run / "iter-001/train/manifest.json").read_text())["outputs"]["policy"]
+    train = json.loads((fork / "iter-002/train/manifest.json").read_text())
+    assert train["inputs"]["policy"] == parent and train["ranks"]["policy_from"] == "disk"
+    assert base_of(fork / "iter-002/train/policy") == base_of(lora_run / "iter-002/train/policy")
+    assert _cli("verify", str(fork)).returncode == 0
 
 
 def test_a_damaged_adapter_is_redone_from_the_previous_adapter_bit_for_bit(lora_run):
