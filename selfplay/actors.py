@@ -28,7 +28,9 @@ class Actors:
 
         if self.pool is None:
             self.make_room("generate")
-            self.pool = EnginePool(policy_path, self.recipe.generate, self.recipe.policy.dtype, self.recipe.seed)
+            lora = self.recipe.train.lora  # adapters are served as LoRARequests on the base
+            self.pool = EnginePool(policy_path, self.recipe.generate, self.recipe.policy.dtype, self.recipe.seed,
+                                   lora_rank=None if lora is None else lora.r)
             self.pool.loaded = policy_path
         elif self.pool.loaded != policy_path:
             self.pool.load_policy(policy_path)

@@ -2,8 +2,9 @@
 
 The folder holds the policy's weights (safetensors), config and tokenizer, copied from the
 iteration's committed checkpoint after checking its files still hash to the digest its manifest
-records (a train.lora checkpoint is already the base with the adapter merged, so every run
-exports the same way), and a model card (README.md) with its lineage: the run, the recipe
+records; a train.lora checkpoint is an adapter (selfplay.models.adapter), exported as its base
+with the adapter merged, so every export is a plain HF folder that needs neither peft nor the
+base. Then a model card (README.md) with its lineage: the run, the recipe
 digest, the policy digest, the parent runs a fork descends from, the evaluation judge, and the
 win rate against the initial policy of each evaluated iteration up to N. It is written to a
 temporary sibling and renamed, so DIR is complete or absent.
@@ -16,6 +17,7 @@ from pathlib import Path
 
 from selfplay import runs
 from selfplay.lineage import LineageError, _checked_policy, read_run, trained_stage
+from selfplay.models import adapter
 from selfplay.stage_names import EVALUATE, METRICS_JSON, POLICY_FOLDER
 
 
@@ -55,7 +57,9 @@ def _win_rates(run_dir: Path, last: int) -> dict[int, float]:
     return rates
 
 
-def model_card(info: dict, iteration: int, digest: str, parents: list[dict], win_rates: dict[int, float]) -> str:
+def model_card(info: dict, iteration: int, digest: str, parents: list[dict], win_rates: dict[int, float],
+               base: dict | None = None) -> str:
+    """The README.md of an export; `base` the {path, digest} of a LoRA checkpoint's base."""
     recipe = info["recipe"]
     judge = recipe["evaluate"].get("judge") or recipe["annotate"]
     lora = recipe["train"].get("lora")
@@ -66,7 +70,9 @@ def model_card(info: dict, iteration: int, digest: str, parents: list[dict], win
              "## Lineage", "",
              f"- run: `{info['name']}` (run_id `{info['run_id']}`)",
              f"- recipe digest: `{info['recipe_digest']}`",
-             f"- policy digest: `{digest}`"]
+             f"- policy digest: `{digest}`" + (" (the adapter's checkpoint)" if base else "")]
+    if base:
+        lines += [f"- base digest: `{base['digest']}` (`{base['path']}`)"]
     if parents:
         lines += ["- parent runs (nearest first):"]
         lines += [f"  - `{p.get('name', p['run_dir'])}` at `{p['run_dir']}`, forked at iteration {p['from_iteration']}"
@@ -81,6 +87,22 @@ def model_card(info: dict, iteration: int, digest: str, parents: list[dict], win
     else:
         lines += ["No evaluation up to this iteration."]
     return "\n".join(lines) + "\n"
+
+
+def _write_policy(source: Path, out: Path) -> None:
+    """The checkpoint's files; a train.lora adapter merged into its base (in the base's dtype)."""
+    if adapter.is_adapter(source):
+        from transformers import AutoTokenizer
+
+        from selfplay.models.causal_lm import state_dict_for_save
+
+        model = adapter.merged_causal_lm(source, "auto")
+        model.save_pretrained(out, state_dict=state_dict_for_save(model, model.state_dict()), safe_serialization=True)
+        AutoTokenizer.from_pretrained(source).save_pretrained(out)
+    extras = ("generation_config.json", "selfplay_tiny.json")  # beside an adapter: what its base had
+    for path in sorted(source.iterdir()):
+        if path.is_file() and (not adapter.is_adapter(source) or path.name in extras):
+            shutil.copy2(path, out / path.name)
 
 
 def export_iteration(run_dir: Path, iteration: int, out: Path) -> Path:
@@ -98,10 +120,9 @@ def export_iteration(run_dir: Path, iteration: int, out: Path) -> Path:
     tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
     tmp.mkdir(parents=True)
     try:
-        for path in sorted(source.iterdir()):
-            if path.is_file():
-                shutil.copy2(path, tmp / path.name)
-        card = model_card(info, iteration, digest, _parents(info), _win_rates(run_dir, iteration))
+        _write_policy(source, tmp)
+        card = model_card(info, iteration, digest, _parents(info), _win_rates(run_dir, iteration),
+                          adapter.base_of(source))
         (tmp / "README.md").write_text(card)
         if out.exists():
             out.rmdir()

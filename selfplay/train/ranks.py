@@ -3,7 +3,7 @@
 Starting a rank costs seconds that have nothing to do with the stage (a Ray worker process, the
 torch/transformers/DeepSpeed imports, the process group), so the ranks live for the run like the
 engines (`train.keep_ranks`, on by default). After a stage each rank keeps a copy of the weights
-it just trained (ZeRO 0-2; under ZeRO-3 no rank holds them whole). The driver records which
+it just trained (ZeRO 0-2; under ZeRO-3 no rank holds them whole; under train.lora the adapter's). The driver records which
 policy that is once the stage has committed it (`holds`), by the digest its manifest records; the
 next stage starts from the copy only when the policy it must train has that digest, and from disk
 otherwise: a resume, a fork, a redo, another reference rule, ZeRO-3. The copy is bit for bit the
@@ -19,6 +19,7 @@ from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from selfplay.cluster import where_it_runs
+from selfplay.models import adapter
 from selfplay.train.trainer import TrainerRank
 
 
@@ -75,8 +76,10 @@ class TrainingRanks:
         self.ready()
         waited = time.perf_counter() - waited
         reference_path = None if reference is None else reference[0]
+        base = None if settings.lora is None else adapter.base_for(*policy)  # what the adapter adapts
         results = ray.get([rank.train.remote(policy[0], reference_path, pairs_path, out_dir, settings, checkpoint_dir,
-                                             from_memory=from_memory, reference_is_policy=reference_is_policy)
+                                             from_memory=from_memory, reference_is_policy=reference_is_policy,
+                                             base=base)
                            for rank in self.ranks])
         self.stages += 1
         self._trained = out_dir

@@ -12,8 +12,13 @@ def weight_soup(checkpoints: list[str], out_dir: Path) -> Path:
     import torch
     from safetensors.torch import load_file, save_file
 
+    from selfplay.models.adapter import is_adapter
+
     states = []
     for checkpoint in checkpoints:
+        if is_adapter(checkpoint):  # its tensors are the adapter's, not the policy's weights
+            raise ValueError(f"train.soup: {checkpoint} is a train.lora adapter; `selfplay export` it first (the "
+                             f"base with the adapter merged) and name the exported folder")
         files = sorted(Path(checkpoint).glob("*.safetensors"))
         if not files:
             raise ValueError(f"train.soup: {checkpoint} has no .safetensors weights")

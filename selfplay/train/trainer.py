@@ -17,9 +17,12 @@ train stage for its rank, in four parts:
      of each pair it scores, and which pair columns, batch-derived values and per-step state it
      takes (no loss is named here). A
      DeepSpeed checkpoint every `checkpoint_every` steps; a stage resumes from the latest one;
-  4. save: an HF safetensors checkpoint (ZeRO-3 weights gathered to rank 0; under train.lora the
-     adapter merged into the weights it adapts, so the checkpoint is a full policy); under ZeRO 0-2
-     each rank keeps a CPU copy of what it saved, the next stage's `from_memory` policy.
+  4. save: an HF safetensors checkpoint (ZeRO-3 weights gathered to rank 0); under train.lora
+     only the adapter, with its base's path and digest (selfplay.models.adapter); under ZeRO 0-2
+     each rank keeps a CPU copy of what it saved (the adapter's tensors under train.lora), the
+     next stage's `from_memory` policy.
+Under train.lora the policy is always the base plus one adapter: a stage continues the entering
+policy's adapter, or starts a fresh one (seeded) when the entering policy is the base.
 Settings come as a frozen `TrainSettings` (selfplay.train.settings).
 """
 
@@ -62,6 +65,17 @@ def _with_lora(model, lora: tuple):
     r, alpha, dropout, target_modules = lora
     return get_peft_model(model, LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout,
                                             target_modules=list(target_modules), bias="none"))
+
+
+def _check_same_adapter(policy_path: str, lora: tuple) -> None:
+    """A stage continues the entering adapter, so train.lora must describe that adapter."""
+    from selfplay.models.adapter import lora_settings
+
+    r, alpha, _, target_modules = lora
+    if lora_settings(policy_path) != (r, float(alpha), tuple(sorted(target_modules))):
+        found = lora_settings(policy_path)
+        raise ValueError(f"train.lora: the entering policy {policy_path} is an adapter with r {found[0]}, alpha "
+                         f"{found[1]:g} on {', '.join(found[2])}; a stage continues it, so set train.lora to match")
 
 
 def _load_pairs(pairs_path: Path, spec, loss: str) -> list[dict]:
@@ -146,21 +160,23 @@ class TrainerRank:
         import transformers  # noqa: F401
 
     def train(self, policy_path: str, reference_path: str | None, pairs_path: str, out_dir: str, settings: TrainSettings,
-              checkpoint_dir: str | None = None, from_memory: bool = False, reference_is_policy: bool = False) -> dict:
+              checkpoint_dir: str | None = None, from_memory: bool = False, reference_is_policy: bool = False,
+              base: tuple[str, str] | None = None) -> dict:
+        """`base`: (path, digest) of the base under train.lora (adapter.base_for), else None."""
         import gc
 
         import torch
 
         try:
             return self._train(policy_path, reference_path, pairs_path, out_dir, settings, checkpoint_dir, from_memory,
-                               reference_is_policy)
+                               reference_is_policy, base)
         finally:  # the stage's engine, optimizer and activations go; a kept rank idles with only its weight copy
             gc.collect()
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
 
     def _train(self, policy_path, reference_path, pairs_path, out_dir, settings, checkpoint_dir, from_memory,
-               reference_is_policy) -> dict:
+               reference_is_policy, base) -> dict:
         import torch
         import torch.distributed as dist
 
@@ -173,7 +189,7 @@ class TrainerRank:
         if from_memory and held is None:
             raise RuntimeError(f"rank {self.rank} was asked to train the weights it holds, but holds none")
         data = self._setup(pairs_path, policy_path, settings, spec)
-        model = self._policy_model(policy_path, held if from_memory else None, settings)
+        model = self._policy_model(policy_path, held if from_memory else None, settings, base)
         del held
         torch.manual_seed(settings.seed)  # after the model is built: from disk or memory, the same RNG state
         reference, reference_seconds = None, 0.0  # a reference-free loss: no reference model is read
@@ -197,11 +213,16 @@ class TrainerRank:
                     self._checkpoint(run.engine, checkpoint_dir, step, history, state)
 
         self._check_finite_weights(run.engine, settings, data.device, run.scheduler.get_last_lr()[0])
-        # LoRA: the adapter is merged into the weights it adapts; what is saved and held is a full policy
-        trained = run.model if settings.lora is None else run.model.merge_and_unload()
-        self._save(run.engine, trained, data.tokenizer, policy_path, Path(out_dir))
-        if settings.zero_stage < 3:  # ZeRO-3 partitions the weights: no rank holds them whole
-            self.weights = {name: tensor.detach().cpu().clone() for name, tensor in trained.state_dict().items()}
+        if settings.lora is None:
+            self._save(run.engine, run.model, data.tokenizer, policy_path, Path(out_dir))
+            if settings.zero_stage < 3:  # ZeRO-3 partitions the weights: no rank holds them whole
+                self.weights = {name: tensor.detach().cpu().clone() for name, tensor in run.model.state_dict().items()}
+        else:  # the adapter alone is the checkpoint and the copy (train.lora needs ZeRO 0-2)
+            from peft import get_peft_model_state_dict
+
+            self._save_adapter(run.model, data.tokenizer, policy_path, base, Path(out_dir))
+            self.weights = {name: tensor.detach().cpu().clone()
+                            for name, tensor in get_peft_model_state_dict(run.model).items()}
         dist.barrier()
         return {"history": history, "total_steps": run.total_steps, "warmup_steps": run.warmup_steps,
                 "gradient_accumulation_steps": run.gradient_accumulation_steps, "num_pairs": len(data.rows),
@@ -217,15 +238,36 @@ class TrainerRank:
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         return _StageData(device, tokenizer, pad_id, _load_pairs(Path(pairs_path), spec, settings.loss))
 
-    def _policy_model(self, policy_path: str, weights: dict | None, settings: TrainSettings):
+    def _policy_model(self, policy_path: str, weights: dict | None, settings: TrainSettings, base):
         """The policy to train: its checkpoint, or the weights this rank holds (its config from the folder)."""
         from selfplay.models.causal_lm import causal_lm_with_weights, load_causal_lm
 
+        if settings.lora is not None:
+            return self._lora_model(policy_path, weights, settings, base[0])
         if weights is None:
-            model = load_causal_lm(policy_path, _dtype(settings))
-        else:
-            model = causal_lm_with_weights(policy_path, _dtype(settings), weights)
-        return model if settings.lora is None else _with_lora(model, settings.lora)
+            return load_causal_lm(policy_path, _dtype(settings))
+        return causal_lm_with_weights(policy_path, _dtype(settings), weights)
+
+    def _lora_model(self, policy_path: str, weights: dict | None, settings: TrainSettings, base_path: str):
+        """The base with the policy's adapter, trainable: the adapter this rank holds, the one in the
+        policy's folder, or a fresh one when the policy is the base itself."""
+        import torch
+        from peft import set_peft_model_state_dict
+
+        from selfplay.models import adapter
+        from selfplay.models.causal_lm import load_causal_lm
+
+        torch.manual_seed(settings.seed)  # a fresh adapter's A matrices: the same on kept or new ranks
+        model = _with_lora(load_causal_lm(base_path, _dtype(settings)), settings.lora)
+        if weights is None and adapter.is_adapter(policy_path):
+            _check_same_adapter(policy_path, settings.lora)
+            weights = adapter.adapter_weights(policy_path)
+        if weights is not None:
+            loaded = set_peft_model_state_dict(model, weights)
+            if loaded.unexpected_keys:
+                raise ValueError(f"{policy_path}: adapter weights {loaded.unexpected_keys[:3]} are not in "
+                                 f"train.lora's adapter")
+        return model
 
     # -- 2. reference log-probs, then the engine ---------------------------------------------
     def _reference_logps(self, reference, data: _StageData, settings: TrainSettings) -> list[tuple[float, float]]:
@@ -396,6 +438,19 @@ class TrainerRank:
         # A copy (save_pretrained empties the dict it gets) without tied aliases (causal_lm.py).
         model.save_pretrained(out_dir, state_dict=state_dict_for_save(model, state), safe_serialization=True)
         tokenizer.save_pretrained(out_dir)
+        for extra in ("generation_config.json", "selfplay_tiny.json"):
+            if (Path(policy_path) / extra).exists():
+                shutil.copy(Path(policy_path) / extra, out_dir / extra)
+
+    def _save_adapter(self, model, tokenizer, policy_path, base: tuple[str, str], out_dir: Path) -> None:
+        """train.lora's checkpoint (adapter.save_adapter) and the policy's generation config."""
+        import shutil
+
+        from selfplay.models import adapter
+
+        if self.rank != 0:
+            return
+        adapter.save_adapter(model, tokenizer, out_dir, base)
         for extra in ("generation_config.json", "selfplay_tiny.json"):
             if (Path(policy_path) / extra).exists():
                 shutil.copy(Path(policy_path) / extra, out_dir / extra)

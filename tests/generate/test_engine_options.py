@@ -93,3 +93,13 @@ def test_tensor_parallel_workers_share_the_engine_threads():
     assert worker_threads(8, 2) == 4
     assert worker_threads(3, 2) == 1
     assert worker_threads(1, 4) == 1
+
+
+@pytest.mark.parametrize(("r", "max_lora_rank"), [(1, 1), (4, 8), (8, 8), (9, 16), (64, 64), (100, 128)])
+def test_train_lora_turns_on_vllm_lora_with_a_rank_vllm_accepts(r, max_lora_rank):
+    """train.lora.r rounds up to a max_lora_rank vLLM accepts (vllm.config.lora.MaxLoRARanks);
+    full fine-tuning passes no LoRA option at all (its engine options are unchanged)."""
+    got = engine_options("cpu", GenerateConfig(), "/models/p", "float32", 0, lora_rank=r)
+    assert {k: got[k] for k in ("enable_lora", "max_loras", "max_lora_rank")} == {
+        "enable_lora": True, "max_loras": 1, "max_lora_rank": max_lora_rank}
+    assert not {"enable_lora", "max_loras", "max_lora_rank"} & set(options("cpu"))

@@ -520,9 +520,15 @@ LORA = {"r": 4, "alpha": 8.0, "dropout": 0.0, "target_modules": ["q_proj", "v_pr
 
 def test_lora_learns_and_changes_only_the_adapted_weights(ray_session, tiny_policy, small_pairs, workdir):
     """train.lora: DPO through a LoRA adapter on q_proj and v_proj learns the tiny dataset; the
-    saved checkpoint is the policy with the adapter merged (full keys, loadable as any policy),
-    where only the adapted projections moved. A second stage from the weights the ranks hold
-    trains what the same stage from the saved folder trains (bit-identical)."""
+    saved checkpoint is the adapter alone, naming its base's path and digest, and loads (merged)
+    as any policy, where only the adapted projections moved. A second stage continues that adapter:
+    from the adapter the ranks hold it trains what the same stage from the saved folder trains
+    (bit-identical)."""
+    from safetensors.torch import load_file
+
+    from selfplay.models.adapter import ADAPTER_WEIGHTS, base_of
+    from selfplay.models.causal_lm import load_causal_lm
+
     config = TrainConfig(**{**BASE, "loss": "dpo", **LEARNING, "lora": LORA})
     ranks = kept_ranks(1)
     first = ranks.train((str(tiny_policy), "pi0"), (str(tiny_policy), "pi0"), str(small_pairs),
@@ -530,7 +536,10 @@ def test_lora_learns_and_changes_only_the_adapted_weights(ray_session, tiny_poli
     history = first["history"]
     assert history[0]["loss"] == pytest.approx(math.log(2), abs=1e-6)  # a fresh adapter changes nothing
     assert history[-1]["accuracy"] == 1.0 and history[-1]["loss"] < history[0]["loss"]
-    initial, merged = load_weights(tiny_policy), load_weights(workdir / "lora-1")
+    assert not (workdir / "lora-1/model.safetensors").exists()
+    assert base_of(workdir / "lora-1") == {"path": str(tiny_policy.resolve()), "digest": "pi0"}
+    initial = load_weights(tiny_policy)
+    merged = {k: v for k, v in load_causal_lm(workdir / "lora-1", torch.float32).state_dict().items() if k in initial}
     assert merged.keys() == initial.keys()
     moved = {k for k in initial if not torch.equal(initial[k], merged[k])}
     assert moved and all(k.endswith(("q_proj.weight", "v_proj.weight")) for k in moved), sorted(moved)
@@ -539,7 +548,9 @@ def test_lora_learns_and_changes_only_the_adapted_weights(ray_session, tiny_poli
     second = ranks.train((str(workdir / "lora-1"), "pi1"), (str(workdir / "lora-1"), "pi1"), str(small_pairs),
                          str(workdir / "lora-2"), config)
     assert second["ranks"]["policy_from"] == "memory"
+    assert second["history"][0]["loss"] == pytest.approx(math.log(2), abs=1e-6)  # reference: the entering adapter
     from_disk = train(workdir / "lora-1", small_pairs, workdir / "lora-2-disk", loss="dpo", **LEARNING, lora=LORA)
     assert from_disk["ranks"]["policy_from"] == "disk" and from_disk["history"] == second["history"]
-    held, loaded = load_weights(workdir / "lora-2"), load_weights(workdir / "lora-2-disk")
-    assert all(torch.equal(held[k], loaded[k]) for k in held)
+    held, loaded = load_file(workdir / "lora-2" / ADAPTER_WEIGHTS), load_file(workdir / "lora-2-disk" / ADAPTER_WEIGHTS)
+    assert held.keys() == loaded.keys() and all(torch.equal(held[k], loaded[k]) for k in held)
+    assert base_of(workdir / "lora-2") == base_of(workdir / "lora-1")  # always the run's base plus one adapter
