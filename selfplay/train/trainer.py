@@ -72,8 +72,8 @@ def _check_same_adapter(policy_path: str, lora: tuple) -> None:
     from selfplay.models.adapter import lora_settings
 
     r, alpha, _, target_modules = lora
-    if lora_settings(policy_path) != (r, float(alpha), tuple(sorted(target_modules))):
-        found = lora_settings(policy_path)
+    found = lora_settings(policy_path)
+    if found != (r, float(alpha), tuple(sorted(target_modules))):
         raise ValueError(f"train.lora: the entering policy {policy_path} is an adapter with r {found[0]}, alpha "
                          f"{found[1]:g} on {', '.join(found[2])}; a stage continues it, so set train.lora to match")
 
