@@ -78,3 +78,7 @@ def test_a_stage_continues_the_saved_adapter(tmp_path):
     fresh = rank._lora_model(str(path), None, settings, str(path))  # entering policy = the base: B is zero
     assert torch.equal(logps(fresh.eval(), prompts, responses), logps(load_causal_lm(path, torch.float32), prompts,
                                                                          responses))
+    # a stage continues the entering adapter, so a train.lora that describes another one is refused by name
+    other = TrainSettings.of(TrainConfig(loss="dpo", lora={**lora, "r": 8}))
+    with pytest.raises(ValueError, match=r"train.lora: the entering policy .* is an adapter with r 4, alpha 8 on"):
+        rank._lora_model(str(tmp_path / "adapter"), None, other, str(path))
