@@ -91,7 +91,10 @@ def model_card(info: dict, iteration: int, digest: str, parents: list[dict], win
 
 def _write_policy(source: Path, out: Path) -> None:
     """The checkpoint's files; a train.lora adapter merged into its base (in the base's dtype)."""
-    if adapter.is_adapter(source):
+    from selfplay.models.causal_lm import POLICY_EXTRAS
+
+    merged = adapter.is_adapter(source)
+    if merged:
         from transformers import AutoTokenizer
 
         from selfplay.models.causal_lm import state_dict_for_save
@@ -99,9 +102,8 @@ def _write_policy(source: Path, out: Path) -> None:
         model = adapter.merged_causal_lm(source, "auto")
         model.save_pretrained(out, state_dict=state_dict_for_save(model, model.state_dict()), safe_serialization=True)
         AutoTokenizer.from_pretrained(source).save_pretrained(out)
-    extras = ("generation_config.json", "selfplay_tiny.json")  # beside an adapter: what its base had
-    for path in sorted(source.iterdir()):
-        if path.is_file() and (not adapter.is_adapter(source) or path.name in extras):
+    for path in sorted(source.iterdir()):  # beside an adapter only the extras its base had
+        if path.is_file() and (not merged or path.name in POLICY_EXTRAS):
             shutil.copy2(path, out / path.name)
 
 

@@ -12,7 +12,12 @@ model vLLM samples from:
    tensors; vLLM's strict loaders (Gemma-2) refuse the extra `lm_head.weight`.
 """
 
+import shutil
 from pathlib import Path
+
+# Files of a policy folder that are neither weights nor tokenizer, kept beside every checkpoint
+# trained from it (and beside an exported adapter: what its base had).
+POLICY_EXTRAS = ("generation_config.json", "selfplay_tiny.json")
 
 
 def attn_implementation(config) -> str:
@@ -66,3 +71,10 @@ def state_dict_for_save(model, state: dict) -> dict:
     """
     aliases = tied_aliases(model)
     return {key: tensor.detach().cpu().clone() for key, tensor in state.items() if key not in aliases}
+
+
+def copy_policy_extras(policy_path: str | Path, out_dir: Path) -> None:
+    """Copy the POLICY_EXTRAS the policy folder has into a checkpoint trained from it."""
+    for extra in POLICY_EXTRAS:
+        if (Path(policy_path) / extra).exists():
+            shutil.copy(Path(policy_path) / extra, out_dir / extra)

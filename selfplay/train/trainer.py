@@ -424,9 +424,7 @@ class TrainerRank:
                                                settings, lr))
 
     def _save(self, engine, model, tokenizer, policy_path, out_dir):
-        import shutil
-
-        from selfplay.models.causal_lm import state_dict_for_save
+        from selfplay.models.causal_lm import copy_policy_extras, state_dict_for_save
 
         if engine.zero_optimization_stage() == 3:
             state = engine._zero3_consolidated_16bit_state_dict()  # collective: every rank calls it
@@ -438,22 +436,17 @@ class TrainerRank:
         # A copy (save_pretrained empties the dict it gets) without tied aliases (causal_lm.py).
         model.save_pretrained(out_dir, state_dict=state_dict_for_save(model, state), safe_serialization=True)
         tokenizer.save_pretrained(out_dir)
-        for extra in ("generation_config.json", "selfplay_tiny.json"):
-            if (Path(policy_path) / extra).exists():
-                shutil.copy(Path(policy_path) / extra, out_dir / extra)
+        copy_policy_extras(policy_path, out_dir)
 
     def _save_adapter(self, model, tokenizer, policy_path, base: tuple[str, str], out_dir: Path) -> None:
         """train.lora's checkpoint (adapter.save_adapter) and the policy's generation config."""
-        import shutil
-
         from selfplay.models import adapter
+        from selfplay.models.causal_lm import copy_policy_extras
 
         if self.rank != 0:
             return
         adapter.save_adapter(model, tokenizer, out_dir, base)
-        for extra in ("generation_config.json", "selfplay_tiny.json"):
-            if (Path(policy_path) / extra).exists():
-                shutil.copy(Path(policy_path) / extra, out_dir / extra)
+        copy_policy_extras(policy_path, out_dir)
 
     def shutdown(self) -> None:
         import torch.distributed as dist
