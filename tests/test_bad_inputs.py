@@ -1,4 +1,5 @@
-"""Bad inputs through the real CLI (`python -m selfplay.cli`), one subprocess per case.
+"""Bad inputs through the real CLI (`selfplay.cli.main`), one process per case (forked from one that
+imported the CLI: tests/forked_cli.py).
 
 Each case must end with exit code 2, exactly one line on stderr naming the field or file, no
 traceback, and nothing written: the working directory and the model cache are unchanged and,
@@ -17,7 +18,6 @@ import os
 import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pyarrow as pa
@@ -239,19 +239,21 @@ def cli(root: Path, env: dict, *args: str, timeout: float = 300) -> subprocess.C
 
 @pytest.fixture(scope="module")
 def outcomes(sandbox):
-    """Every case's CLI result, and the files present before and after them all. The cases run four
-    at a time: each is mostly the interpreter importing torch and transformers."""
+    """Every case's CLI result, and the files present before and after them all. Each case runs in
+    a process of its own forked from one that imported the CLI once (tests/forked_cli.py): in a
+    fresh interpreter a case is mostly the import of torch and transformers."""
     root, env = sandbox
     before = snapshot(root)
-
-    def one(case):
-        name, command, recipe, overrides, _ = case
+    commands = []
+    for name, command, recipe, overrides, _ in CASES:
         own_dir = command != "run" or any(o.startswith("--run-dir=") for o in overrides)
         extra = [] if own_dir else ["--run-dir", str(root / "runs" / name)]
-        return name, cli(root, env, command, str(recipe), *[o.replace("{root}", str(root)) for o in overrides], *extra)
-
-    with ThreadPoolExecutor(max_workers=4) as pool:
-        results = dict(pool.map(one, CASES))
+        commands.append([command, str(recipe), *[o.replace("{root}", str(root)) for o in overrides], *extra])
+    ran = subprocess.run([sys.executable, str(REPO / "tests" / "forked_cli.py"), str(root)], input=json.dumps(commands),
+                         cwd=root, env=env, capture_output=True, text=True, timeout=600)
+    assert ran.returncode == 0, ran.stderr[-3000:]
+    results = {case[0]: subprocess.CompletedProcess(argv, **result)
+               for case, argv, result in zip(CASES, commands, json.loads(ran.stdout))}
     return results, before, snapshot(root)
 
 
