@@ -1,6 +1,7 @@
 """Shared test setup: tiny models cached once per machine, W&B offline, no hub access."""
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -32,13 +33,33 @@ def local_ray():
     ray.shutdown()
 
 
+def built_once(tmp_path_factory, name: str, build) -> Path:
+    """The folder `build(folder)` fills, built once for the whole test session: under xdist the
+    workers share it (the first to ask builds it, the others wait for it), as a session fixture
+    alone would run once per worker. Read-only to its users: copy it to change it."""
+    from filelock import FileLock
+
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # the workers' basetemps are siblings in one session folder
+    folder, done = root / f"built-once-{name}", root / f"built-once-{name}.done"
+    with FileLock(str(root / f"built-once-{name}.lock"), timeout=1800):
+        if not done.exists():
+            shutil.rmtree(folder, ignore_errors=True)  # a worker's failed build: build again
+            folder.mkdir()
+            build(folder)
+            done.touch()
+    return folder
+
+
 @pytest.fixture(scope="session")
 def small_unbroken_run(tmp_path_factory, tiny_policy) -> dict:
     """The final state of one unbroken run with fault_runs.SMALL settings, shared by the tests
     that stop a run (test_faults, test_signals) and compare its resumed end with this one."""
-    from fault_runs import unbroken_run
+    from fault_runs import final_state, unbroken_run
 
-    return unbroken_run(tmp_path_factory.mktemp("unbroken") / "run")
+    run_dir = built_once(tmp_path_factory, "small-unbroken-run", lambda folder: unbroken_run(folder / "run")) / "run"
+    return {**final_state(run_dir), "run_dir": run_dir}
 
 
 # The shared 2-iteration run: 8 prompts a iteration, one epoch, W&B offline
@@ -49,19 +70,21 @@ TINY_RUN = ["iterations=2", "prompts.per_iteration=8", "prompts.eval_size=8", "t
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory, tiny_policy) -> tuple[Path, Path]:
     """One real run (quickstart recipe, TINY_RUN, named `base`) for the tests that fork, redo or
-    compare a finished run, and a copy of it taken before any test touched it: a test that forks
-    the run (the fork is recorded in the parent's run.json) or redoes it uses its own copy."""
-    import shutil
+    compare a finished run, as two copies of this worker's own: a test that forks the run (the
+    fork is recorded in the parent's run.json) or redoes it uses the second, untouched one."""
     import subprocess
     import sys
 
-    root = tmp_path_factory.mktemp("tiny-run")
-    run_dir = root / "base"
-    result = subprocess.run([sys.executable, "-m", "selfplay.cli", "run", "recipes/quickstart-cpu.yaml", "--run-dir",
-                             str(run_dir), "name=base", *TINY_RUN], capture_output=True, text=True, timeout=900, cwd=REPO)
-    assert result.returncode == 0, result.stderr[-3000:]
-    pristine = tmp_path_factory.mktemp("tiny-run-copy") / "base"
-    shutil.copytree(run_dir, pristine, symlinks=True)
+    def run(folder):
+        result = subprocess.run([sys.executable, "-m", "selfplay.cli", "run", "recipes/quickstart-cpu.yaml", "--run-dir",
+                                 str(folder / "base"), "name=base", *TINY_RUN], capture_output=True, text=True,
+                                timeout=900, cwd=REPO)
+        assert result.returncode == 0, result.stderr[-3000:]
+
+    built = built_once(tmp_path_factory, "tiny-run", run) / "base"
+    run_dir, pristine = tmp_path_factory.mktemp("tiny-run") / "base", tmp_path_factory.mktemp("tiny-run-copy") / "base"
+    shutil.copytree(built, run_dir, symlinks=True)
+    shutil.copytree(built, pristine, symlinks=True)
     return run_dir, pristine
 
 

@@ -152,7 +152,10 @@ class VLLMEngine:
         folder: the engine is built on its base and serves the adapter."""
         from selfplay.models import adapter
 
-        device = device or detect_device()
+        # "cuda" asked of a process whose torch has no CUDA (the CPU build on a Ray node that
+        # declares GPUs) runs vLLM's CPU platform: it gets the CPU options, not a torch.compile
+        # warm-up and a KV cache of half the node's RAM
+        device = "cpu" if device == "cpu" else detect_device()
         tp = config.tensor_parallel_size
         for key, value in engine_env(device, tp).items():
             os.environ.setdefault(key, value)  # a value the user exported wins

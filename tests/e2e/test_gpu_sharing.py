@@ -9,6 +9,7 @@ placement group. A group larger than the whole cluster is refused before any wor
 The engines and ranks still compute on the CPU here (CPU builds of vLLM and torch).
 """
 
+import json
 import os
 import subprocess
 import sys
@@ -61,6 +62,10 @@ def test_engines_and_training_ranks_take_turns_on_one_gpu(one_gpu_cluster, tiny_
     assert result.stderr.count("releasing the vLLM engines") == 1, result.stderr[-3000:]
     assert (run_dir / "iter-001/eval-gen/manifest.json").exists()
     assert (run_dir / "iter-001/evaluate/manifest.json").exists()
+    # each engine held the declared GPU, and ran as what it is, vLLM's CPU build (CPU options: no
+    # torch.compile warm-up, the recipe's KV cache instead of half the node's memory)
+    [engine] = json.loads((run_dir / "iter-001/generate/manifest.json").read_text())["placement"]["engines"]
+    assert engine["resources"] == [{"CPU": 1.0, "GPU": 1.0}] and engine["device"] == "cpu"
 
 
 def test_a_group_larger_than_the_cluster_is_refused_before_any_work(one_gpu_cluster, tmp_path):
