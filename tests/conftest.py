@@ -70,21 +70,19 @@ TINY_RUN = ["iterations=2", "prompts.per_iteration=8", "prompts.eval_size=8", "t
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory, tiny_policy) -> tuple[Path, Path]:
     """One real run (quickstart recipe, TINY_RUN, named `base`) for the tests that fork, redo or
-    compare a finished run, as two copies of this worker's own: a test that forks the run (the
-    fork is recorded in the parent's run.json) or redoes it uses the second, untouched one."""
+    compare a finished run, and a copy of it taken before any test touched it: a test that forks
+    the run (the fork is recorded in the parent's run.json) or redoes it uses its own copy.
+    Built once per xdist worker, where it stays: its W&B artifacts refer to its files by path."""
     import subprocess
     import sys
 
-    def run(folder):
-        result = subprocess.run([sys.executable, "-m", "selfplay.cli", "run", "recipes/quickstart-cpu.yaml", "--run-dir",
-                                 str(folder / "base"), "name=base", *TINY_RUN], capture_output=True, text=True,
-                                timeout=900, cwd=REPO)
-        assert result.returncode == 0, result.stderr[-3000:]
-
-    built = built_once(tmp_path_factory, "tiny-run", run) / "base"
-    run_dir, pristine = tmp_path_factory.mktemp("tiny-run") / "base", tmp_path_factory.mktemp("tiny-run-copy") / "base"
-    shutil.copytree(built, run_dir, symlinks=True)
-    shutil.copytree(built, pristine, symlinks=True)
+    root = tmp_path_factory.mktemp("tiny-run")
+    run_dir = root / "base"
+    result = subprocess.run([sys.executable, "-m", "selfplay.cli", "run", "recipes/quickstart-cpu.yaml", "--run-dir",
+                             str(run_dir), "name=base", *TINY_RUN], capture_output=True, text=True, timeout=900, cwd=REPO)
+    assert result.returncode == 0, result.stderr[-3000:]
+    pristine = tmp_path_factory.mktemp("tiny-run-copy") / "base"
+    shutil.copytree(run_dir, pristine, symlinks=True)
     return run_dir, pristine
 
 
