@@ -33,8 +33,11 @@ def start_ray(address: str | None, min_cpus: int) -> bool:
         return False
     # The CPU engine's own settings (in-process vLLM, no torch.compile) are set by the engine
     # actor itself, only on CPU (selfplay.generate.engine): on CUDA vLLM keeps its defaults.
-    env = {"TOKENIZERS_PARALLELISM": "false", "PYTHONWARNINGS": "ignore::DeprecationWarning"}
-    env.update({k: os.environ[k] for k in WORKER_ENV if k in os.environ})
+    # OpenMP threads that sleep when idle instead of spinning: on CPU the engines, ranks and judges
+    # of a run (or of two runs) share cores, and spinning threads took 25% longer (benchmarks.md).
+    env = {"TOKENIZERS_PARALLELISM": "false", "PYTHONWARNINGS": "ignore::DeprecationWarning",
+           "OMP_WAIT_POLICY": "PASSIVE"}
+    env.update({k: os.environ[k] for k in (*WORKER_ENV, "OMP_WAIT_POLICY") if k in os.environ})
     runtime_env = {"env_vars": env}
     if address:
         try:

@@ -10,6 +10,9 @@ os.environ.setdefault("SELFPLAY_CACHE", str(Path.home() / ".cache" / "selfplay-t
 os.environ["WANDB_MODE"] = "offline"
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# As the actors get it (selfplay.cluster.start_ray): the drivers and in-process engines of the two
+# test workers share 2 cores too
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 REPO = Path(__file__).resolve().parent.parent
 
