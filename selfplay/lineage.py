@@ -273,6 +273,18 @@ def fork_start_policy(run_dir: Path, info: dict) -> tuple[str, str]:
     return str(path), digest
 
 
+def _check_fork_adapter(start_policy: Path, recipe: Recipe) -> None:
+    """A fork under train.lora continues the parent's adapter: a train.lora that describes another
+    one is refused here, before the fork is made, not at its first train stage."""
+    from selfplay.models.adapter import is_adapter, lora_mismatch
+
+    lora = recipe.train.lora
+    if lora is not None and is_adapter(start_policy):
+        mismatch = lora_mismatch(start_policy, lora.r, lora.alpha, lora.target_modules)
+        if mismatch:
+            raise LineageError(f"cannot fork: {mismatch}; nothing was created")
+
+
 def _share_iteration(parent_dir: Path, fork_tmp: Path, iteration: int, copied: list) -> None:
     """The fork's own folder for a shared iteration: the parent's committed stages only
     (no temporary folders, failure records or training checkpoints)."""
@@ -317,6 +329,7 @@ def create_fork(parent_dir: Path, fork_dir: Path, from_iteration: int, recipe: R
             policy_digest = _checked_policy(parent_dir, *start)
         except LineageError as error:
             raise LineageError(f"cannot fork: {error}") from None
+        _check_fork_adapter(runs.StageDir(parent_dir, *start).path / POLICY_FOLDER, recipe)
     if recipe.tracking.group is None:
         recipe.tracking.group = parent["recipe"].get("tracking", {}).get("group") or parent["name"]
     shared = list(range(1, from_iteration))

@@ -72,6 +72,16 @@ def lora_settings(folder: str | Path) -> tuple:
     return config["r"], float(config["lora_alpha"]), tuple(sorted(config["target_modules"]))
 
 
+def lora_mismatch(folder: str | Path, r: int, alpha: float, target_modules) -> str | None:
+    """Why train.lora's r, alpha and target_modules do not describe the adapter in `folder`, or
+    None: a stage continues its entering adapter, so the two must agree."""
+    found = lora_settings(folder)
+    if found == (r, float(alpha), tuple(sorted(target_modules))):
+        return None
+    return (f"train.lora: the entering policy {folder} is an adapter with r {found[0]}, alpha {found[1]:g} on "
+            f"{', '.join(found[2])}; a stage continues it, so set train.lora to match")
+
+
 def adapter_weights(folder: str | Path) -> dict:
     """The adapter's tensors under peft's saved names (`set_peft_model_state_dict` takes them)."""
     from safetensors.torch import load_file

@@ -69,13 +69,12 @@ def _with_lora(model, lora: tuple):
 
 def _check_same_adapter(policy_path: str, lora: tuple) -> None:
     """A stage continues the entering adapter, so train.lora must describe that adapter."""
-    from selfplay.models.adapter import lora_settings
+    from selfplay.models.adapter import lora_mismatch
 
     r, alpha, _, target_modules = lora
-    found = lora_settings(policy_path)
-    if found != (r, float(alpha), tuple(sorted(target_modules))):
-        raise ValueError(f"train.lora: the entering policy {policy_path} is an adapter with r {found[0]}, alpha "
-                         f"{found[1]:g} on {', '.join(found[2])}; a stage continues it, so set train.lora to match")
+    mismatch = lora_mismatch(policy_path, r, alpha, target_modules)
+    if mismatch:
+        raise ValueError(mismatch)
 
 
 def _load_pairs(pairs_path: Path, spec, loss: str) -> list[dict]:

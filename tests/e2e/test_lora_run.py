@@ -140,6 +140,20 @@ def test_a_fork_continues_the_parents_adapter(lora_run, tmp_path):
     assert _cli("verify", str(fork)).returncode == 0
 
 
+def test_a_fork_whose_train_lora_describes_another_adapter_is_refused_before_it_is_made(lora_run, tmp_path):
+    """A fork continues the parent's adapter: another r is one line naming both, exit 2, before
+    any fork folder exists or the parent records a fork (not at the fork's first train stage)."""
+    parent_info = (lora_run / "run.json").read_bytes()
+    fork = tmp_path / "other-r"
+    result = _cli("fork", str(lora_run), "--from-iteration", "2", "--run-dir", str(fork), "train.lora.r=16")
+    err = result.stderr.strip()
+    assert result.returncode == 2 and len(err.splitlines()) == 1, err
+    assert err.startswith("selfplay: error: cannot fork: train.lora: the entering policy ") and "adapter with r 8," in err
+    assert "nothing was created" in err
+    assert not fork.exists() and not list(tmp_path.glob(".other-r*"))
+    assert (lora_run / "run.json").read_bytes() == parent_info
+
+
 def test_a_damaged_adapter_is_redone_from_the_previous_adapter_bit_for_bit(lora_run):
     """Last in this file (it rewrites the run): `verify` passes on the finished LoRA run and
     `resume` is then a no-op; after iteration 2's adapter is damaged, `verify` names it, and
