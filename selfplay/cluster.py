@@ -34,7 +34,7 @@ def start_ray(address: str | None, min_cpus: int) -> bool:
     # The CPU engine's own settings (in-process vLLM, no torch.compile) are set by the engine
     # actor itself, only on CPU (selfplay.generate.engine): on CUDA vLLM keeps its defaults.
     # OpenMP threads that sleep when idle instead of spinning: on CPU the engines, ranks and judges
-    # of a run (or of two runs) share cores, and spinning threads took 25% longer (benchmarks.md).
+    # of a run (or of two runs) share cores; two runs on 2 cores end ~10% sooner (benchmarks.md).
     env = {"TOKENIZERS_PARALLELISM": "false", "PYTHONWARNINGS": "ignore::DeprecationWarning",
            "OMP_WAIT_POLICY": "PASSIVE"}
     env.update({k: os.environ[k] for k in (*WORKER_ENV, "OMP_WAIT_POLICY") if k in os.environ})

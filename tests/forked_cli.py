@@ -28,8 +28,10 @@ def run_forked(argv: list[str], cwd: str) -> dict:
                 os.dup2(out.fileno(), 1)
                 os.dup2(err.fileno(), 2)
                 code = main(argv)
-            except SystemExit as stop:
-                code = stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 1)
+            except SystemExit as stop:  # as the interpreter ends: an int is the code, else it is printed
+                code = stop.code if isinstance(stop.code, int) or stop.code is None else 1
+                if code == 1 and not isinstance(stop.code, int):
+                    print(stop.code, file=sys.stderr)
             except BaseException:
                 traceback.print_exc()
             finally:
