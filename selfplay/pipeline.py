@@ -22,6 +22,7 @@ stage between two others (a filter between annotate and pairs) is one module and
 
 import json
 import logging
+import os
 import shutil
 import time
 import traceback
@@ -32,6 +33,12 @@ from selfplay import runs
 from selfplay.failures import DeadEnd, error_summary, is_worker_failure
 
 log = logging.getLogger("selfplay")
+
+# Fault tests only (tests/fault_runs.py): "<iteration>:<stage>" keeps the driver in that stage, its
+# outputs written to <stage>.tmp/ but not committed, so a test's kill or signal lands inside the
+# stage for certain. Stages of 0.1 s otherwise race a test that polls for their .tmp folder.
+HOLD_BEFORE_COMMIT = "SELFPLAY_HOLD_BEFORE_COMMIT"
+HOLD_SECONDS = 600
 
 
 class StageFailed(RuntimeError):
@@ -140,6 +147,10 @@ def run_stage(ctx, stage: Stage) -> dict:
             log.warning("iter %d %-9s: a Ray worker died (%s); retrying", iteration, name, type(error).__name__)
             if ctx.actors is not None:
                 ctx.actors.drop()
+    if os.environ.get(HOLD_BEFORE_COMMIT) == f"{iteration}:{name}":
+        log.info("iter %d %-9s held before its commit (%s), at most %d s", iteration, name, HOLD_BEFORE_COMMIT,
+                 HOLD_SECONDS)
+        time.sleep(HOLD_SECONDS)
     seconds = time.time() - started
     failed_path.unlink(missing_ok=True)
     manifest = {"iteration": iteration, "stage": name, "inputs": inputs, "config": config,

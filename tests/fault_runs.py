@@ -18,6 +18,8 @@ from pathlib import Path
 import psutil
 import pyarrow.parquet as pq
 
+from selfplay.pipeline import HOLD_BEFORE_COMMIT
+
 REPO = Path(__file__).resolve().parent.parent
 
 # Two iterations on few prompts: every stage runs, a train stage saves several checkpoints.
@@ -31,15 +33,18 @@ def cli(*args, timeout=900, **kwargs):
                           timeout=timeout, cwd=REPO, **kwargs)
 
 
-def start_cli(*args) -> subprocess.Popen:
+def start_cli(*args, hold: str | None = None) -> subprocess.Popen:
     """A driver in a session of its own: a Ctrl-C in the test's terminal does not reach it, and
-    `stop_session` can clean up after a failed test."""
+    `stop_session` can clean up after a failed test. `hold="<iteration>:<stage>"` keeps it in that
+    stage before the commit (selfplay.pipeline.HOLD_BEFORE_COMMIT), so the stage's .tmp folder
+    stays until the test stops the driver: most stages last 0.1-0.6 s, which a poll can miss."""
+    env = {**os.environ, HOLD_BEFORE_COMMIT: hold} if hold else None
     return subprocess.Popen([sys.executable, "-m", "selfplay.cli", *args], cwd=REPO, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
 
 
-def start_run(run_dir: Path, *extra) -> subprocess.Popen:
-    return start_cli("run", "recipes/quickstart-cpu.yaml", "--run-dir", str(run_dir), *SMALL, *extra)
+def start_run(run_dir: Path, *extra, hold: str | None = None) -> subprocess.Popen:
+    return start_cli("run", "recipes/quickstart-cpu.yaml", "--run-dir", str(run_dir), *SMALL, *extra, hold=hold)
 
 
 @contextmanager

@@ -56,7 +56,8 @@ def test_each_tier_trains_its_rank_from_the_previous_tiers_policy_and_the_policy
 
 def test_a_run_killed_between_two_tiers_resumes_to_the_unbroken_runs_bytes(unbroken, tmp_path):
     run_dir = tmp_path / "killed"
-    with driver_session(start_cli("run", "recipes/curry-dpo-cpu.yaml", "--run-dir", str(run_dir), *SETTINGS)) as process:
+    with driver_session(start_cli("run", "recipes/curry-dpo-cpu.yaml", "--run-dir", str(run_dir), *SETTINGS,
+                                  hold="2:train-tier2")) as process:
         kill_when(process, run_dir / "iter-002/train-tier2.tmp")   # tier 1 committed, tier 2 started
     assert (run_dir / "iter-002/train-tier1/manifest.json").exists()
     assert not (run_dir / "iter-002/train-tier2/manifest.json").exists()

@@ -46,7 +46,7 @@ def test_sigkill_during_stages_then_resume_matches_an_unbroken_run(tmp_path, unb
     status = cli("status", str(run_dir)).stdout
     assert "train          interrupted" in status and "generate       done" in status
     # 2) resumed, then killed while iteration 2 generates; that driver stopped the first one's leftovers
-    with driver_session(start_cli("resume", str(run_dir))) as process:
+    with driver_session(start_cli("resume", str(run_dir), hold="2:generate")) as process:
         kill_when(process, run_dir / "iter-002/generate.tmp")
     assert still_running(first_driver) == [], "processes of the killed driver outlived the next one"
     # 3) a crash between the rename of a stage folder and its manifest, and a half-written stage

@@ -41,7 +41,7 @@ def runs(tmp_path_factory, tiny_policy):
     unbroken, resumed = base / "unbroken", base / "resumed"
     result = cli("run", RECIPE, "--run-dir", str(unbroken), *SMALL)
     assert result.returncode == 0, result.stderr[-3000:]
-    with driver_session(start_cli("run", RECIPE, "--run-dir", str(resumed), *SMALL)) as process:
+    with driver_session(start_cli("run", RECIPE, "--run-dir", str(resumed), *SMALL, hold="2:magpie")) as process:
         kill_when(process, resumed / "iter-002/magpie.tmp")
     assert manifest(resumed, 1, "train")["status"] == "done"
     assert not (resumed / "iter-002/magpie/manifest.json").exists()  # killed before iteration 2's prompts

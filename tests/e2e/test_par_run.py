@@ -29,7 +29,8 @@ def manifest(run_dir, iteration, stage):
 @pytest.fixture(scope="module")
 def par_run(tmp_path_factory, tiny_policy):
     run_dir = tmp_path_factory.mktemp("par") / "run"
-    with driver_session(start_cli("run", "recipes/par-cpu.yaml", "--run-dir", str(run_dir), *SETTINGS)) as process:
+    with driver_session(start_cli("run", "recipes/par-cpu.yaml", "--run-dir", str(run_dir), *SETTINGS,
+                                  hold="2:annotate")) as process:
         kill_when(process, run_dir / "iter-002/annotate.tmp")
     before = manifest(run_dir, 0, "reference-samples")
     resumed = cli("resume", str(run_dir))

@@ -52,7 +52,7 @@ def test_sigint_and_sigterm_during_generate_and_train_stop_cleanly_then_resume_m
              (signal.SIGTERM, 2, "train", "iter-002/train.checkpoints/latest")]
     timings = []
     for number, (signum, iteration, stage, marker) in enumerate(stops):
-        starting = start_run(run_dir) if number == 0 else start_cli("resume", str(run_dir))
+        starting = start_run(run_dir, hold="1:generate") if number == 0 else start_cli("resume", str(run_dir))
         with driver_session(starting) as process:
             stderr, seconds = stop_with(process, run_dir / marker, signum)
         assert_clean_stop(process, stderr, signum, iteration, stage, run_dir)
