@@ -245,6 +245,10 @@ def cmd_verify(args) -> int:
     for row in rows:
         print(printable(f"iter {row['iteration']:>3}  {row['stage']:<14} {'ok' if row['ok'] else 'DAMAGED  ' + row['problem']}"))
     damaged = [row for row in rows if not row["ok"]]
+    if any(row["base_changed"] for row in damaged):  # a resume would retrain the whole run on the new base
+        print("selfplay: the base the run's LoRA adapters were trained on changed: restore it, then verify again",
+              file=sys.stderr)
+        return 1
     if damaged:
         print(f"selfplay: {len(damaged)} stage(s) damaged: `selfplay resume {run_dir}` redoes them "
               f"(their old folders go to superseded/)", file=sys.stderr)

@@ -119,6 +119,9 @@ def export_iteration(run_dir: Path, iteration: int, out: Path) -> Path:
         raise LineageError(f"--out {out}: exists and is not an empty folder (choose a new one)")
     digest = _checked_policy(run_dir, *trained_stage(iteration))
     source = runs.StageDir(run_dir, *trained_stage(iteration)).path / POLICY_FOLDER
+    problem = adapter.base_problem(source)  # an adapter merged into another base is another model
+    if problem:
+        raise LineageError(f"{source}: {problem}")
     tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
     tmp.mkdir(parents=True)
     try:

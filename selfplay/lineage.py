@@ -518,19 +518,27 @@ def lock_is_held(run_dir: Path) -> bool:
 # -- verify ----------------------------------------------------------------------------------
 def verify_run(run_dir: Path) -> list[dict]:
     """Re-hash every committed output of every stage (no size/mtime shortcut) against its
-    manifest: one row per stage, `ok` or what no longer matches. Slow on big checkpoints by
-    design; resume's own check stays the fast fingerprint one."""
-    rows = []
+    manifest: one row per stage, `ok` or what no longer matches. A train.lora adapter's base is
+    re-hashed too (`base_changed`): an adapter on another base is another policy. Slow on big
+    checkpoints by design; resume's own check stays the fast fingerprint one."""
+    from selfplay.models.adapter import base_problem
+
+    rows, bases = [], {}  # bases: each adapter base's check, made once
     for iteration, folder in sorted(iteration_folders(run_dir).items()):
         for stage_folder in sorted(p for p in folder.iterdir() if p.is_dir() and "." not in p.name):
             stage = runs.StageDir(run_dir, iteration, stage_folder.name)
             manifest = stage.manifest()
             if manifest is None:
                 rows.append({"iteration": iteration, "stage": stage.name, "ok": False,
-                             "problem": "manifest missing or damaged"})
+                             "problem": "manifest missing or damaged", "base_changed": False})
                 continue
             bad = [name for name, digest in manifest["outputs"].items()
                    if not (stage.path / name).exists() or runs.content_digest(runs.fingerprint(stage.path / name)) != digest]
-            rows.append({"iteration": iteration, "stage": stage.name, "ok": not bad,
-                         "problem": f"{', '.join(bad)} no longer hash to the manifest's record" if bad else ""})
+            problems = [f"{', '.join(bad)} no longer hash to the manifest's record"] if bad else []
+            base = None
+            if POLICY_FOLDER in manifest["outputs"] and POLICY_FOLDER not in bad:
+                base = base_problem(stage.path / POLICY_FOLDER, bases)  # a train.lora adapter's base
+                problems += [f"{POLICY_FOLDER}: {base}"] if base else []
+            rows.append({"iteration": iteration, "stage": stage.name, "ok": not problems,
+                         "problem": "; ".join(problems), "base_changed": base is not None})
     return rows

@@ -486,6 +486,8 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
         node = data
         parts = key.strip().split(".")
         for part in parts[:-1]:
+            if isinstance(node.get(part), str):  # a section given by its type's name (`shaping: par`)
+                node[part] = {"type": node[part]}
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise RecipeError(f"override {key!r}: {part!r} is not a section")

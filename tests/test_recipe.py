@@ -168,3 +168,14 @@ def test_templates_and_override_text_that_is_not_yaml(capsys, override, expected
     assert main(["validate", str(REPO / "recipes" / "drift-cpu.yaml"), override]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and expected in err and "Traceback" not in err, err
+
+
+def test_a_key_under_a_section_given_by_name_keeps_the_name_as_its_type():
+    """`annotate.shaping=lsc annotate.shaping.k=0.5`: the shaping named, then one of its keys
+    set, is an lsc section with that k (it failed: 'shaping' is not a section). Keys of a
+    section written out in full are set as before."""
+    recipe = load_recipe(REPO / "recipes" / "par-cpu.yaml", ["annotate.shaping.k=2", "annotate.shaping.references=3"])
+    assert recipe.annotate.shaping.type == "par" and recipe.annotate.shaping.k == 2
+    assert recipe.annotate.shaping.references == 3
+    lsc = load_recipe(REPO / "recipes" / "par-cpu.yaml", ["annotate.shaping=lsc", "annotate.shaping.k=0.5"])
+    assert lsc.annotate.shaping.type == "lsc" and lsc.annotate.shaping.k == 0.5

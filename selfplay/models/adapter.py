@@ -37,6 +37,31 @@ def base_of(folder: str | Path) -> dict | None:
     return base
 
 
+def base_problem(folder: str | Path, known: dict | None = None) -> str | None:
+    """Why the base an adapter folder adapts is not the one it was trained on (moved, or its files
+    no longer hash to the digest the adapter records), or None (intact, or a full policy). Every
+    file is re-read; `known` caches the answer per base path for a caller checking many adapters."""
+    file = Path(folder) / BASE_JSON
+    if not file.is_file():
+        return None
+    base = json.loads(file.read_text(encoding="utf-8"))
+    path, recorded = Path(base["path"]), base["digest"]
+    if known is not None and (str(path), recorded) in known:
+        return known[(str(path), recorded)]
+    from selfplay import runs
+
+    if not (path / "config.json").is_file():
+        problem = f"its base {path} is not there (moved or deleted); put the base back at that path"
+    elif runs.content_digest(runs.fingerprint(path)) != recorded:
+        problem = (f"its base {path} no longer hashes to the digest {recorded} the adapter was trained on "
+                   f"(edited or replaced); restore that base")
+    else:
+        problem = None
+    if known is not None:
+        known[(str(path), recorded)] = problem
+    return problem
+
+
 def is_adapter(folder: str | Path) -> bool:
     return (Path(folder) / BASE_JSON).is_file()
 

@@ -4,9 +4,11 @@ judge's preference (bootstrap 95% lower bound of the final win rate above 0.5). 
 policy is the adapter alone (a small fraction of the base's size) naming the base's digest, the
 engines served it as a LoRARequest without reloading weights, `selfplay export` writes the base
 with the adapter merged, a fork continues the parent's adapter, and a damaged iteration-2
-adapter is redone by `resume` from iteration 1's adapter on disk, bit for bit."""
+adapter is redone by `resume` from iteration 1's adapter on disk, bit for bit. An edited base
+fails `verify` and `export`."""
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -19,14 +21,21 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def lora_run(tmp_path_factory, tiny_policy):
+    """The run, its base a folder of its own (`base_folder`, a copy of the tiny Llama): a test
+    edits it, which the shared cached model must never see."""
     run_dir = tmp_path_factory.mktemp("lora") / "lora-cpu"
+    shutil.copytree(tiny_policy, base_folder(run_dir))
     # 24 eval prompts, 8 samples each (64 comparisons a prompt). Measured (this CPU): final win rate
     # 0.737, 95% interval (0.686, 0.788); without lm_head in target_modules it was 0.55-0.58
     result = subprocess.run([sys.executable, "-m", "selfplay.cli", "run", "recipes/lora-cpu.yaml", "--run-dir",
-                             str(run_dir), "prompts.eval_size=24", "evaluate.samples_per_prompt=8"],
-                            capture_output=True, text=True, timeout=900, cwd=REPO)
+                             str(run_dir), f"policy.path={base_folder(run_dir)}", "prompts.eval_size=24",
+                             "evaluate.samples_per_prompt=8"], capture_output=True, text=True, timeout=900, cwd=REPO)
     assert result.returncode == 0, result.stderr[-3000:]
     return run_dir
+
+
+def base_folder(run_dir):
+    return run_dir.parent / "base"
 
 
 def test_a_lora_run_learns_the_judges_preference(lora_run):
@@ -58,7 +67,7 @@ def test_the_saved_policy_is_the_adapter_and_its_base_digest(lora_run, tiny_poli
     print(f"adapter folder {size} bytes, base weights {base_size} bytes")
     assert size < 0.25 * base_size  # r 8 on every projection and lm_head of a 2-layer model with a 4k vocabulary
     entering = json.loads((lora_run / "iter-001/train/manifest.json").read_text())["inputs"]["policy"]
-    assert base_of(policy) == {"path": str(tiny_policy.resolve()), "digest": entering}  # the run's initial policy
+    assert base_of(policy) == {"path": str(base_folder(lora_run).resolve()), "digest": entering}  # the initial policy
     assert base_of(lora_run / "iter-001/train/policy") == base_of(policy)  # base + one adapter, every iteration
 
     initial = load_causal_lm(tiny_policy, torch.float32).state_dict()
@@ -152,6 +161,29 @@ def test_a_fork_whose_train_lora_describes_another_adapter_is_refused_before_it_
     assert "nothing was created" in err
     assert not fork.exists() and not list(tmp_path.glob(".other-r*"))
     assert (lora_run / "run.json").read_bytes() == parent_info
+
+
+def test_an_edited_base_fails_verify_and_export_until_it_is_restored(lora_run, tmp_path):
+    """An adapter means nothing on another base: after the base's config.json is edited, `verify`
+    names the base in every adapter's row and exits 1, and `export` refuses in one line (exit 2)
+    and writes nothing; with the file restored both pass again."""
+    config = base_folder(lora_run) / "config.json"
+    original = config.read_bytes()
+    config.write_bytes(original + b"\n")  # still valid JSON: only the digest can tell
+    try:
+        checked = _cli("verify", str(lora_run))
+        assert checked.returncode == 1, checked.stdout
+        rows = [line for line in checked.stdout.splitlines() if " train " in f" {line} "]
+        assert len(rows) == 2 and all("no longer hashes to the digest" in row for row in rows), checked.stdout
+        out = tmp_path / "exported"
+        result = _cli("export", str(lora_run), "--iteration", "1", "--out", str(out))
+        err = result.stderr.strip()
+        assert result.returncode == 2 and len(err.splitlines()) == 1, err
+        assert f"its base {base_folder(lora_run)} no longer hashes" in err and not out.exists()
+    finally:
+        config.write_bytes(original)
+    assert _cli("verify", str(lora_run)).returncode == 0
+    assert _cli("export", str(lora_run), "--iteration", "1", "--out", str(tmp_path / "again")).returncode == 0
 
 
 def test_a_damaged_adapter_is_redone_from_the_previous_adapter_bit_for_bit(lora_run):
