@@ -196,7 +196,9 @@ class LoraConfig(Strict):
 
 class TrainConfig(Strict):
     loss: str = Field("sppo", description="loss name (selfplay.methods.LOSSES)")
-    beta: float = Field(0.001, gt=0.0)
+    beta: float | None = Field(None, gt=0.0, description="the loss's KL strength (SPPO: 1/eta). Left out: the "
+                               "loss's own default from its paper or reference code: sppo 0.001, dpo, ipo, drift "
+                               "and selfie 0.1, tpo 0.01, asft 1.0")
     learning_rate: float = Field(5e-7, gt=0.0)
     optimizer: Literal["rmsprop", "adamw"] = "rmsprop"
     weight_decay: float = Field(0.0, ge=0.0)
@@ -237,6 +239,19 @@ class TrainConfig(Strict):
                                     "`selfplay export` writes the merged model. Reference previous is the previous "
                                     "adapter, initial the base. Needs zero_stage 0-2")
     seed: Seed = 0
+
+    @model_validator(mode="before")
+    @classmethod
+    def _beta_of_the_loss(cls, data):
+        """A recipe without train.beta gets its loss's (LossSpec.default_beta): one number for every
+        loss would give DPO SPPO's 0.001. The resolved recipe (run.json) records the number."""
+        from selfplay.methods import LOSSES
+
+        if isinstance(data, dict) and data.get("beta") is None:
+            spec = LOSSES.get(data.get("loss", cls.model_fields["loss"].default))
+            if spec is not None:  # an unknown loss fails below, naming train.loss
+                data = {**data, "beta": spec.default_beta}
+        return data
 
     @model_validator(mode="after")
     def _check_batch(self):

@@ -179,3 +179,22 @@ def test_a_key_under_a_section_given_by_name_keeps_the_name_as_its_type():
     assert recipe.annotate.shaping.references == 3
     lsc = load_recipe(REPO / "recipes" / "par-cpu.yaml", ["annotate.shaping=lsc", "annotate.shaping.k=0.5"])
     assert lsc.annotate.shaping.type == "lsc" and lsc.annotate.shaping.k == 0.5
+
+
+@pytest.mark.parametrize("loss, pair_type, beta", [
+    ("sppo", "sppo", 0.001), ("dpo", "best_worst", 0.1), ("ipo", "best_worst", 0.1), ("tpo", "triple", 0.01),
+    ("asft", "best_worst", 1.0)])
+def test_a_recipe_without_train_beta_gets_its_losss_own(tmp_path, loss, pair_type, beta):
+    """One default for every loss gave DPO SPPO's 0.001; each loss's is now the value of its
+    paper or reference code (ALGORITHMS.md), recorded in the resolved recipe."""
+    from selfplay.recipe import recipe_to_yaml
+
+    text = QUICKSTART.read_text()
+    assert "  beta: 0.02" in text
+    path = tmp_path / "no-beta.yaml"
+    path.write_text(text.replace("  beta: 0.02", "  # no beta"))
+    settings = [f"train.loss={loss}", f"pairs.type={pair_type}", f"prompts.path={REPO}/recipes/data/quickstart_prompts.jsonl"]
+    recipe = load_recipe(path, settings)
+    assert recipe.train.beta == beta
+    assert f"beta: {beta}" in recipe_to_yaml(recipe)
+    assert load_recipe(path, [*settings, "train.beta=0.5"]).train.beta == 0.5

@@ -36,6 +36,6 @@ def asft_loss(policy_chosen_logps: torch.Tensor, policy_rejected_logps: torch.Te
     return -ce_coef * chosen_mean_logps + lam * alignment
 
 
-METHOD = Method("asft", losses={"asft": LossSpec(asft_loss, needs_reference=False,
+METHOD = Method("asft", losses={"asft": LossSpec(asft_loss, default_beta=1.0, needs_reference=False,
                                                  batch_inputs=(("chosen_mean_logps", chosen_mean_logps),
                                                                ("rejected_mean_logps", rejected_mean_logps)))})

@@ -70,6 +70,6 @@ def best_worst_pairs(win_matrix: np.ndarray, scores: np.ndarray | None = None) -
 
 METHOD = Method(
     "dpo",
-    losses={"dpo": LossSpec(dpo_loss), "ipo": LossSpec(ipo_loss)},
+    losses={"dpo": LossSpec(dpo_loss, default_beta=0.1), "ipo": LossSpec(ipo_loss, default_beta=0.1)},
     pair_rules={"best_worst": PairRule(best_worst_pairs, TARGET_COLUMNS)},
 )

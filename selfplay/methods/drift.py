@@ -136,6 +136,6 @@ def drift_front(recipe, iteration: int) -> list:
 
 METHOD = Method(
     "drift",
-    losses={"drift": LossSpec(drift_loss, batch_inputs=(("chosen_nll", chosen_mean_nll),))},
+    losses={"drift": LossSpec(drift_loss, default_beta=0.1, batch_inputs=(("chosen_nll", chosen_mean_nll),))},
     pair_rules={"drift": PairRule(None, front=drift_front, records=load_dsat_records, samples_per_prompt=1)},
 )

@@ -105,4 +105,4 @@ class SelfieState:
         self.threshold.load_state_dict(state)
 
 
-METHOD = Method("selfie", losses={"selfie": LossSpec(selfie_loss, state=SelfieState, state_options=("threshold",))})
+METHOD = Method("selfie", losses={"selfie": LossSpec(selfie_loss, default_beta=0.1, state=SelfieState, state_options=("threshold",))})

@@ -84,10 +84,10 @@ def sppo_pairs(win_matrix: np.ndarray, scores: np.ndarray | None = None) -> list
 
 METHOD = Method(
     "sppo",
-    losses={"sppo": LossSpec(sppo_loss, pair_columns=("chosen_win_rate", "rejected_win_rate"),
+    losses={"sppo": LossSpec(sppo_loss, default_beta=0.001, pair_columns=("chosen_win_rate", "rejected_win_rate"),
                              step_metrics=loss_over_eta_sq),
-            "sppo_single": LossSpec(sppo_single_loss, pair_columns=("chosen_beats_rejected",),
+            "sppo_single": LossSpec(sppo_single_loss, default_beta=0.001, pair_columns=("chosen_beats_rejected",),
                                     step_metrics=loss_over_eta_sq),
-            "sppo_hard": LossSpec(sppo_hard_loss, step_metrics=loss_over_eta_sq)},
+            "sppo_hard": LossSpec(sppo_hard_loss, default_beta=0.001, step_metrics=loss_over_eta_sq)},
     pair_rules={"sppo": PairRule(sppo_pairs, TARGET_COLUMNS)},
 )

@@ -69,7 +69,7 @@ def triple_pairs(win_matrix: np.ndarray, scores: np.ndarray | None = None) -> li
 
 METHOD = Method(
     "tpo",
-    losses={"tpo": LossSpec(tpo_loss, responses=("chosen", "rejected", "gold"), needs_reference=False,
+    losses={"tpo": LossSpec(tpo_loss, default_beta=0.01, responses=("chosen", "rejected", "gold"), needs_reference=False,
                             batch_inputs=(("chosen_mean_logps", chosen_mean_logps),
                                           ("rejected_mean_logps", rejected_mean_logps),
                                           ("gold_nll", gold_mean_nll)))},

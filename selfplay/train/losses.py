@@ -71,9 +71,13 @@ class LossSpec:
     state: builds the per-step state from the stage's total optimizer steps (None: stateless);
     state_options: the keywords the state sets each step (not settable in train.loss_options);
     step_metrics: fn(record, beta) -> extra fields for each step's history record.
+    default_beta: train.beta when the recipe leaves it out: the value of the method's paper or
+        reference code (../shared/ALGORITHMS.md). Each loss declares it: one shared default would
+        give DPO SPPO's 0.001, a hundredth of its own.
     """
 
     fn: Callable[..., torch.Tensor]
+    default_beta: float
     pair_columns: tuple[str, ...] = ()
     batch_inputs: tuple[tuple[str, BatchInput], ...] = ()
     responses: tuple[str, ...] = ("chosen", "rejected")

@@ -197,7 +197,7 @@ def test_registry_and_specs():
 
 def test_a_spec_naming_a_keyword_its_loss_lacks_fails_at_import():
     with pytest.raises(TypeError, match="chosen_winrate"):
-        LossSpec(sppo_loss, pair_columns=("chosen_winrate", "rejected_win_rate"))
+        LossSpec(sppo_loss, default_beta=0.001, pair_columns=("chosen_winrate", "rejected_win_rate"))
 
 
 # ---- against TRL 1.16 (DPOTrainer._compute_loss on the same tensors) -------------------------
