@@ -508,3 +508,21 @@ def test_console_log_lines_show_control_characters_escaped(capsys):
     logging.getLogger("selfplay").warning("iter 1 annotate: the prompt %r... and %s", "a\x1b[2Jb", ESCAPES)
     err = capsys.readouterr().err
     assert "\x1b" not in err and "\\x1b]0;owned\\x07" in err
+
+
+@pytest.mark.parametrize("overrides, note", [
+    (["train.loss=dpo"], "train.loss sppo -> dpo keeps the parent's train.beta 0.001; dpo's own default is 0.1"),
+    (["train.loss=dpo", "train.beta=0.001"], None),   # asked for: no note
+    (["train.learning_rate=1e-6"], None)])            # the loss unchanged
+def test_a_fork_that_changes_the_loss_says_it_keeps_the_parents_beta(tmp_path, prompts_file, capsys, monkeypatch,
+                                                                    overrides, note):
+    """The parent's run.json records beta 0.001 (SPPO's default); a fork to DPO keeps it unless
+    told otherwise, which the fork says in one line (the run itself is not started here)."""
+    import selfplay.cli
+
+    parent = make_run(tmp_path, prompts_file, done=2)
+    assert lineage.read_run(parent)["recipe"]["train"]["beta"] == 0.001
+    monkeypatch.setattr(selfplay.cli, "_run", lambda recipe, run_dir, args, parent=None: 0)
+    code, out, err = cli(capsys, "fork", parent, "--from-iteration", 2, "--name", "child", *overrides)
+    assert code == 0 and "fork " in out, err
+    assert (f"selfplay: note: {note} (add train.beta=0.1 to use it)" in err) if note else "note:" not in err, err
