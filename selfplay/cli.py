@@ -306,8 +306,9 @@ def cmd_compare(args) -> int:
                           args.example_iterations)
     except CompareError as error:
         return _fail(str(error))
-    if "plots" in written:
-        print(f"plots: {next(iter(written['plots'].values())).parent}")
+    if "plots" in written:  # none when every compared metric is constant (a table row each)
+        print(f"plots: {written['plots_folder']}" if written["plots"] else "plots: none (every compared metric is "
+              "the same at every iteration: see the table)")
     if "report" in written:
         print(f"report: {written['report']}")
     return 0

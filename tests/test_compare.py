@@ -193,7 +193,7 @@ def test_compare_writes_pngs_and_a_self_contained_report(two_runs, tmp_path, cap
     printed = capsys.readouterr().out
     assert "0.8065 [0.7, 0.9]*" in printed and "fork of base [aaaaaa] at iteration 3" in printed
 
-    plots = sorted((tmp_path / "out" / "report-plots").iterdir())
+    plots = sorted((tmp_path / "out" / "report-plots").glob("*.png"))
     assert [p.name for p in plots] == ["mean_response_tokens.png", "win_rate_vs_initial.png"]
     for path in plots:
         width, height = png_size(path)
@@ -229,13 +229,37 @@ def test_a_constant_metric_is_one_table_row_and_no_plot(tmp_path):
     assert {img["data-xticks"] for img in report.images} == {"0 1 2"}
 
 
+def test_only_constant_metrics_give_no_plot_and_say_so(tmp_path, capsys):
+    """--metric of a metric that never changes: no PNG, and one line saying why (it was a
+    StopIteration traceback)."""
+    metrics = {t: {**values, "distinct_2": 1.0} for t, values in PARENT_METRICS.items()}
+    run_dir = make_run(tmp_path, "flat", "dddddd444444", metrics)
+    assert main(["compare", str(run_dir), "--metric", "distinct_2", "--plots", str(tmp_path / "p")]) == 0
+    assert "plots: none (every compared metric is the same at every iteration" in capsys.readouterr().out
+    assert not list((tmp_path / "p").glob("*.png"))
+
+
 def test_metric_option_limits_table_and_plots(two_runs, tmp_path, capsys):
     parent, fork = two_runs
     out = tmp_path / "r.html"
     assert main(["compare", str(parent), str(fork), "--metric", "mean_response_tokens", "--out", str(out)]) == 0
     assert "win_rate_vs_initial" not in capsys.readouterr().out
-    assert [p.name for p in (tmp_path / "r-plots").iterdir()] == ["mean_response_tokens.png"]
+    assert [p.name for p in (tmp_path / "r-plots").glob("*.png")] == ["mean_response_tokens.png"]
     assert {key[1] for key in read_report(out.read_text()).cells} == {"mean_response_tokens"}
+
+
+def test_a_reused_plots_folder_keeps_no_stale_curve_and_leaves_other_files(two_runs, tmp_path):
+    """A second compare into the same folder with fewer metrics removes the PNGs the first one
+    wrote and the second did not; a file of the user's own there stays."""
+    parent, fork = two_runs
+    out = tmp_path / "r.html"
+    assert main(["compare", str(parent), str(fork), "--out", str(out)]) == 0
+    folder = tmp_path / "r-plots"
+    first = {p.name for p in folder.glob("*.png")}
+    assert {"win_rate_vs_initial.png", "mean_response_tokens.png"} <= first
+    (folder / "mine.png").write_bytes(b"not ours")
+    assert main(["compare", str(parent), str(fork), "--metric", "mean_response_tokens", "--out", str(out)]) == 0
+    assert {p.name for p in folder.glob("*.png")} == {"mean_response_tokens.png", "mine.png"}
 
 
 @pytest.mark.parametrize("args, message", [

@@ -94,6 +94,7 @@ def compare(run_dirs: list[str], requested: list[str] | None = None, out: str | 
         if out_path is not None:
             out_path.parent.mkdir(parents=True, exist_ok=True)
         written["plots"] = write_plots({metric: plot.png for metric, plot in plots.items()}, plots_path)
+        written["plots_folder"] = plots_path
         if out_path is not None:
             html = render_report(all_series, metrics, constant, plots, examples, by)
             write_bytes_atomic(out_path, html.encode("utf-8"))

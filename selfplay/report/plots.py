@@ -9,6 +9,7 @@ state and of any display.
 """
 
 import io
+import json
 import os
 import re
 import uuid
@@ -90,15 +91,30 @@ def plot_file_name(metric: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]", "_", metric) + ".png"
 
 
+PLOTS_INDEX = ".selfplay-plots.json"  # the PNGs the last compare wrote into the folder
+
+
 def write_plots(images: dict[str, bytes], folder: Path) -> dict[str, Path]:
     """Write {metric: PNG bytes} as folder/<metric>.png, each to a temporary name first and
-    renamed into place (a reader never sees half a PNG; other files in the folder are left)."""
+    renamed into place (a reader never sees half a PNG). The PNGs an earlier compare wrote there
+    (PLOTS_INDEX) and this one does not are removed, or a reused folder shows stale curves of
+    metrics no longer compared; other files in the folder are left."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    index = folder / PLOTS_INDEX
+    try:
+        earlier = json.loads(index.read_text())
+    except (OSError, ValueError):
+        earlier = []
     paths = {}
     for metric, png in images.items():
         paths[metric] = folder / plot_file_name(metric)
         write_bytes_atomic(paths[metric], png)
+    written = sorted(path.name for path in paths.values())
+    write_bytes_atomic(index, json.dumps(written).encode())
+    for name in earlier if isinstance(earlier, list) else []:
+        if isinstance(name, str) and name not in written and name == Path(name).name and name.endswith(".png"):
+            (folder / name).unlink(missing_ok=True)
     return paths
 
 

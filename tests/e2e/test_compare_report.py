@@ -88,7 +88,7 @@ def test_the_table_shows_both_runs_and_the_fork_relation(compared):
 
 def test_the_plots_are_real_pngs(compared):
     root, _, _, _ = compared
-    plots = {p.stem: p for p in (root / "report-plots").iterdir()}
+    plots = {p.stem: p for p in (root / "report-plots").glob("*.png")}
     assert {"win_rate_vs_initial", "mean_response_tokens"} <= plots.keys()
     for path in plots.values():
         width, height = png_size(path)
@@ -132,7 +132,7 @@ def test_the_report_in_a_real_browser(compared, tmp_path):
         assert report.cells[(labels[parent], name, "all")] == f"{rows[0][name]:.4g}"
         assert name not in figures
     in_table = {metric for _, metric, _ in report.cells}
-    assert set(figures) == in_table - constant == {p.stem for p in (root / "report-plots").iterdir()}
+    assert set(figures) == in_table - constant == {p.stem for p in (root / "report-plots").glob("*.png")}
     assert all(img["src"].startswith("data:image/png;base64,") for img in report.images)
 
     for run_dir in (parent, fork):
