@@ -4,7 +4,9 @@ Builds one 9-iteration run of the tiny policy, then copies it twice: stopped aft
 and stopped after iteration 8 (later iterations removed). For each, `selfplay resume` is timed
 from the command's start to the moment the driver starts the first unfinished stage
 (`iter N+1 generate running` in its log). Finished stages are checked (manifest, input hashes,
-output fingerprints), not recomputed, so the two times should be about equal.
+output fingerprints), not recomputed, so the two times should be about equal. Then the
+finished run itself is resumed (nothing to do): its whole command time, which starts no Ray
+cluster.
 
     .venv/bin/python scripts/bench_resume.py [--work DIR]
 """
@@ -65,6 +67,11 @@ def main() -> None:
     for finished, total, checks in rows:
         print(f"{finished:>20} {total:>38.2f} {checks:>27.2f}")
     print(f"ratio (8 finished / 1 finished): {rows[1][1] / rows[0][1]:.2f}")
+    started = time.perf_counter()  # the finished run: every stage checked, nothing to run
+    subprocess.run([sys.executable, "-m", "selfplay.cli", "resume", str(full)], cwd=REPO, check=True,
+                   capture_output=True)
+    print(f"resume of the finished 9-iteration run: {time.perf_counter() - started:.2f} s, "
+          f"Ray started: {(full / 'logs/ray_processes.json').exists()}")
 
 
 if __name__ == "__main__":

@@ -41,6 +41,7 @@ class RunContext:
     code_version: str = "unknown"
     change_note: dict | None = None  # what this command changed in the recipe, for superseded/ reasons
     running: tuple | None = None  # (iteration, stage) last entered: what an interrupt stopped
+    start_cluster: object = None  # Ray's start, left to the first stage that runs (a finished run resumed)
 
     def artifact(self, iteration: int, stage: str, name: str) -> Artifact:
         manifest = runs.StageDir(self.run_dir, iteration, stage).manifest()

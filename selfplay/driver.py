@@ -55,9 +55,16 @@ class Driver:
                 log.info("prompts: %d rows repeat an earlier prompt (same text up to case and whitespace) and are "
                          "never selected; %d distinct prompts", pool.duplicates, len(pool.prompts) - pool.duplicates)
             stop_leftovers(self.run_dir)  # of an earlier driver of this run, killed alone
-            if start_ray(self.ray_address, recipe.generate.replicas + recipe.train.world_size + 1):
-                record_local_processes(self.run_dir)  # the local cluster this driver started
-            check_cluster_fit(recipe, initial_policy)  # before run.json: a recipe the cluster cannot hold leaves no run behind
+
+            def start_cluster():
+                if start_ray(self.ray_address, recipe.generate.replicas + recipe.train.world_size + 1):
+                    record_local_processes(self.run_dir)  # the local cluster this driver started
+                check_cluster_fit(recipe, initial_policy)
+
+            last = runs.StageDir(self.run_dir, recipe.iterations, pipeline.stages(recipe, recipe.iterations)[-1].name)
+            finished = last.manifest() is not None  # a finished run run again: most likely nothing to do
+            if not finished:  # before run.json: a recipe the cluster cannot hold leaves no run behind
+                start_cluster()
             started = time.time()
             info = lineage.init_run_dir(self.run_dir, recipe, self.allow_changes, parent)
             accepted = [c for c in info.get("recipe_changes", []) if c.get("at", 0) >= started]
@@ -69,13 +76,16 @@ class Driver:
                 change_note={"recipe_change": accepted[-1]["keys"]} if accepted else None,
                 tracker=Tracker(self.run_dir, info, recipe, info["recipe"]))
             ctx.initial = ctx.external(initial_policy)
+            if finished:  # Ray (seconds to start and stop) only when a stage must run after all
+                ctx.start_cluster = start_cluster
             if info.get("parent"):
                 ctx.first_iteration = info["parent"]["iteration"]
             if ctx.first_iteration > 1:  # a fork: its own copy of the parent's policy, checked against run.json
                 ctx.fork_start = lineage.fork_start_policy(self.run_dir, info)
             # on one local node (no placement order can strand a later group), unless the last
             # train stage is committed (a finished run run again): they start while the engines do
-            if self.ray_address is None and runs.StageDir(self.run_dir, recipe.iterations, TRAIN).manifest() is None:
+            if self.ray_address is None and not finished and \
+                    runs.StageDir(self.run_dir, recipe.iterations, TRAIN).manifest() is None:
                 ctx.actors.start_training_ranks(recipe.train)
             try:
                 return walk(ctx)

@@ -124,6 +124,9 @@ def run_stage(ctx, stage: Stage) -> dict:
         _committed(ctx, stage)
         return manifest
     _say_if_prompts_changed(folder, config)
+    if ctx.start_cluster is not None:
+        ctx.start_cluster()
+        ctx.start_cluster = None
     failed_path = folder.failed_path
     started = time.time()
     retries = ctx.recipe.max_stage_retries

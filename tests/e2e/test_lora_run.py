@@ -188,7 +188,7 @@ def test_an_edited_base_fails_verify_and_export_until_it_is_restored(lora_run, t
 
 def test_a_damaged_adapter_is_redone_from_the_previous_adapter_bit_for_bit(lora_run):
     """Last in this file (it rewrites the run): `verify` passes on the finished LoRA run and
-    `resume` is then a no-op; after iteration 2's adapter is damaged, `verify` names it, and
+    `resume` is then a no-op that starts no Ray cluster; after iteration 2's adapter is damaged, `verify` names it, and
     `resume` retrains it from iteration 1's adapter read from disk (the run trained it from the
     ranks' copy): the same tensors, so nothing after it is redone."""
     from safetensors.torch import load_file
@@ -202,6 +202,7 @@ def test_a_damaged_adapter_is_redone_from_the_previous_adapter_bit_for_bit(lora_
                              text=True, timeout=600, cwd=REPO)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert json.loads((train / "manifest.json").read_text())["started_at"] == before["started_at"]  # nothing redone
+    assert not (lora_run / "logs/ray_processes.json").exists()  # nothing to do: no Ray cluster was started
     original = {k: v.clone() for k, v in load_file(train / "policy" / ADAPTER_WEIGHTS).items()}  # not the mmap
     evaluate = json.loads((lora_run / "iter-002/evaluate/manifest.json").read_text())["started_at"]
     with open(train / "policy" / ADAPTER_WEIGHTS, "r+b") as file:  # flip bytes inside a tensor
@@ -212,6 +213,7 @@ def test_a_damaged_adapter_is_redone_from_the_previous_adapter_bit_for_bit(lora_
     resumed = subprocess.run([sys.executable, "-m", "selfplay.cli", "resume", str(lora_run)], capture_output=True,
                              text=True, timeout=600, cwd=REPO)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert (lora_run / "logs/ray_processes.json").exists()  # the cluster started for the stage to redo
     manifest = json.loads((train / "manifest.json").read_text())
     assert manifest["started_at"] != before["started_at"] and manifest["ranks"]["policy_from"] == "disk"
     assert manifest["outputs"] == before["outputs"]  # the same adapter, to the byte: the same digest
