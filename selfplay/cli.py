@@ -175,17 +175,17 @@ def cmd_resume(args) -> int:
     return _run(recipe, run_dir, args)
 
 
-def _beta_kept_note(parent_train: dict, train, overrides: list[str]) -> str | None:
+def _beta_kept_note(parent_train, train, overrides: list[str]) -> str | None:
     """A fork that changes train.loss keeps the parent's train.beta (its run.json records the
     number), which a recipe without beta would not get: say so when it is not the new loss's own."""
     from selfplay.methods import LOSSES
 
-    if train.loss == parent_train["loss"] or any(item.strip().startswith("train.beta=") for item in overrides):
+    if train.loss == parent_train.loss or any(item.strip().startswith("train.beta=") for item in overrides):
         return None
     own = LOSSES[train.loss].default_beta
     if train.beta == own:
         return None
-    return (f"selfplay: note: train.loss {parent_train['loss']} -> {train.loss} keeps the parent's train.beta "
+    return (f"selfplay: note: train.loss {parent_train.loss} -> {train.loss} keeps the parent's train.beta "
             f"{train.beta:g}; {train.loss}'s own default is {own:g} (add train.beta={own:g} to use it)")
 
 
@@ -206,7 +206,7 @@ def cmd_fork(args) -> int:
     except LineageError as error:
         return _fail(str(error))
     print(f"fork {fork_dir} of {parent_dir} from iteration {args.from_iteration}")
-    note = _beta_kept_note(read_run(parent_dir)["recipe"]["train"], recipe.train, args.overrides)
+    note = _beta_kept_note(_frozen_recipe(parent_dir, [], for_fork=True).train, recipe.train, args.overrides)
     if note:
         print(printable(note), file=sys.stderr)
     return _run(recipe, fork_dir, args, parent=info["parent"])
